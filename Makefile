@@ -1,0 +1,32 @@
+# The README's two commands: `make demo` (install, build a sample library, index it, serve it)
+# and `make test` (the whole test suite). Everything installs into .venv.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_DIR ?= demo
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: install demo test lint bench clean
+
+$(BIN)/lookalike: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip "setuptools<81" wheel
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(BIN)/lookalike
+
+demo: install
+	$(BIN)/lookalike sample-library $(DEMO_DIR)/library
+	LOOKALIKE_STORAGE__DATA_DIR=$(DEMO_DIR)/data $(BIN)/lookalike index $(DEMO_DIR)/library
+	LOOKALIKE_STORAGE__DATA_DIR=$(DEMO_DIR)/data $(BIN)/lookalike serve --host 127.0.0.1 --port 8000
+
+test: install
+	$(BIN)/ruff check indexer search_api storage lookalike tests bench tools
+	$(BIN)/python -m pytest --cov --cov-report=term:skip-covered
+
+bench: install
+	$(BIN)/python bench/index_throughput.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) build .pytest_cache .coverage

@@ -1,0 +1,1 @@
+"""The indexer: settings, image decoding, the model, and the indexing pipeline."""

@@ -1,0 +1,128 @@
+"""Decode an image file or upload into the model's input: RGB, upright, centre-cropped, square.
+
+The same function serves the indexer and the search API, so a query image is prepared
+exactly like the indexed ones.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+# Formats lookalike indexes; anything else is rejected even if Pillow could open it.
+ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".dib", ".tif", ".tiff"}
+)
+
+# Pillow's own bomb check would warn or raise with its global limit; ours is per call.
+Image.MAX_IMAGE_PIXELS = None
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class ImageRejected(ValueError):
+    """The bytes are not an image lookalike can use; the message says why.
+
+    `kind` is one of: empty, not_image, unsupported_format, corrupt, too_many_pixels.
+    """
+
+    def __init__(self, message: str, kind: str = "corrupt") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    pixels: np.ndarray  # uint8 [size, size, 3]
+    width: int  # of the original, after EXIF orientation
+    height: int
+    format: str
+
+
+def _check_size(im: Image.Image, max_pixels: int) -> None:
+    width, height = im.size
+    if width < 1 or height < 1:
+        raise ImageRejected(f"image has no pixels ({width}x{height})", "corrupt")
+    if width * height > max_pixels:
+        raise ImageRejected(
+            f"image is {width}x{height} = {width * height:,} pixels, over the limit of "
+            f"{max_pixels:,} (possible decompression bomb; raise indexer.max_image_pixels to allow it)",
+            "too_many_pixels",
+        )
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Any mode to RGB; transparency is composited on white, 16-bit is scaled, CMYK converted."""
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im, dtype=np.float64)
+        peak = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        im = Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if im.mode == "F":
+        arr = np.asarray(im, dtype=np.float64)
+        im = Image.fromarray(np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if im.mode != "RGB":
+        return im.convert("RGB")
+    return im
+
+
+def _center_square(width: int, height: int) -> tuple[float, float, float, float]:
+    side = min(width, height)
+    left = (width - side) / 2
+    top = (height - side) / 2
+    return (left, top, left + side, top + side)
+
+
+def decode_image(data: bytes, size: int, max_pixels: int) -> DecodedImage:
+    """Decode `data` to a `size` x `size` RGB array (shorter side resized to `size`, centre crop).
+
+    Raises ImageRejected for anything that is not a complete, allowed image within `max_pixels`.
+    """
+    if not data:
+        raise ImageRejected("file is empty", "empty")
+    try:
+        im = Image.open(io.BytesIO(data))
+        fmt = im.format or "unknown"
+        if fmt not in ALLOWED_FORMATS:
+            raise ImageRejected(
+                f"format {fmt} is not supported (allowed: {', '.join(sorted(ALLOWED_FORMATS))})", "unsupported_format"
+            )
+        _check_size(im, max_pixels)
+        if fmt in ("JPEG", "MPO"):
+            # Decode at the smallest DCT scale that still covers the model input.
+            im.draft("RGB", (size, size))
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        im = _to_rgb(im)
+    except ImageRejected:
+        raise
+    except UnidentifiedImageError:
+        raise ImageRejected("not an image, or an image format lookalike cannot read", "not_image") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageRejected(f"cannot decode image: {exc}") from None
+    except MemoryError:
+        raise ImageRejected("image too large to decode in memory", "too_many_pixels") from None
+    width, height = im.size
+    if fmt in ("JPEG", "MPO"):
+        # draft() may have shrunk the image: report the original dimensions.
+        width, height = _original_size(data, width, height)
+    square = im.resize((size, size), Image.Resampling.BICUBIC, box=_center_square(*im.size), reducing_gap=3.0)
+    return DecodedImage(np.asarray(square, dtype=np.uint8), width, height, fmt)
+
+
+def _original_size(data: bytes, drafted_w: int, drafted_h: int) -> tuple[int, int]:
+    """Dimensions before draft(), after EXIF orientation (header read only)."""
+    with Image.open(io.BytesIO(data)) as raw:
+        w, h = raw.size
+        orientation = raw.getexif().get(0x0112, 1)
+    if orientation in (5, 6, 7, 8):
+        w, h = h, w
+    return w, h

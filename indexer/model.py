@@ -1,0 +1,232 @@
+"""Load an image module through TensorFlow Hub and run it as ONE forward pass per batch.
+
+The module yields both the pooled feature vector and the ImageNet logits. TF1 Hub format
+modules (like google/efficientnet/b4/classification/1) hold all signatures in one graph, so
+a single function is pruned from it. TF2 SavedModels keep their signatures as separate
+functions: both are traced into one graph and frozen, and Grappler's common-subexpression
+elimination merges the two copies of the network into one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import tarfile
+import urllib.error
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from indexer.labels import NUM_CLASSES
+
+log = logging.getLogger(__name__)
+
+FEATURE_SIGNATURE = "image_feature_vector"
+CLASSIFY_SIGNATURE = "image_classification"
+INPUT_KEY = "images"
+OUTPUT_KEY = "default"
+
+
+class ModelUnavailableError(RuntimeError):
+    """The configured model cannot be found, downloaded or loaded; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    features: np.ndarray  # float32 [N, D], L2-normalised
+    probabilities: np.ndarray  # float32 [N, 1000], softmax over ImageNet classes
+
+
+def is_remote(handle: str) -> bool:
+    return handle.startswith(("http://", "https://", "gs://"))
+
+
+def _cache_dir() -> Path:
+    from tensorflow_hub import resolver
+
+    return Path(resolver.tfhub_cache_dir(use_temp=True))
+
+
+def _offline_help(handle: str) -> str:
+    digest = hashlib.sha1(handle.encode("utf8")).hexdigest()
+    return (
+        "To run without network access, download the module on a machine that has it, copy it here, "
+        "and set model.handle (or LOOKALIKE_MODEL__HANDLE) to the unpacked module directory or to "
+        f"the .tar.gz file; or unpack it to $TFHUB_CACHE_DIR/{digest} (the cache folder for this handle)."
+    )
+
+
+def _extract_archive(archive: Path) -> Path:
+    """Unpack a local module .tar.gz once into the TF-Hub cache and return the directory."""
+    stat = archive.stat()
+    key = f"{archive.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    target = _cache_dir() / hashlib.sha1(key.encode("utf8")).hexdigest()
+    if (target / "saved_model.pb").exists():
+        return target
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+    except (tarfile.TarError, OSError) as exc:
+        raise ModelUnavailableError(f"model.handle {archive}: cannot unpack the archive ({exc})") from None
+    roots = [p.parent for p in tmp.rglob("saved_model.pb")]
+    if not roots:
+        raise ModelUnavailableError(f"model.handle {archive}: the archive holds no saved_model.pb")
+    roots[0].rename(target)
+    return target
+
+
+def resolve_handle(handle: str, timeout: float) -> Path:
+    """A local directory holding the module: the handle itself, an unpacked archive, or the hub cache."""
+    if not is_remote(handle):
+        path = Path(handle).expanduser()
+        if path.is_dir():
+            if not (path / "saved_model.pb").exists():
+                raise ModelUnavailableError(f"model.handle {path}: directory has no saved_model.pb")
+            return path.resolve()
+        if path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar")):
+            return _extract_archive(path)
+        raise ModelUnavailableError(
+            f"model.handle {handle!r}: no such module directory or .tar.gz file (relative paths are "
+            "resolved against the current directory)"
+        )
+    import tensorflow_hub as hub
+
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)  # tensorflow_hub calls urlopen without a timeout
+    try:
+        return Path(hub.resolve(handle))
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise ModelUnavailableError(
+            f"cannot download model {handle} (model.handle): {exc}. {_offline_help(handle)}"
+        ) from None
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def model_id(handle: str, image_size: int) -> str:
+    """What identifies the vectors a model makes: handle (or local module fingerprint) plus input size."""
+    if is_remote(handle):
+        return f"{handle}@{image_size}"
+    path = Path(handle).expanduser()
+    pb = path / "saved_model.pb" if path.is_dir() else path
+    digest = hashlib.sha1(pb.read_bytes()).hexdigest()[:16] if pb.is_file() else "missing"
+    return f"local:{path.name}:{digest}@{image_size}"
+
+
+def _single_pass_tf1(module: Any) -> Callable[[Any], dict[str, Any]]:
+    fv = module.signatures[FEATURE_SIGNATURE]
+    cls = module.signatures[CLASSIFY_SIGNATURE]
+    tensor = module.graph.get_tensor_by_name
+    return module.prune(
+        feeds=[tensor(fv.inputs[0].name)],
+        fetches={
+            "features": tensor(fv.structured_outputs[OUTPUT_KEY].name),
+            "logits": tensor(cls.structured_outputs[OUTPUT_KEY].name),
+        },
+    )
+
+
+def _single_pass_tf2(module: Any) -> Callable[[Any], dict[str, Any]]:
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    fv = module.signatures[FEATURE_SIGNATURE]
+    cls = module.signatures[CLASSIFY_SIGNATURE]
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name=INPUT_KEY)])
+    def both(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {
+            "features": fv(images=images)[OUTPUT_KEY],
+            "logits": cls(images=images)[OUTPUT_KEY],
+        }
+
+    # Freezing turns weights into constants, so the two inlined copies of the network become
+    # identical subgraphs that Grappler merges: one forward pass.
+    return convert_variables_to_constants_v2(both.get_concrete_function())
+
+
+class Embedder:
+    """A loaded image module: batches of uint8 RGB images in, unit feature vectors and class probabilities out."""
+
+    def __init__(self, handle: str, image_size: int, download_timeout: float = 60.0) -> None:
+        self.handle = handle
+        self.image_size = image_size
+        self.model_id = model_id(handle, image_size)
+        path = resolve_handle(handle, download_timeout)
+        self.path = path
+        self._module, self.format = self._load(path)
+        self._run, self.route = self._forward_function(self._module)
+        probe = self._forward(np.zeros((1, image_size, image_size, 3), np.float32))
+        self.feature_dim = int(probe["features"].shape[-1])
+        width = int(probe["logits"].shape[-1])
+        if width not in (NUM_CLASSES, NUM_CLASSES + 1):
+            raise ModelUnavailableError(
+                f"model {handle}: expected {NUM_CLASSES} ImageNet logits (or 1001 with background), got {width}"
+            )
+        self._background = width == NUM_CLASSES + 1
+        log.info(
+            "loaded %s (%s, %s): %dx%d input, %d-d features, %d logits",
+            handle, self.format, self.route, image_size, image_size, self.feature_dim, width,
+        )
+
+    @staticmethod
+    def _load(path: Path) -> tuple[Any, str]:
+        import tensorflow_hub as hub
+
+        fmt = "TF1 Hub format" if (path / "tfhub_module.pb").exists() else "TF2 SavedModel"
+        try:
+            module = hub.load(str(path))
+        except Exception as exc:  # TF raises many error types for unreadable models
+            raise ModelUnavailableError(f"model.handle {path}: cannot load the module ({exc})") from None
+        missing = {FEATURE_SIGNATURE, CLASSIFY_SIGNATURE} - set(module.signatures.keys())
+        if missing:
+            raise ModelUnavailableError(
+                f"model.handle {path}: module lacks signature(s) {sorted(missing)}; "
+                f"it has {sorted(module.signatures.keys())}"
+            )
+        return module, fmt
+
+    @staticmethod
+    def _forward_function(module: Any) -> tuple[Callable[[Any], dict[str, Any]], str]:
+        if hasattr(module, "prune") and hasattr(module, "graph"):
+            return _single_pass_tf1(module), "pruned single pass"
+        return _single_pass_tf2(module), "frozen single pass"
+
+    def _forward(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        import tensorflow as tf
+
+        out = self._run(tf.convert_to_tensor(images, dtype=tf.float32))
+        return {key: value.numpy() for key, value in out.items()}
+
+    def embed(self, pixels: np.ndarray) -> Embeddings:
+        """Embed uint8 images [N, S, S, 3]; one forward pass for features and logits."""
+        if pixels.ndim != 4 or pixels.shape[1:] != (self.image_size, self.image_size, 3):
+            raise ValueError(f"expected [N, {self.image_size}, {self.image_size}, 3] pixels, got {pixels.shape}")
+        out = self._forward(pixels.astype(np.float32) * np.float32(1 / 255))
+        logits = out["logits"].astype(np.float32)
+        if self._background:
+            logits = logits[:, 1:]
+        return Embeddings(normalize(out["features"]), softmax(logits))
+
+
+def normalize(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, np.float32(1e-12))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def top_k(probabilities: np.ndarray, k: int = 5) -> list[list[tuple[int, float]]]:
+    """Per row, the k most probable (class_id, probability), best first."""
+    idx = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    return [[(int(c), float(row[c])) for c in cols] for row, cols in zip(probabilities, idx)]

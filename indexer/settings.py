@@ -1,0 +1,164 @@
+"""Typed settings: config.yaml defaults, an optional YAML file, then LOOKALIKE_* environment overrides.
+
+Every key is declared once here with its default; config.yaml at the repository root mirrors
+these defaults with one comment per key (a test keeps the two in step).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_HANDLE = "https://tfhub.dev/google/efficientnet/b4/classification/1"
+ENV_PREFIX = "LOOKALIKE_"
+CONFIG_ENV = "LOOKALIKE_CONFIG"
+
+
+class SettingsError(ValueError):
+    """A setting is invalid; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSettings(_Section):
+    handle: str = Field(DEFAULT_HANDLE, min_length=1)
+    image_size: int = Field(380, ge=32, le=2048)
+    batch_size: int = Field(8, ge=1, le=1024)
+    download_timeout: float = Field(60.0, gt=0)
+
+
+class StorageSettings(_Section):
+    data_dir: Path = Path("data")
+    database_url: str | None = None
+
+    @field_validator("database_url")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    def resolved_database_url(self) -> str:
+        """The configured URL, or SQLite inside the data directory."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'catalog.db').resolve()}"
+
+
+class IndexerSettings(_Section):
+    decode_workers: int = Field(0, ge=0, le=256)
+    max_image_pixels: int = Field(178_956_970, ge=1)
+    commit_every: int = Field(256, ge=1)
+
+    def effective_decode_workers(self) -> int:
+        return self.decode_workers or (os.cpu_count() or 1)
+
+
+class SearchSettings(_Section):
+    default_k: int = Field(10, ge=1)
+    max_k: int = Field(1000, ge=1)
+    class_min_probability: float = Field(0.2, ge=0.0, le=1.0)
+
+
+class ApiSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    max_upload_mb: float = Field(32.0, gt=0)
+    workers: int = Field(1, ge=1, le=64)
+    threads: int = Field(4, ge=1, le=256)
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Settings(_Section):
+    model: ModelSettings = ModelSettings()
+    storage: StorageSettings = StorageSettings()
+    indexer: IndexerSettings = IndexerSettings()
+    search: SearchSettings = SearchSettings()
+    api: ApiSettings = ApiSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """LOOKALIKE_MODEL__HANDLE=x becomes {"model": {"handle": "x"}}."""
+    out: dict[str, dict[str, str]] = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or key == CONFIG_ENV:
+            continue
+        parts = key[len(ENV_PREFIX):].lower().split("__")
+        if len(parts) != 2:
+            raise SettingsError(
+                f"environment variable {key}: expected {ENV_PREFIX}<SECTION>__<KEY>, "
+                f"e.g. {ENV_PREFIX}MODEL__HANDLE"
+            )
+        out.setdefault(parts[0], {})[parts[1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for section, values in extra.items():
+        if isinstance(values, Mapping) and isinstance(merged.get(section), Mapping):
+            merged[section] = {**merged[section], **values}
+        else:
+            merged[section] = values
+    return merged
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SettingsError(f"config file {path}: not found") from None
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"config file {path}: not valid YAML ({exc})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"config file {path}: expected a mapping of sections at the top level")
+    return data
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    problems = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            problems.append(f"{key}: unknown setting")
+        else:
+            problems.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
+    return f"invalid settings in {source}: " + "; ".join(problems)
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Settings:
+    """Build settings from defaults, the config file, LOOKALIKE_* variables and explicit overrides.
+
+    The file is `config_file`, else $LOOKALIKE_CONFIG, else ./config.yaml when it exists.
+    """
+    environ = os.environ if environ is None else environ
+    path: Path | None = None
+    if config_file is not None:
+        path = Path(config_file)
+    elif environ.get(CONFIG_ENV):
+        path = Path(environ[CONFIG_ENV])
+    elif Path("config.yaml").is_file():
+        path = Path("config.yaml")
+    data: dict[str, Any] = _read_yaml(path) if path else {}
+    data = _merge(data, _env_overrides(environ))
+    if overrides:
+        data = _merge(data, overrides)
+    source = f"{path}" if path else "defaults"
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise SettingsError(_format_validation_error(exc, f"{source} and {ENV_PREFIX}* variables")) from None

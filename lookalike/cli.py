@@ -1,0 +1,207 @@
+"""The `lookalike` command: index a photo library, inspect it, serve the search API.
+
+Exit codes: 0 success (an index run succeeds even when some files were rejected),
+1 an error the message explains (bad settings, missing folder, model unavailable, busy data dir),
+2 a usage error (unknown option or missing argument).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from lookalike import __version__
+
+
+def _configure_logging(level: str, verbose: int) -> None:
+    chosen = "DEBUG" if verbose else level
+    logging.basicConfig(level=chosen, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("absl", "tensorflow", "h5py"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger(chosen).level))
+
+
+class _Context:
+    def __init__(self, config: str | None, verbose: int) -> None:
+        self.config = config
+        self.verbose = verbose
+        self._settings = None
+
+    @property
+    def settings(self):  # type: ignore[no-untyped-def]
+        from indexer.settings import SettingsError, load_settings
+
+        if self._settings is None:
+            try:
+                self._settings = load_settings(self.config)
+            except SettingsError as exc:
+                raise click.ClickException(str(exc)) from None
+            _configure_logging(self._settings.logging.level, self.verbose)
+        return self._settings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
+              help="Settings file (default: $LOOKALIKE_CONFIG, else ./config.yaml when present).")
+@click.option("-v", "--verbose", count=True, help="Log debug messages.")
+@click.version_option(__version__, prog_name="lookalike")
+@click.pass_context
+def cli(ctx: click.Context, config: str | None, verbose: int) -> None:
+    """Self-hosted image similarity search with EfficientNet and FAISS.
+
+    \b
+    Examples:
+      lookalike index ~/Pictures
+      lookalike stats --json
+      lookalike serve --port 8000
+    """
+    ctx.obj = _Context(config, verbose)
+
+
+class _ProgressBar:
+    """A tqdm bar on stderr with rate and ETA; silent when stderr is not a terminal."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar = None
+        self.counts = {"indexed": 0, "linked": 0, "failed": 0}
+
+    def start(self, total: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit="img", disable=not self.enabled, file=sys.stderr, dynamic_ncols=True)
+
+    def advance(self, outcome: str) -> None:
+        self.counts[outcome] += 1
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(self.counts, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary as the last line of stdout.")
+@click.option("--reindex", is_flag=True, help="Forget all vectors and embed everything again (after a model change).")
+@click.pass_obj
+def index(obj: _Context, paths: tuple[str, ...], as_json: bool, reindex: bool) -> None:
+    """Index the photos under PATHS (folders, searched recursively).
+
+    New and changed images are embedded, moved or duplicated ones are linked to their
+    existing vectors, and images whose files disappeared are removed. Files that cannot be
+    decoded are reported and skipped.
+
+    \b
+    Examples:
+      lookalike index ~/Pictures /mnt/photos
+      lookalike index --json ~/Pictures | tail -n 1
+    """
+    from indexer.model import Embedder, ModelUnavailableError, model_id
+    from indexer.pipeline import LibraryIndexer
+    from indexer.scan import RootError
+    from storage.catalog import Catalog
+    from storage.lock import LockedError, writer_lock
+    from storage.vector_index import IndexMismatchError, IndexStore
+
+    settings = obj.settings
+    data_dir = settings.storage.data_dir
+    m = settings.model
+    bar = _ProgressBar(enabled=sys.stderr.isatty())
+    try:
+        with writer_lock(data_dir):
+            catalog = Catalog(settings.storage.resolved_database_url())
+            indexer = LibraryIndexer(
+                settings, catalog, IndexStore(data_dir / "index"), model_id(m.handle, m.image_size),
+                lambda: Embedder(m.handle, m.image_size, m.download_timeout), progress=bar,
+            )
+            try:
+                report = indexer.run(paths, reindex=reindex)
+            finally:
+                catalog.close()
+    except (RootError, ModelUnavailableError, LockedError, IndexMismatchError) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        bar.close()
+    summary = report.to_json()
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    click.echo(
+        f"indexed {report.indexed}, linked {report.linked}, unchanged {report.unchanged}, "
+        f"removed {report.removed}, failed {report.failed} in {report.seconds:.1f}s "
+        f"({summary['images_per_second']} images/s)"
+    )
+    for failure in report.failures:
+        click.echo(f"  rejected {failure['path']}: {failure['error']}", err=True)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+@click.pass_obj
+def stats(obj: _Context, as_json: bool) -> None:
+    """Count the images in the catalog and the vectors in the index."""
+    from storage.catalog import Catalog
+    from storage.vector_index import IndexStore
+
+    settings = obj.settings
+    catalog = Catalog(settings.storage.resolved_database_url())
+    manifest = IndexStore(settings.storage.data_dir / "index").manifest()
+    result = {
+        "images": catalog.count_images(),
+        "files": catalog.count_files(),
+        "vectors": manifest.count if manifest else 0,
+        "generation": manifest.generation if manifest else None,
+        "model_ids": sorted(catalog.model_ids()),
+        "roots": catalog.roots(),
+        "data_dir": str(settings.storage.data_dir.resolve()),
+    }
+    catalog.close()
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    for key, value in result.items():
+        click.echo(f"{key:>10}: {value}")
+
+
+@cli.command()
+@click.option("--host", default=None, help="Address to listen on (default: api.host).")
+@click.option("--port", type=int, default=None, help="Port to listen on (default: api.port).")
+@click.option("--workers", type=click.IntRange(1, 64), default=None, help="Worker processes (default: api.workers).")
+@click.pass_obj
+def serve(obj: _Context, host: str | None, port: int | None, workers: int | None) -> None:
+    """Serve the search API (and its JSON endpoints) with gunicorn.
+
+    \b
+    Example:
+      lookalike serve --host 0.0.0.0 --port 8000
+      curl -F image=@cat.jpg 'http://127.0.0.1:8000/api/v1/search?k=5'
+    """
+    from search_api.serve import serve as run_server
+
+    settings = obj.settings
+    run_server(settings, host or settings.api.host, port or settings.api.port, workers or settings.api.workers)
+
+
+@cli.command("sample-library")
+@click.argument("target", type=click.Path(file_okay=False, path_type=Path))
+@click.pass_obj
+def sample_library(obj: _Context, target: Path) -> None:
+    """Write a small library of real sample photos (from scikit-image and scikit-learn) to TARGET."""
+    from indexer.sample_library import build_sample_library
+
+    _configure_logging("WARNING", obj.verbose)
+    try:
+        written = build_sample_library(target)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {len(written)} images to {target}")
+
+
+def main() -> None:
+    cli(prog_name="lookalike")

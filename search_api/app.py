@@ -1,0 +1,22 @@
+"""Flask application factory: no model loading or I/O at import time."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from indexer.settings import Settings, load_settings
+from search_api import problems, routes_health, routes_images, routes_search
+from search_api.service import SearchService
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """The HTTP API for `settings` (default: config file and environment, as the CLI reads them)."""
+    settings = settings or load_settings()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = int(settings.api.max_upload_mb * 1024 * 1024)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["lookalike"] = SearchService(settings)
+    problems.init_app(app)
+    for bp in (routes_search.bp, routes_images.bp, routes_health.bp):
+        app.register_blueprint(bp)
+    return app

@@ -1,0 +1,34 @@
+"""JSON shapes of images and search hits (a fixed contract of the HTTP API)."""
+
+from __future__ import annotations
+
+from flask import url_for
+
+from search_api.service import Hit, labels_json
+from storage.catalog import ImageRecord
+
+
+def image_json(record: ImageRecord) -> dict[str, object]:
+    return {
+        "id": record.id,
+        "path": record.path,
+        "paths": list(record.paths),
+        "width": record.width,
+        "height": record.height,
+        "format": record.format,
+        "size": record.size,
+        "content_hash": record.content_hash,
+        "labels": labels_json(record.predictions),
+        "file_url": url_for("images.image_file", image_id=record.id),
+    }
+
+
+def hit_json(hit: Hit) -> dict[str, object]:
+    record = hit.record
+    return {
+        "id": record.id,
+        "path": record.path,
+        "score": round(hit.score, 6),
+        "labels": labels_json(record.predictions),
+        "file_url": url_for("images.image_file", image_id=record.id),
+    }

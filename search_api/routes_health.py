@@ -1,0 +1,23 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify
+from flask.typing import ResponseReturnValue
+
+from search_api.problems import ApiProblem
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz() -> ResponseReturnValue:
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz() -> ResponseReturnValue:
+    svc = current_app.extensions["lookalike"]
+    if not svc.is_ready():
+        raise ApiProblem(503, "the model is still loading", "not_ready")
+    return jsonify({"status": "ready", **svc.stats()})

@@ -1,0 +1,282 @@
+"""The catalog: the source of truth for indexed images, their files, predictions and embeddings."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import Engine, create_engine, delete, event, func, or_, select
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from storage.schema import Base, FileRow, ImageRow, PredictionRow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FileState:
+    """What the catalog knows about a file, to decide whether it changed."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    image_id: int
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """A file on disk holding the content with `content_hash`."""
+
+    path: str
+    root: str
+    size: int
+    mtime_ns: int
+    content_hash: str
+
+
+@dataclass(frozen=True)
+class NewImage:
+    content_hash: str
+    width: int
+    height: int
+    format: str
+    model_id: str
+    embedding: np.ndarray  # float32 [D]
+    predictions: Sequence[tuple[int, float]]  # (class_id, probability), best first
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    id: int
+    path: str  # the first of `paths`, the one results show
+    paths: tuple[str, ...]
+    content_hash: str
+    width: int
+    height: int
+    format: str
+    size: int
+    model_id: str
+    predictions: tuple[tuple[int, float], ...]
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def make_engine(database_url: str) -> Engine:
+    engine = create_engine(database_url)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+class Catalog:
+    """Typed access to the catalog database; every write is one transaction."""
+
+    def __init__(self, database_url: str) -> None:
+        self.engine = make_engine(database_url)
+        Base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def session(self) -> Session:
+        return self._sessions()
+
+    # --- reading -----------------------------------------------------------------------
+
+    def files_under(self, root: str) -> dict[str, FileState]:
+        with self.session() as s:
+            rows = s.execute(select(FileRow.path, FileRow.size, FileRow.mtime_ns, FileRow.image_id).where(
+                FileRow.root == root
+            ))
+            return {r.path: FileState(r.path, r.size, r.mtime_ns, r.image_id) for r in rows}
+
+    def roots(self) -> list[str]:
+        with self.session() as s:
+            return list(s.scalars(select(FileRow.root).distinct().order_by(FileRow.root)))
+
+    def ids_for_hashes(self, hashes: Iterable[str]) -> dict[str, int]:
+        hashes = list(set(hashes))
+        found: dict[str, int] = {}
+        with self.session() as s:
+            for start in range(0, len(hashes), 500):
+                chunk = hashes[start:start + 500]
+                rows = s.execute(select(ImageRow.content_hash, ImageRow.id).where(ImageRow.content_hash.in_(chunk)))
+                found.update({h: i for h, i in rows})
+        return found
+
+    def model_ids(self) -> set[str]:
+        with self.session() as s:
+            return set(s.scalars(select(ImageRow.model_id).distinct()))
+
+    def count_images(self) -> int:
+        with self.session() as s:
+            return int(s.scalar(select(func.count(ImageRow.id))) or 0)
+
+    def count_files(self) -> int:
+        with self.session() as s:
+            return int(s.scalar(select(func.count(FileRow.id))) or 0)
+
+    def max_image_id(self) -> int:
+        with self.session() as s:
+            return int(s.scalar(select(func.max(ImageRow.id))) or 0)
+
+    def get_images(self, ids: Sequence[int]) -> dict[int, ImageRecord]:
+        """Records for the ids that exist (missing ids are left out)."""
+        if not ids:
+            return {}
+        with self.session() as s:
+            rows = s.scalars(
+                select(ImageRow)
+                .where(ImageRow.id.in_(list(ids)))
+                .options(selectinload(ImageRow.files), selectinload(ImageRow.predictions))
+            )
+            return {row.id: _record(row) for row in rows if row.files}
+
+    def iter_embeddings(self, batch: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """All (ids int64 [n], vectors float32 [n, D]) in id order, a batch at a time."""
+        last = 0
+        while True:
+            with self.session() as s:
+                rows = s.execute(
+                    select(ImageRow.id, ImageRow.embedding).where(ImageRow.id > last).order_by(ImageRow.id).limit(batch)
+                ).all()
+            if not rows:
+                return
+            ids = np.fromiter((r.id for r in rows), dtype=np.int64, count=len(rows))
+            vectors = np.stack([np.frombuffer(r.embedding, dtype="<f4") for r in rows])
+            last = int(ids[-1])
+            yield ids, vectors
+
+    def embedding(self, image_id: int) -> np.ndarray | None:
+        with self.session() as s:
+            blob = s.scalar(select(ImageRow.embedding).where(ImageRow.id == image_id))
+        return None if blob is None else np.frombuffer(blob, dtype="<f4").copy()
+
+    def _match_clause(self, class_ids: Iterable[int], min_probability: float):  # type: ignore[no-untyped-def]
+        return (PredictionRow.class_id.in_(list(class_ids))) & (
+            or_(PredictionRow.rank == 0, PredictionRow.probability >= min_probability)
+        )
+
+    def ids_matching_classes(self, class_ids: Iterable[int], min_probability: float) -> np.ndarray:
+        """Image ids whose top-1 is one of `class_ids`, or whose top-5 holds one with >= min_probability."""
+        with self.session() as s:
+            ids = s.scalars(
+                select(PredictionRow.image_id).where(self._match_clause(class_ids, min_probability)).distinct()
+            ).all()
+        return np.asarray(sorted(ids), dtype=np.int64)
+
+    def class_counts(self, min_probability: float) -> list[tuple[int, int]]:
+        """(class_id, number of images matching it), most common first."""
+        with self.session() as s:
+            count = func.count(PredictionRow.image_id.distinct())
+            rows = s.execute(
+                select(PredictionRow.class_id, count)
+                .where(or_(PredictionRow.rank == 0, PredictionRow.probability >= min_probability))
+                .group_by(PredictionRow.class_id)
+                .order_by(count.desc(), PredictionRow.class_id)
+            ).all()
+        return [(int(c), int(n)) for c, n in rows]
+
+    # --- writing -----------------------------------------------------------------------
+
+    def apply(
+        self,
+        new_images: Sequence[NewImage] = (),
+        files: Sequence[FileRef] = (),
+        removed_paths: Sequence[str] = (),
+    ) -> tuple[list[int], list[int]]:
+        """In one transaction: insert images, point files at their content, drop removed files.
+
+        Returns (ids of the inserted images, ids of images deleted because no file holds them any more).
+        """
+        with self.session() as s, s.begin():
+            rows = [_image_row(img) for img in new_images]
+            s.add_all(rows)
+            s.flush()
+            ids_by_hash = {row.content_hash: row.id for row in rows}
+            wanted = {f.content_hash for f in files} - ids_by_hash.keys()
+            if wanted:
+                ids_by_hash.update(
+                    dict(s.execute(select(ImageRow.content_hash, ImageRow.id).where(ImageRow.content_hash.in_(wanted))).tuples())
+                )
+            touched: set[int] = set()
+            existing = {
+                row.path: row
+                for row in s.scalars(select(FileRow).where(FileRow.path.in_([f.path for f in files] + list(removed_paths))))
+            }
+            for ref in files:
+                image_id = ids_by_hash[ref.content_hash]
+                row = existing.get(ref.path)
+                if row is None:
+                    s.add(FileRow(path=ref.path, root=ref.root, size=ref.size, mtime_ns=ref.mtime_ns, image_id=image_id))
+                    continue
+                if row.image_id != image_id:
+                    touched.add(row.image_id)
+                row.root, row.size, row.mtime_ns, row.image_id = ref.root, ref.size, ref.mtime_ns, image_id
+            for path in removed_paths:
+                row = existing.get(path)
+                if row is not None:
+                    touched.add(row.image_id)
+                    s.delete(row)
+            s.flush()
+            orphans = self._delete_orphans(s, touched)
+        return [row.id for row in rows], orphans
+
+    @staticmethod
+    def _delete_orphans(s: Session, candidates: set[int]) -> list[int]:
+        if not candidates:
+            return []
+        still_used = set(s.scalars(select(FileRow.image_id).where(FileRow.image_id.in_(candidates))))
+        orphans = sorted(candidates - still_used)
+        if orphans:
+            s.execute(delete(PredictionRow).where(PredictionRow.image_id.in_(orphans)))
+            s.execute(delete(ImageRow).where(ImageRow.id.in_(orphans)))
+        return orphans
+
+    def clear(self) -> None:
+        """Forget every image (used before re-indexing with another model)."""
+        with self.session() as s, s.begin():
+            s.execute(delete(FileRow))
+            s.execute(delete(PredictionRow))
+            s.execute(delete(ImageRow))
+
+
+def _image_row(img: NewImage) -> ImageRow:
+    return ImageRow(
+        content_hash=img.content_hash,
+        width=img.width,
+        height=img.height,
+        format=img.format,
+        model_id=img.model_id,
+        embedding=np.ascontiguousarray(img.embedding, dtype="<f4").tobytes(),
+        predictions=[
+            PredictionRow(rank=rank, class_id=class_id, probability=float(prob))
+            for rank, (class_id, prob) in enumerate(img.predictions)
+        ],
+    )
+
+
+def _record(row: ImageRow) -> ImageRecord:
+    paths = tuple(f.path for f in row.files)
+    return ImageRecord(
+        id=row.id,
+        path=paths[0],
+        paths=paths,
+        content_hash=row.content_hash,
+        width=row.width,
+        height=row.height,
+        format=row.format,
+        size=row.files[0].size,
+        model_id=row.model_id,
+        predictions=tuple((p.class_id, p.probability) for p in row.predictions),
+    )

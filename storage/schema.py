@@ -1,0 +1,63 @@
+"""Catalog tables: one row per distinct image content, the files that hold it, and its predictions.
+
+An image is identified by the SHA-256 of its bytes, so two files with the same content share
+one embedding. `images.id` is also the vector id in the FAISS index.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import BigInteger, DateTime, Float, ForeignKey, Integer, LargeBinary, SmallInteger, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ImageRow(Base):
+    __tablename__ = "images"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    content_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    format: Mapped[str] = mapped_column(String(16))
+    model_id: Mapped[str] = mapped_column(Text, index=True)
+    # float32 little-endian, L2-normalised: the FAISS index is rebuilt from these.
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)
+    indexed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+    files: Mapped[list[FileRow]] = relationship(back_populates="image", order_by="FileRow.path")
+    predictions: Mapped[list[PredictionRow]] = relationship(
+        back_populates="image", order_by="PredictionRow.rank", cascade="all, delete-orphan"
+    )
+
+
+class FileRow(Base):
+    __tablename__ = "files"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    path: Mapped[str] = mapped_column(Text, unique=True)
+    root: Mapped[str] = mapped_column(Text, index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+
+    image: Mapped[ImageRow] = relationship(back_populates="files")
+
+
+class PredictionRow(Base):
+    __tablename__ = "predictions"
+
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    rank: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    class_id: Mapped[int] = mapped_column(SmallInteger, index=True)
+    probability: Mapped[float] = mapped_column(Float)
+
+    image: Mapped[ImageRow] = relationship(back_populates="predictions")

@@ -1,0 +1,158 @@
+"""The FAISS index: unit vectors keyed by catalog image ids, inner product = cosine similarity.
+
+It is a derived cache of the catalog's embeddings. Files are published as numbered
+generations (temp file, fsync, rename) followed by a manifest written the same way, so a
+crash at any point leaves the previous generation readable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+
+
+class IndexMismatchError(RuntimeError):
+    """The index was built for another model or dimension than the one in use."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    generation: int
+    file: str
+    count: int
+    dimension: int
+    model_id: str
+    high_water: int  # largest catalog image id the generation covers
+    created_at: float
+
+
+class VectorIndex:
+    """Exact inner-product search over L2-normalised vectors with catalog ids."""
+
+    def __init__(self, dimension: int, model_id: str, index: faiss.Index | None = None) -> None:
+        self.dimension = dimension
+        self.model_id = model_id
+        self.index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dimension))
+        if self.index.d != dimension:
+            raise IndexMismatchError(f"index has dimension {self.index.d}, expected {dimension}")
+
+    @property
+    def count(self) -> int:
+        return int(self.index.ntotal)
+
+    def ids(self) -> np.ndarray:
+        return faiss.vector_to_array(self.index.id_map).astype(np.int64)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if len(ids) == 0:
+            return
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dimension:
+            raise IndexMismatchError(f"vectors have shape {vectors.shape}, index dimension is {self.dimension}")
+        self.index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
+
+    def remove(self, ids: np.ndarray) -> int:
+        if len(ids) == 0:
+            return 0
+        return int(self.index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64)))
+
+    def search(
+        self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None
+    ) -> list[list[tuple[int, float]]]:
+        """Per query, up to k (id, score) pairs, best first; `allowed_ids` filters inside the search."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dimension)
+        if self.count == 0 or k < 1 or (allowed_ids is not None and len(allowed_ids) == 0):
+            return [[] for _ in range(len(queries))]
+        k = min(k, self.count)
+        params = None
+        if allowed_ids is not None:
+            selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))
+            params = faiss.SearchParameters(sel=selector)
+        scores, ids = self.index.search(queries, k, params=params)
+        return [
+            [(int(i), float(s)) for i, s in zip(row_ids, row_scores) if i >= 0]
+            for row_ids, row_scores in zip(ids, scores)
+        ]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+class IndexStore:
+    """A directory of index generations plus the manifest naming the current one."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    def manifest(self) -> Manifest | None:
+        path = self.directory / MANIFEST
+        try:
+            return Manifest(**json.loads(path.read_text("utf-8")))
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError) as exc:
+            log.warning("index manifest %s is unreadable (%s); the index will be rebuilt", path, exc)
+            return None
+
+    def load(self, manifest: Manifest) -> VectorIndex | None:
+        """The generation the manifest names, or None when its file is missing or damaged."""
+        path = self.directory / manifest.file
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as exc:
+            log.warning("index file %s cannot be read (%s); the index will be rebuilt", path, exc)
+            return None
+        if index.ntotal != manifest.count or index.d != manifest.dimension:
+            log.warning("index file %s does not match its manifest; the index will be rebuilt", path)
+            return None
+        return VectorIndex(manifest.dimension, manifest.model_id, index)
+
+    def publish(self, index: VectorIndex, high_water: int) -> Manifest:
+        """Write `index` as the next generation and make it current; older generations are removed."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        previous = self.manifest()
+        generation = (previous.generation if previous else 0) + 1
+        name = f"vectors-{generation:06d}.faiss"
+        data = faiss.serialize_index(index.index).tobytes()
+        _write_atomic(self.directory / name, data)
+        manifest = Manifest(generation, name, index.count, index.dimension, index.model_id, high_water, time.time())
+        _write_atomic(self.directory / MANIFEST, json.dumps(asdict(manifest), indent=2).encode("utf-8"))
+        self._remove_stale(keep=name)
+        log.info("published index generation %d (%d vectors)", generation, index.count)
+        return manifest
+
+    def _remove_stale(self, keep: str) -> None:
+        for path in self.directory.glob("vectors-*.faiss"):
+            if path.name != keep:
+                path.unlink(missing_ok=True)
+        for path in self.directory.glob(".*.tmp"):
+            path.unlink(missing_ok=True)
