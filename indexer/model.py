@@ -139,15 +139,18 @@ def _single_pass_tf2(module: Any) -> Callable[[Any], dict[str, Any]]:
     cls = module.signatures[CLASSIFY_SIGNATURE]
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name=INPUT_KEY)])
-    def both(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {
-            "features": fv(images=images)[OUTPUT_KEY],
-            "logits": cls(images=images)[OUTPUT_KEY],
-        }
+    def both(images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return fv(images=images)[OUTPUT_KEY], cls(images=images)[OUTPUT_KEY]
 
     # Freezing turns weights into constants, so the two inlined copies of the network become
     # identical subgraphs that Grappler merges: one forward pass.
-    return convert_variables_to_constants_v2(both.get_concrete_function())
+    frozen = convert_variables_to_constants_v2(both.get_concrete_function())
+
+    def run(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        features, logits = frozen(images)
+        return {"features": features, "logits": logits}
+
+    return run
 
 
 class Embedder:

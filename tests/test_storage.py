@@ -1,0 +1,190 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from storage.catalog import Catalog, FileRef, NewImage
+from storage.schema import Base
+from storage.sync import check_model, open_index
+from storage.vector_index import MANIFEST, IndexMismatchError, IndexStore, VectorIndex
+
+POSTGRES_URL = os.environ.get("LOOKALIKE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+MODEL = "test-model@64"
+DIM = 8
+
+
+def _postgres_available() -> bool:
+    try:
+        with sa.create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3}).connect():
+            return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Catalog]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    else:
+        if not _postgres_available():
+            pytest.skip(f"no PostgreSQL server answers at {POSTGRES_URL}")
+        url = POSTGRES_URL
+        Base.metadata.drop_all(sa.create_engine(url))
+    cat = Catalog(url)
+    yield cat
+    if request.param == "postgresql":
+        Base.metadata.drop_all(cat.engine)
+    cat.close()
+
+
+def unit(seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=DIM).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def new_image(seed: int, classes: tuple[tuple[int, float], ...] = ((1, 0.9), (2, 0.05))) -> NewImage:
+    return NewImage(f"{seed:064x}", 10, 20, "JPEG", MODEL, unit(seed), classes)
+
+
+def ref(path: str, seed: int, size: int = 100) -> FileRef:
+    return FileRef(path, "/lib", size, 1, f"{seed:064x}")
+
+
+def test_catalog_roundtrip_and_duplicates(catalog: Catalog) -> None:
+    ids, orphans = catalog.apply([new_image(1), new_image(2)], [ref("/lib/a.jpg", 1), ref("/lib/b.jpg", 2),
+                                                               ref("/lib/copy-of-a.jpg", 1)])
+    assert orphans == [] and len(ids) == 2
+    records = catalog.get_images(ids)
+    a = records[ids[0]]
+    assert a.paths == ("/lib/a.jpg", "/lib/copy-of-a.jpg") and a.path == "/lib/a.jpg"
+    assert a.predictions == ((1, pytest.approx(0.9)), (2, pytest.approx(0.05)))
+    assert catalog.count_images() == 2 and catalog.count_files() == 3
+    np.testing.assert_array_equal(catalog.embedding(ids[1]), unit(2))
+    assert set(catalog.files_under("/lib")) == {"/lib/a.jpg", "/lib/b.jpg", "/lib/copy-of-a.jpg"}
+    assert catalog.files_under("/li") == {}
+    assert catalog.model_ids() == {MODEL}
+
+
+def test_removing_the_last_file_deletes_the_image(catalog: Catalog) -> None:
+    ids, _ = catalog.apply([new_image(1)], [ref("/lib/a.jpg", 1), ref("/lib/b.jpg", 1)])
+    assert catalog.apply(removed_paths=["/lib/a.jpg"]) == ([], [])
+    assert catalog.apply(removed_paths=["/lib/b.jpg", "/lib/never-indexed.jpg"]) == ([], ids)
+    assert catalog.count_images() == 0 and catalog.get_images(ids) == {}
+
+
+def test_file_pointed_at_new_content_orphans_the_old(catalog: Catalog) -> None:
+    (old,), _ = catalog.apply([new_image(1)], [ref("/lib/a.jpg", 1)])
+    (new,), orphans = catalog.apply([new_image(2)], [ref("/lib/a.jpg", 2, size=200)])
+    assert orphans == [old]
+    assert catalog.files_under("/lib")["/lib/a.jpg"].image_id == new
+
+
+def test_class_matching_rule(catalog: Catalog) -> None:
+    ids, _ = catalog.apply(
+        [new_image(1, ((5, 0.5), (6, 0.3), (7, 0.1))), new_image(2, ((6, 0.15), (5, 0.12))),
+         new_image(3, ((7, 0.9), (5, 0.25)))],
+        [ref("/lib/1.jpg", 1), ref("/lib/2.jpg", 2), ref("/lib/3.jpg", 3)],
+    )
+    # top-1 always matches; lower ranks match at >= 0.2
+    assert list(catalog.ids_matching_classes([5], 0.2)) == [ids[0], ids[2]]
+    assert list(catalog.ids_matching_classes([6], 0.2)) == [ids[0], ids[1]]
+    assert list(catalog.ids_matching_classes([7], 0.2)) == [ids[2]]
+    assert list(catalog.ids_matching_classes([6, 7], 0.2)) == sorted(ids)
+    assert catalog.class_counts(0.2) == [(5, 2), (6, 2), (7, 1)]
+
+
+def test_embeddings_stream_in_id_order(catalog: Catalog) -> None:
+    images = [new_image(i) for i in range(25)]
+    ids, _ = catalog.apply(images, [ref(f"/lib/{i}.jpg", i) for i in range(25)])
+    batches = list(catalog.iter_embeddings(batch=10))
+    assert [len(b[0]) for b in batches] == [10, 10, 5]
+    all_ids = np.concatenate([b[0] for b in batches])
+    assert list(all_ids) == sorted(ids)
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches])[3], unit(3))
+
+
+def filled_index(n: int = 50) -> VectorIndex:
+    index = VectorIndex(DIM, MODEL)
+    index.add(np.arange(100, 100 + n), np.stack([unit(i) for i in range(n)]))
+    return index
+
+
+def test_search_is_exact_and_keyed_by_catalog_ids() -> None:
+    index = filled_index()
+    hits = index.search(unit(7), 3)[0]
+    assert hits[0] == (107, pytest.approx(1.0, abs=1e-5))
+    vectors = np.stack([unit(i) for i in range(50)])
+    expected = 100 + np.argsort(-(vectors @ unit(7)))[:3]
+    assert [i for i, _ in hits] == list(expected)
+    assert index.search(unit(7), 500)[0].__len__() == 50
+
+
+def test_filter_inside_the_search_returns_k_whenever_k_match() -> None:
+    index = filled_index()
+    query = unit(7)
+    scores = np.stack([unit(i) for i in range(50)]) @ query
+    farthest = 100 + np.argsort(scores)[:5]  # the five least similar vectors
+    hits = index.search(query, 5, allowed_ids=farthest)[0]
+    assert sorted(i for i, _ in hits) == sorted(farthest)
+    assert index.search(query, 10, allowed_ids=farthest)[0].__len__() == 5
+    assert index.search(query, 10, allowed_ids=np.array([], np.int64)) == [[]]
+
+
+def test_remove_and_dimension_checks() -> None:
+    index = filled_index(10)
+    assert index.remove(np.array([100, 105, 999])) == 2
+    assert index.count == 8 and 105 not in index.ids()
+    with pytest.raises(IndexMismatchError):
+        index.add(np.array([1]), np.zeros((1, DIM + 1), np.float32))
+
+
+def test_generations_are_published_atomically(tmp_path: Path) -> None:
+    store = IndexStore(tmp_path / "index")
+    assert store.manifest() is None
+    first = store.publish(filled_index(10), high_water=109)
+    second = store.publish(filled_index(20), high_water=119)
+    assert (first.generation, second.generation) == (1, 2)
+    assert sorted(p.name for p in (tmp_path / "index").iterdir()) == [MANIFEST, "vectors-000002.faiss"]
+    loaded = store.load(store.manifest())  # type: ignore[arg-type]
+    assert loaded is not None and loaded.count == 20 and loaded.model_id == MODEL
+
+
+def test_damaged_index_file_is_detected(tmp_path: Path) -> None:
+    store = IndexStore(tmp_path / "index")
+    manifest = store.publish(filled_index(10), high_water=109)
+    path = tmp_path / "index" / manifest.file
+    path.write_bytes(path.read_bytes()[:100])
+    assert store.load(manifest) is None
+    path.unlink()
+    assert store.load(manifest) is None
+    (tmp_path / "index" / MANIFEST).write_text("{not json")
+    assert store.manifest() is None
+
+
+def test_open_index_repairs_from_the_catalog(catalog: Catalog, tmp_path: Path) -> None:
+    store = IndexStore(tmp_path / "index")
+    assert open_index(catalog, store, MODEL, publish_repairs=True) == (None, None)
+    ids, _ = catalog.apply([new_image(i) for i in range(5)], [ref(f"/lib/{i}.jpg", i) for i in range(5)])
+    index, manifest = open_index(catalog, store, MODEL, publish_repairs=True)  # no index yet: built
+    assert index is not None and sorted(index.ids()) == sorted(ids) and manifest is not None
+    catalog.apply([new_image(9)], [ref("/lib/9.jpg", 9)])  # catalog moved on without the index
+    index, manifest2 = open_index(catalog, store, MODEL, publish_repairs=True)
+    assert index is not None and index.count == 6 and manifest2.generation == manifest.generation + 1  # type: ignore[union-attr]
+    (tmp_path / "index" / manifest2.file).unlink()  # type: ignore[union-attr]
+    index, _ = open_index(catalog, store, MODEL, publish_repairs=False)
+    assert index is not None and index.count == 6
+    hits = index.search(unit(3), 1)[0]
+    assert hits[0][0] == ids[3]
+
+
+def test_vectors_of_another_model_are_never_mixed(catalog: Catalog, tmp_path: Path) -> None:
+    catalog.apply([new_image(1)], [ref("/lib/1.jpg", 1)])
+    with pytest.raises(IndexMismatchError, match="--reindex"):
+        check_model(catalog, "another-model@380")
+    with pytest.raises(IndexMismatchError):
+        open_index(catalog, IndexStore(tmp_path / "index"), "another-model@380", publish_repairs=True)
