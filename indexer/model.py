@@ -15,9 +15,10 @@ import os
 import socket
 import tarfile
 import urllib.error
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -232,4 +233,4 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def top_k(probabilities: np.ndarray, k: int = 5) -> list[list[tuple[int, float]]]:
     """Per row, the k most probable (class_id, probability), best first."""
     idx = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-    return [[(int(c), float(row[c])) for c in cols] for row, cols in zip(probabilities, idx)]
+    return [[(int(c), float(row[c])) for c in cols] for row, cols in zip(probabilities, idx, strict=True)]

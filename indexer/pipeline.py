@@ -238,7 +238,7 @@ class LibraryIndexer:
                 embedding=vector,
                 predictions=preds,
             )
-            for item, vector, preds in zip(items, out.features, predictions)
+            for item, vector, preds in zip(items, out.features, predictions, strict=True)
             if item.decoded is not None
         ]
 

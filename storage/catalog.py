@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from sqlalchemy import Engine, create_engine, delete, event, func, or_, select
@@ -13,6 +15,8 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from storage.schema import Base, FileRow, ImageRow, PredictionRow
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,9 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
 def make_engine(database_url: str) -> Engine:
     engine = create_engine(database_url)
     if engine.dialect.name == "sqlite":
+        database = engine.url.database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
 
@@ -105,14 +112,8 @@ class Catalog:
             return list(s.scalars(select(FileRow.root).distinct().order_by(FileRow.root)))
 
     def ids_for_hashes(self, hashes: Iterable[str]) -> dict[str, int]:
-        hashes = list(set(hashes))
-        found: dict[str, int] = {}
         with self.session() as s:
-            for start in range(0, len(hashes), 500):
-                chunk = hashes[start:start + 500]
-                rows = s.execute(select(ImageRow.content_hash, ImageRow.id).where(ImageRow.content_hash.in_(chunk)))
-                found.update({h: i for h, i in rows})
-        return found
+            return _ids_by_hash(s, hashes)
 
     def model_ids(self) -> set[str]:
         with self.session() as s:
@@ -205,20 +206,17 @@ class Catalog:
             s.flush()
             ids_by_hash = {row.content_hash: row.id for row in rows}
             wanted = {f.content_hash for f in files} - ids_by_hash.keys()
-            if wanted:
-                ids_by_hash.update(
-                    dict(s.execute(select(ImageRow.content_hash, ImageRow.id).where(ImageRow.content_hash.in_(wanted))).tuples())
-                )
+            ids_by_hash.update(_ids_by_hash(s, wanted))
             touched: set[int] = set()
-            existing = {
-                row.path: row
-                for row in s.scalars(select(FileRow).where(FileRow.path.in_([f.path for f in files] + list(removed_paths))))
-            }
+            existing: dict[str, FileRow] = {}
+            for chunk in _chunks([f.path for f in files] + list(removed_paths)):
+                existing.update({row.path: row for row in s.scalars(select(FileRow).where(FileRow.path.in_(chunk)))})
             for ref in files:
                 image_id = ids_by_hash[ref.content_hash]
                 row = existing.get(ref.path)
                 if row is None:
-                    s.add(FileRow(path=ref.path, root=ref.root, size=ref.size, mtime_ns=ref.mtime_ns, image_id=image_id))
+                    s.add(FileRow(path=ref.path, root=ref.root, size=ref.size, mtime_ns=ref.mtime_ns,
+                                  image_id=image_id))
                     continue
                 if row.image_id != image_id:
                     touched.add(row.image_id)
@@ -236,11 +234,13 @@ class Catalog:
     def _delete_orphans(s: Session, candidates: set[int]) -> list[int]:
         if not candidates:
             return []
-        still_used = set(s.scalars(select(FileRow.image_id).where(FileRow.image_id.in_(candidates))))
+        still_used: set[int] = set()
+        for chunk in _chunks(sorted(candidates)):
+            still_used.update(s.scalars(select(FileRow.image_id).where(FileRow.image_id.in_(chunk))))
         orphans = sorted(candidates - still_used)
-        if orphans:
-            s.execute(delete(PredictionRow).where(PredictionRow.image_id.in_(orphans)))
-            s.execute(delete(ImageRow).where(ImageRow.id.in_(orphans)))
+        for chunk in _chunks(orphans):
+            s.execute(delete(PredictionRow).where(PredictionRow.image_id.in_(chunk)))
+            s.execute(delete(ImageRow).where(ImageRow.id.in_(chunk)))
         return orphans
 
     def clear(self) -> None:
@@ -249,6 +249,20 @@ class Catalog:
             s.execute(delete(FileRow))
             s.execute(delete(PredictionRow))
             s.execute(delete(ImageRow))
+
+
+def _chunks(items: Sequence[T], size: int = 500) -> Iterator[Sequence[T]]:
+    """Slices small enough for an IN (...) clause on every database."""
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _ids_by_hash(s: Session, hashes: Iterable[str]) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for chunk in _chunks(sorted(set(hashes))):
+        rows = s.execute(select(ImageRow.content_hash, ImageRow.id).where(ImageRow.content_hash.in_(chunk)))
+        found.update({h: i for h, i in rows})
+    return found
 
 
 def _image_row(img: NewImage) -> ImageRow:

@@ -81,8 +81,8 @@ class VectorIndex:
             params = faiss.SearchParameters(sel=selector)
         scores, ids = self.index.search(queries, k, params=params)
         return [
-            [(int(i), float(s)) for i, s in zip(row_ids, row_scores) if i >= 0]
-            for row_ids, row_scores in zip(ids, scores)
+            [(int(i), float(s)) for i, s in zip(row_ids, row_scores, strict=True) if i >= 0]
+            for row_ids, row_scores in zip(ids, scores, strict=True)
         ]
 
 

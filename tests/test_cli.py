@@ -1,0 +1,145 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import TEST_IMAGE_SIZE
+
+from lookalike import __version__
+from lookalike.cli import cli
+from storage.lock import writer_lock
+
+
+def env_for(data_dir: Path, handle: Path | str) -> dict[str, str]:
+    return {
+        "LOOKALIKE_MODEL__HANDLE": str(handle),
+        "LOOKALIKE_MODEL__IMAGE_SIZE": str(TEST_IMAGE_SIZE),
+        "LOOKALIKE_STORAGE__DATA_DIR": str(data_dir),
+        "LOOKALIKE_CONFIG": "",
+    }
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def test_version_and_help(runner: CliRunner) -> None:
+    assert runner.invoke(cli, ["--version"]).output.strip() == f"lookalike, version {__version__}"
+    for command in ("index", "stats", "serve", "sample-library"):
+        result = runner.invoke(cli, [command, "--help"])
+        assert result.exit_code == 0 and "Usage:" in result.output
+        assert (command in ("index", "serve")) == ("Example" in result.output)
+
+
+def test_sample_library_has_real_photos(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(cli, ["sample-library", str(tmp_path / "lib")])
+    assert result.exit_code == 0, result.output
+    photos = sorted(p.name for p in (tmp_path / "lib" / "photos").iterdir())
+    assert {"chelsea.jpg", "coffee.jpg", "rocket.jpg", "china.jpg", "flower.jpg"} <= set(photos)
+    assert len(list((tmp_path / "lib").rglob("*.*"))) == 3 * len(photos)
+
+
+def test_index_json_summary_and_stats(runner: CliRunner, colour_library: Path, tmp_path: Path,
+                                      tf1_module: Path) -> None:
+    (colour_library / "broken.jpg").write_bytes(b"not a jpeg")
+    env = env_for(tmp_path / "data", tf1_module)
+    result = runner.invoke(cli, ["index", "--json", str(colour_library)], env=env)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["indexed"] == 14 and summary["unchanged"] == 0 and summary["removed"] == 0
+    assert summary["failed"] == 1
+    assert summary["failures"][0]["path"].endswith("broken.jpg") and summary["failures"][0]["error"]
+    again = json.loads(runner.invoke(cli, ["index", "--json", str(colour_library)], env=env).stdout.splitlines()[-1])
+    assert (again["indexed"], again["unchanged"]) == (0, 14)
+
+    stats = json.loads(runner.invoke(cli, ["stats", "--json"], env=env).stdout)
+    assert stats["images"] == 14 and stats["vectors"] == 14 and stats["generation"] == 1
+    human = runner.invoke(cli, ["index", str(colour_library)], env=env)
+    assert human.exit_code == 0 and "indexed 0, linked 0, unchanged 14" in human.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "env_extra", "message"),
+    [
+        (["index", "{missing}"], {}, "no such folder"),
+        (["index", "{library}"], {"LOOKALIKE_MODEL__IMAGE_SIZE": "tiny"}, "model.image_size"),
+        (["index", "{library}"], {"LOOKALIKE_MODEL__HANDLE": "{missing}"}, "no such module directory"),
+        (["index", "{library}"], {"LOOKALIKE_MODEL__HANDLE": "http://127.0.0.1:9/b4.tar.gz",
+                                  "LOOKALIKE_MODEL__DOWNLOAD_TIMEOUT": "2"}, "cannot download model"),
+        (["--config", "{missing}", "stats"], {}, "not found"),
+    ],
+    ids=["missing-folder", "bad-setting", "missing-model", "unreachable-hub", "missing-config"],
+)
+def test_errors_are_clear_and_exit_1(runner: CliRunner, colour_library: Path, tmp_path: Path, tf1_module: Path,
+                                     args: list[str], env_extra: dict[str, str], message: str,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "cache"))
+    fill = {"missing": str(tmp_path / "missing"), "library": str(colour_library)}
+    env = env_for(tmp_path / "data", tf1_module) | {k: v.format(**fill) for k, v in env_extra.items()}
+    result = runner.invoke(cli, [a.format(**fill) for a in args], env=env)
+    assert result.exit_code == 1, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_busy_data_dir_and_model_change_are_refused(runner: CliRunner, colour_library: Path, tmp_path: Path,
+                                                     tf1_module: Path, tf2_module: Path) -> None:
+    env = env_for(tmp_path / "data", tf1_module)
+    with writer_lock(tmp_path / "data"):
+        busy = runner.invoke(cli, ["index", str(colour_library)], env=env)
+    assert busy.exit_code == 1 and "another lookalike indexer" in busy.output
+    assert runner.invoke(cli, ["index", str(colour_library)], env=env).exit_code == 0
+    changed = runner.invoke(cli, ["index", str(colour_library)], env=env_for(tmp_path / "data", tf2_module))
+    assert changed.exit_code == 1 and "--reindex" in changed.output
+    redo = runner.invoke(cli, ["index", "--reindex", "--json", str(colour_library)],
+                         env=env_for(tmp_path / "data", tf2_module))
+    assert redo.exit_code == 0 and json.loads(redo.stdout.splitlines()[-1])["indexed"] == 14
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_answers_queries_over_http(runner: CliRunner, colour_library: Path, tmp_path: Path,
+                                         tf1_module: Path) -> None:
+    env = env_for(tmp_path / "data", tf1_module)
+    assert runner.invoke(cli, ["index", str(colour_library)], env=env).exit_code == 0
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "lookalike", "serve", "--port", str(port)],
+                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/readyz", timeout=5) as r:
+                    ready = json.load(r)
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read().decode()  # type: ignore[union-attr]
+                assert time.monotonic() < deadline, "server did not become ready"
+                time.sleep(0.5)
+        assert ready["vectors"] == 14
+        body = (colour_library / "red" / "red0.jpg").read_bytes()
+        boundary = "lookalikeboundary"
+        payload = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"q.jpg\"\r\n"
+                   "Content-Type: image/jpeg\r\n\r\n").encode() + body + f"\r\n--{boundary}--\r\n".encode()
+        request = urllib.request.Request(f"{base}/api/v1/search?k=2", data=payload, method="POST",
+                                         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        with urllib.request.urlopen(request, timeout=30) as r:
+            results = json.load(r)["results"]
+        assert Path(results[0]["path"]).name == "red0.jpg" and results[0]["score"] > 0.999
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
