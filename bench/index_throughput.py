@@ -1,0 +1,135 @@
+"""Index throughput: end-to-end `index` rate vs the model-only forward rate, in one run.
+
+    python bench/index_throughput.py                       # B4-compute stand-in if built, else Lite0
+    python bench/index_throughput.py --model ../shared/models/efficientnet_lite0_tf1 --image-size 224
+
+The B4-compute stand-in (random weights, the real B4 graph at 380x380) is made with
+    python ../shared/tools/make_tf1_hub_module.py --b4-random --seed 0 --out build/b4_random_tf1
+
+It also shows that one embed call costs one forward pass: the product's pruned single-pass
+function is timed against one signature alone and against both signatures called separately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from indexer.images import decode_image  # noqa: E402
+from indexer.model import Embedder, model_id  # noqa: E402
+from indexer.pipeline import LibraryIndexer  # noqa: E402
+from indexer.settings import load_settings  # noqa: E402
+from storage.catalog import Catalog  # noqa: E402
+from storage.vector_index import IndexStore  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+B4_STAND_IN = REPO / "build" / "b4_random_tf1"
+LITE0 = REPO.parent / "shared" / "models" / "efficientnet_lite0_tf1"
+
+
+def make_photos(folder: Path, count: int, width: int, height: int) -> list[Path]:
+    """Distinct JPEG photos cut at random from the real sample photos of scikit-image."""
+    import skimage.data
+
+    sources = [np.asarray(getattr(skimage.data, name)()) for name in ("astronaut", "chelsea", "coffee", "rocket")]
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        src = Image.fromarray(sources[i % len(sources)]).convert("RGB")
+        scale = max(width / src.width, height / src.height) * rng.uniform(1.0, 1.3)
+        big = src.resize((int(src.width * scale) + 1, int(src.height * scale) + 1), Image.Resampling.BICUBIC)
+        x = int(rng.integers(0, big.width - width + 1))
+        y = int(rng.integers(0, big.height - height + 1))
+        path = folder / f"photo{i:05d}.jpg"
+        big.crop((x, y, x + width, y + height)).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def time_per_image(fn, batch: np.ndarray, repeats: int) -> float:  # type: ignore[no-untyped-def]
+    fn(batch)  # warm-up (trace and first call)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        fn(batch)
+    return (time.perf_counter() - started) / (repeats * len(batch))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    default_model = B4_STAND_IN if B4_STAND_IN.exists() else LITE0
+    parser.add_argument("--model", default=str(default_model), help=f"module directory (default {default_model})")
+    parser.add_argument("--image-size", type=int, default=380 if default_model == B4_STAND_IN else 224)
+    parser.add_argument("--images", type=int, default=96, help="photos to index")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--photo-size", default="640x480", help="WIDTHxHEIGHT of the generated JPEGs")
+    parser.add_argument("--repeats", type=int, default=6, help="timed model-only batches")
+    args = parser.parse_args()
+    width, height = (int(v) for v in args.photo_size.split("x"))
+    logging.basicConfig(level=logging.WARNING)
+
+    embedder = Embedder(args.model, args.image_size)
+    print(f"model {args.model} ({embedder.format}, {embedder.route}), {args.image_size}x{args.image_size}, "
+          f"{embedder.feature_dim}-d, batch {args.batch_size}, {os.cpu_count()} CPU cores")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        library = Path(tmp) / "library"
+        library.mkdir()
+        photos = make_photos(library, args.images, width, height)
+        decoded = [decode_image(p.read_bytes(), args.image_size, 10**9).pixels for p in photos[: args.batch_size]]
+        batch = np.stack(decoded)
+
+        # Model only: the product's single-pass embed vs one signature vs both signatures.
+        import tensorflow as tf
+
+        module = embedder._module
+        floats = tf.constant(batch.astype(np.float32) / 255)
+        classify = module.signatures["image_classification"]
+        features = module.signatures["image_feature_vector"]
+        embed_s = time_per_image(embedder.embed, batch, args.repeats)
+        one_s = time_per_image(lambda _: classify(images=floats), batch, args.repeats)
+        two_s = time_per_image(lambda _: (classify(images=floats), features(images=floats)), batch, args.repeats)
+
+        # Decode only (one thread), to see what the pipeline has to hide behind the model.
+        started = time.perf_counter()
+        for p in photos:
+            decode_image(p.read_bytes(), args.image_size, 10**9)
+        decode_s = (time.perf_counter() - started) / len(photos)
+
+        # End to end: the real indexing run (scan, hash, decode threads, embed, catalog, index).
+        settings = load_settings(config_file=None, environ={}, overrides={
+            "model": {"handle": args.model, "image_size": args.image_size, "batch_size": args.batch_size},
+            "storage": {"data_dir": str(Path(tmp) / "data")},
+        })
+        catalog = Catalog(settings.storage.resolved_database_url())
+        indexer = LibraryIndexer(settings, catalog, IndexStore(settings.storage.data_dir / "index"),
+                                 model_id(args.model, args.image_size), lambda: embedder)
+        report = indexer.run([str(library)])
+        catalog.close()
+        assert report.indexed == len(photos), report.to_json()
+
+    model_rate = 1 / embed_s
+    e2e_rate = report.indexed / report.seconds
+    print(f"photos: {len(photos)} JPEGs of {width}x{height}")
+    print(f"model-only (product embed, one pass)   : {model_rate:7.2f} img/s  ({embed_s * 1000:6.1f} ms/img)")
+    print(f"one signature alone                    : {1 / one_s:7.2f} img/s  ({one_s * 1000:6.1f} ms/img)")
+    print(f"both signatures called separately      : {1 / two_s:7.2f} img/s  ({two_s * 1000:6.1f} ms/img)")
+    print(f"decode only (1 thread)                 : {1 / decode_s:7.2f} img/s  ({decode_s * 1000:6.1f} ms/img)")
+    print(f"end-to-end index                       : {e2e_rate:7.2f} img/s  ({report.seconds:.1f} s)")
+    print(f"single-pass check: embed / one signature = {embed_s / one_s:.2f} (1.0 = one forward pass; "
+          f"two passes would be {two_s / one_s:.2f})")
+    print(f"ratio end-to-end / model-only = {e2e_rate / model_rate:.2f}")
+
+
+if __name__ == "__main__":
+    main()

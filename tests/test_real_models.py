@@ -1,0 +1,55 @@
+"""The product on real, trained ImageNet models (EfficientNet-Lite0 stand-ins beside the repo).
+
+These models are not part of the repository; the tests run when `../shared/models` is present
+(as on the development machines and in CI) and are skipped, saying why, elsewhere.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+from test_indexer import run_index
+
+from indexer.sample_library import build_sample_library
+from indexer.settings import Settings
+from search_api import create_app
+
+MODELS = Path(__file__).resolve().parent.parent.parent / "shared" / "models"
+CAT_CLASSES = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
+ESPRESSO = 967
+
+
+@pytest.fixture(scope="module")
+def sample_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("sample") / "library"
+    build_sample_library(root)
+    return root
+
+
+@pytest.mark.parametrize("model", ["efficientnet_lite0_tf1", "efficientnet_lite0"])
+def test_real_photos_get_right_labels_and_neighbours(
+    model: str, settings_for: Callable[..., Settings], sample_library: Path
+) -> None:
+    if not (MODELS / model).is_dir():
+        pytest.skip(f"real model stand-in not present at {MODELS / model}")
+    settings = settings_for(MODELS / model, model={"image_size": 224, "batch_size": 8})
+    report, counter = run_index(settings, sample_library)
+    assert report.indexed == 42 and report.failed == 0 and counter.embedded == 42
+
+    client: FlaskClient = create_app(settings).test_client()
+    photos = sample_library / "photos"
+    chelsea = client.post("/api/v1/search?k=3", data={"image": (io.BytesIO((photos / "chelsea.jpg").read_bytes()),
+                                                                "c.jpg")}).get_json()
+    assert chelsea["query"]["labels"][0]["class_id"] in CAT_CLASSES
+    assert {Path(r["path"]).name for r in chelsea["results"]} == {"chelsea.jpg", "chelsea-mirrored.jpg",
+                                                                  "chelsea-cropped.png"}
+    coffee = client.post("/api/v1/search?k=1", data={"image": (io.BytesIO((photos / "coffee.jpg").read_bytes()),
+                                                               "c.jpg")}).get_json()
+    assert coffee["query"]["labels"][0]["class_id"] == ESPRESSO
+    assert coffee["query"]["labels"][0]["probability"] > 0.5
+    espresso = client.get("/api/v1/images/1/similar?k=3&class=espresso").get_json()["results"]
+    assert {Path(r["path"]).name.split("-")[0].split(".")[0] for r in espresso} == {"coffee"}
