@@ -155,7 +155,7 @@ def _materialize(ref: _TensorRef, storages: dict[str, np.ndarray]) -> np.ndarray
         raise ValueError(f"tensor view out of bounds of storage {ref.storage.key}")
     strides = tuple(s * buf.itemsize for s in ref.stride)
     view = np.lib.stride_tricks.as_strided(buf[ref.offset :], shape=ref.size, strides=strides, writeable=False)
-    return np.array(view, dtype=buf.dtype.newbyteorder("="))  # a native-order copy
+    return np.array(view, dtype=buf.dtype.newbyteorder("="), order="C")  # a C-ordered native copy
 
 
 def read_legacy_torch_state_dict(path: pathlib.Path) -> dict[str, np.ndarray]:

@@ -20,7 +20,7 @@ from lookalike import __version__
 def _configure_logging(level: str, verbose: int) -> None:
     chosen = "DEBUG" if verbose else level
     logging.basicConfig(level=chosen, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("absl", "tensorflow", "h5py"):
+    for noisy in ("absl", "tensorflow", "h5py", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger(chosen).level))
 
 

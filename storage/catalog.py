@@ -12,7 +12,8 @@ import numpy as np
 from sqlalchemy import Engine, create_engine, delete, event, func, or_, select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from storage.schema import Base, FileRow, ImageRow, PredictionRow
+from storage.schema import FileRow, ImageRow, PredictionRow
+from storage.schema_migrations import upgrade
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class Catalog:
 
     def __init__(self, database_url: str) -> None:
         self.engine = make_engine(database_url)
-        Base.metadata.create_all(self.engine)
+        upgrade(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from storage.catalog import Catalog, FileRef, NewImage
 from storage.schema import Base
+from storage.schema_migrations import upgrade
 from storage.sync import check_model, open_index
 from storage.vector_index import MANIFEST, IndexMismatchError, IndexStore, VectorIndex
 
@@ -34,12 +35,20 @@ def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Catalog]
         if not _postgres_available():
             pytest.skip(f"no PostgreSQL server answers at {POSTGRES_URL}")
         url = POSTGRES_URL
-        Base.metadata.drop_all(sa.create_engine(url))
+        drop_everything(url)
     cat = Catalog(url)
     yield cat
-    if request.param == "postgresql":
-        Base.metadata.drop_all(cat.engine)
     cat.close()
+    if request.param == "postgresql":
+        drop_everything(url)
+
+
+def drop_everything(url: str) -> None:
+    engine = sa.create_engine(url)
+    meta = sa.MetaData()
+    meta.reflect(engine)
+    meta.drop_all(engine)
+    engine.dispose()
 
 
 def unit(seed: int) -> np.ndarray:
@@ -188,3 +197,15 @@ def test_vectors_of_another_model_are_never_mixed(catalog: Catalog, tmp_path: Pa
         check_model(catalog, "another-model@380")
     with pytest.raises(IndexMismatchError):
         open_index(catalog, IndexStore(tmp_path / "index"), "another-model@380", publish_repairs=True)
+
+
+def test_migrations_create_exactly_the_models_schema(catalog: Catalog) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    with catalog.engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+        assert context.get_current_revision() is not None
+    upgrade(catalog.engine)  # running again on an up-to-date database changes nothing
+    assert sa.inspect(catalog.engine).get_table_names().__len__() == 4  # 3 tables + alembic_version
