@@ -17,9 +17,7 @@ $(BIN)/lookalike: pyproject.toml
 install: $(BIN)/lookalike
 
 demo: install
-	$(BIN)/lookalike sample-library $(DEMO_DIR)/library
-	LOOKALIKE_STORAGE__DATA_DIR=$(DEMO_DIR)/data $(BIN)/lookalike index $(DEMO_DIR)/library
-	LOOKALIKE_STORAGE__DATA_DIR=$(DEMO_DIR)/data $(BIN)/lookalike serve --host 127.0.0.1 --port 8000
+	$(BIN)/lookalike demo --dir $(DEMO_DIR) --host 127.0.0.1 --port 8000
 
 test: install
 	$(BIN)/ruff check indexer search_api storage lookalike tests bench tools

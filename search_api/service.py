@@ -16,7 +16,7 @@ import numpy as np
 
 from indexer.images import decode_image
 from indexer.labels import class_name
-from indexer.model import Embedder, model_id, top_k
+from indexer.model import Embedder, model_id, stand_in_note, top_k
 from indexer.settings import Settings
 from storage.catalog import Catalog, ImageRecord
 from storage.sync import open_index
@@ -158,4 +158,11 @@ class SearchService:
             "vectors": index.count if index is not None else 0,
             "generation": self._manifest.generation if self._manifest else None,
             "model_id": self.model_id,
+            "model": self.model_info(),
         }
+
+    def model_info(self) -> dict[str, object]:
+        m = self.settings.model
+        note = stand_in_note(m.handle)
+        return {"handle": m.handle, "image_size": m.image_size, "id": self.model_id,
+                "stand_in": note is not None, "note": note}

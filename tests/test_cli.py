@@ -143,3 +143,20 @@ def test_serve_answers_queries_over_http(runner: CliRunner, colour_library: Path
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_demo_falls_back_loudly_only_when_the_hub_is_unreachable(runner: CliRunner, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "cache"))
+    env = env_for(tmp_path / "unused", f"http://127.0.0.1:{_free_port()}/b4.tar.gz")
+    result = runner.invoke(cli, ["demo", "--dir", str(tmp_path / "demo"), "--no-serve"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "cannot download model" in result.stderr and "NOT EfficientNet-B4" in result.stderr
+    assert "indexed 42," in result.stdout and "model: package:efficientnet-lite0 (224x224)" in result.stdout
+    data_dirs = list((tmp_path / "demo" / "data").iterdir())
+    assert [d.name for d in data_dirs] == ["package-efficientnet-lite0-0-1-0-224"]
+
+    missing = runner.invoke(cli, ["demo", "--dir", str(tmp_path / "demo"), "--no-serve"],
+                            env=env_for(tmp_path / "unused", tmp_path / "no-such-model"))
+    assert missing.exit_code == 1 and "no such module directory" in missing.output
+    assert "NOT EfficientNet-B4" not in missing.output

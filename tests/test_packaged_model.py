@@ -41,10 +41,11 @@ def _tuple(items: list[int]) -> bytes:
     return b"(" + b"".join(_int(i) for i in items) + b"t"  # MARK ... TUPLE
 
 
-def _tensor(storage_type: str, key: str, numel: int, offset: int, size: list[int], stride: list[int]) -> bytes:
+def _tensor(storage_type: str, key: str, numel: int, offset: int, size: list[int], stride: list[int],
+            view: tuple[str, int, int] | None = None) -> bytes:
     """torch._utils._rebuild_tensor_v2(<persistent storage>, offset, size, stride, False, OrderedDict())."""
     pid = b"(" + _str("storage") + b"ctorch\n" + storage_type.encode() + b"\n" + _str(key) + _str("cpu")
-    pid += _int(numel) + b"Nt"  # view_metadata None, TUPLE
+    pid += _int(numel) + (b"(" + _str(view[0]) + _int(view[1]) + _int(view[2]) + b"t" if view else b"N") + b"t"
     args = pid + b"Q" + _int(offset) + _tuple(size) + _tuple(stride) + b"\x89ccollections\nOrderedDict\n)R"
     return b"ctorch._utils\n_rebuild_tensor_v2\n(" + args + b"tR"
 
@@ -73,23 +74,27 @@ def test_reader_rebuilds_contiguous_strided_offset_and_int_tensors(tmp_path: Pat
             "t": _tensor("FloatStorage", "s1", 12, 2, [3, 2], [1, 4]),  # transposed view at offset 2
             "tail": _tensor("FloatStorage", "s0", 6, 3, [3], [1]),  # shares s0
             "n": _tensor("LongStorage", "s2", 1, 0, [], []),
+            "v": _tensor("FloatStorage", "s1", 12, 1, [2], [2], view=("s1v", 4, 6)),  # old-style storage view
         },
         {"s0": s0, "s1": s1, "s2": s2},
     )
     state = pm.read_legacy_torch_state_dict(path)
-    assert list(state) == ["a", "t", "tail", "n"]
+    assert list(state) == ["a", "t", "tail", "n", "v"]
     np.testing.assert_array_equal(state["a"], s0.reshape(2, 3))
     expected_t = np.array([[s1[2 + i + 4 * j] for j in range(2)] for i in range(3)], np.float32)
     np.testing.assert_array_equal(state["t"], expected_t)
     np.testing.assert_array_equal(state["tail"], s0[3:])
     assert state["a"].dtype == np.float32 and state["t"].flags.c_contiguous
     assert state["n"].dtype == np.int64 and state["n"].shape == () and int(state["n"]) == 7
+    np.testing.assert_array_equal(state["v"], [s1[5], s1[7]])
 
 
-def test_reader_refuses_arbitrary_globals(tmp_path: Path) -> None:
-    header = b"".join(pickle.dumps(x, protocol=2) for x in (pm._LEGACY_MAGIC, 1001, {"little_endian": True}))
+@pytest.mark.parametrize("position", [2, 3, 4])  # as sys_info, as the state dict, as the storage key list
+def test_reader_refuses_arbitrary_globals(tmp_path: Path, position: int) -> None:
+    parts = [pickle.dumps(x, protocol=2) for x in (pm._LEGACY_MAGIC, 1001, {"little_endian": True}, {}, [])]
+    parts[position] = b"\x80\x02cos\nsystem\n(" + _str("echo pwned") + b"tR."
     path = tmp_path / "evil.pth"
-    path.write_bytes(header + b"\x80\x02cos\nsystem\n(" + _str("echo pwned") + b"tR.")
+    path.write_bytes(b"".join(parts))
     with pytest.raises(pickle.UnpicklingError, match="os.system"):
         pm.read_legacy_torch_state_dict(path)
 
