@@ -192,6 +192,8 @@ class Embedder:
                 f"model {handle}: expected {NUM_CLASSES} ImageNet logits (or 1001 with background), got {width}"
             )
         self._background = width == NUM_CLASSES + 1
+        self.num_logits = width
+        self.signatures = sorted(self._module.signatures.keys())
         self.note = stand_in_note(handle)
         if self.note:
             log.warning("model: %s", self.note)

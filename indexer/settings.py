@@ -137,6 +137,47 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
     return f"invalid settings in {source}: " + "; ".join(problems)
 
 
+def _config_path(config_file: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Path | None:
+    if config_file is not None:
+        return Path(config_file)
+    if environ.get(CONFIG_ENV):
+        return Path(environ[CONFIG_ENV])
+    if Path("config.yaml").is_file():
+        return Path("config.yaml")
+    return None
+
+
+def load_settings_with_sources(
+    config_file: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> tuple[Settings, dict[str, str]]:
+    """Settings plus, for every "section.key", where its value came from (default, file, environment)."""
+    environ = os.environ if environ is None else environ
+    path = _config_path(config_file, environ)
+    from_file = _read_yaml(path) if path else {}
+    from_env = _env_overrides(environ)
+    data = _merge(_merge(from_file, from_env), overrides or {})
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        source = f"{path}" if path else "defaults"
+        raise SettingsError(_format_validation_error(exc, f"{source} and {ENV_PREFIX}* variables")) from None
+    sources: dict[str, str] = {}
+    for section, values in settings.model_dump().items():
+        for key in values:
+            if key in (overrides or {}).get(section, {}):
+                origin = "override"
+            elif key in from_env.get(section, {}):
+                origin = f"environment {ENV_PREFIX}{section.upper()}__{key.upper()}"
+            elif isinstance(from_file.get(section), Mapping) and key in from_file[section]:
+                origin = f"config file {path}"
+            else:
+                origin = "default"
+            sources[f"{section}.{key}"] = origin
+    return settings, sources
+
+
 def load_settings(
     config_file: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] | None = None,
@@ -146,20 +187,4 @@ def load_settings(
 
     The file is `config_file`, else $LOOKALIKE_CONFIG, else ./config.yaml when it exists.
     """
-    environ = os.environ if environ is None else environ
-    path: Path | None = None
-    if config_file is not None:
-        path = Path(config_file)
-    elif environ.get(CONFIG_ENV):
-        path = Path(environ[CONFIG_ENV])
-    elif Path("config.yaml").is_file():
-        path = Path("config.yaml")
-    data: dict[str, Any] = _read_yaml(path) if path else {}
-    data = _merge(data, _env_overrides(environ))
-    if overrides:
-        data = _merge(data, overrides)
-    source = f"{path}" if path else "defaults"
-    try:
-        return Settings.model_validate(data)
-    except ValidationError as exc:
-        raise SettingsError(_format_validation_error(exc, f"{source} and {ENV_PREFIX}* variables")) from None
+    return load_settings_with_sources(config_file, environ, overrides)[0]

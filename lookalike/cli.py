@@ -1,14 +1,13 @@
-"""The `lookalike` command: index a photo library, inspect it, serve the search API.
+"""The `lookalike` command: index a photo library, search it, inspect it, serve the search API.
 
 Exit codes: 0 success (an index run succeeds even when some files were rejected),
-1 an error the message explains (bad settings, missing folder, model unavailable, busy data dir),
-2 a usage error (unknown option or missing argument).
+1 an error the message explains (bad settings, missing folder or image, unknown class, no index
+yet, model unavailable, busy data dir), 2 a usage error (unknown option or missing argument).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,33 +15,7 @@ from pathlib import Path
 import click
 
 from lookalike import __version__
-
-
-def _configure_logging(level: str, verbose: int) -> None:
-    chosen = "DEBUG" if verbose else level
-    logging.basicConfig(level=chosen, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    quiet = logging.DEBUG if verbose else logging.ERROR
-    for noisy in ("absl", "tensorflow", "h5py", "alembic", "faiss"):
-        logging.getLogger(noisy).setLevel(quiet)
-
-
-class _Context:
-    def __init__(self, config: str | None, verbose: int) -> None:
-        self.config = config
-        self.verbose = verbose
-        self._settings = None
-
-    @property
-    def settings(self):  # type: ignore[no-untyped-def]
-        from indexer.settings import SettingsError, load_settings
-
-        if self._settings is None:
-            try:
-                self._settings = load_settings(self.config)
-            except SettingsError as exc:
-                raise click.ClickException(str(exc)) from None
-            _configure_logging(self._settings.logging.level, self.verbose)
-        return self._settings
+from lookalike.context import CliContext, configure_logging
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -57,10 +30,16 @@ def cli(ctx: click.Context, config: str | None, verbose: int) -> None:
     \b
     Examples:
       lookalike index ~/Pictures
+      lookalike search cat.jpg --k 5
+      lookalike similar ~/Pictures/beach.jpg
       lookalike stats --json
       lookalike serve --port 8000
+
+    \b
+    Exit codes: 0 success, 1 an error the message explains, 2 a usage error.
+    Shell completion (bash): eval "$(_LOOKALIKE_COMPLETE=bash_source lookalike)"
     """
-    ctx.obj = _Context(config, verbose)
+    ctx.obj = CliContext(config, verbose)
 
 
 class _ProgressBar:
@@ -92,7 +71,7 @@ class _ProgressBar:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary as the last line of stdout.")
 @click.option("--reindex", is_flag=True, help="Forget all vectors and embed everything again (after a model change).")
 @click.pass_obj
-def index(obj: _Context, paths: tuple[str, ...], as_json: bool, reindex: bool) -> None:
+def index(obj: CliContext, paths: tuple[str, ...], as_json: bool, reindex: bool) -> None:
     """Index the photos under PATHS (folders, searched recursively).
 
     New and changed images are embedded, moved or duplicated ones are linked to their
@@ -153,7 +132,7 @@ def report_index_run(report, as_json: bool) -> None:  # type: ignore[no-untyped-
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @click.pass_obj
-def stats(obj: _Context, as_json: bool) -> None:
+def stats(obj: CliContext, as_json: bool) -> None:
     """Count the images in the catalog and the vectors in the index."""
     from storage.catalog import Catalog
     from storage.vector_index import IndexStore
@@ -183,7 +162,7 @@ def stats(obj: _Context, as_json: bool) -> None:
 @click.option("--port", type=int, default=None, help="Port to listen on (default: api.port).")
 @click.option("--workers", type=click.IntRange(1, 64), default=None, help="Worker processes (default: api.workers).")
 @click.pass_obj
-def serve(obj: _Context, host: str | None, port: int | None, workers: int | None) -> None:
+def serve(obj: CliContext, host: str | None, port: int | None, workers: int | None) -> None:
     """Serve the search API (and its JSON endpoints) with gunicorn.
 
     \b
@@ -200,11 +179,11 @@ def serve(obj: _Context, host: str | None, port: int | None, workers: int | None
 @cli.command("sample-library")
 @click.argument("target", type=click.Path(file_okay=False, path_type=Path))
 @click.pass_obj
-def sample_library(obj: _Context, target: Path) -> None:
+def sample_library(obj: CliContext, target: Path) -> None:
     """Write a small library of real sample photos (from scikit-image and scikit-learn) to TARGET."""
     from indexer.sample_library import build_sample_library
 
-    _configure_logging("WARNING", obj.verbose)
+    configure_logging("WARNING", obj.verbose)
     try:
         written = build_sample_library(target)
     except RuntimeError as exc:
@@ -219,7 +198,7 @@ def sample_library(obj: _Context, target: Path) -> None:
 @click.option("--port", type=int, default=None, help="Port to listen on (default: api.port).")
 @click.option("--no-serve", is_flag=True, help="Build and index the sample library, then stop.")
 @click.pass_obj
-def demo(obj: _Context, folder: Path, host: str | None, port: int | None, no_serve: bool) -> None:
+def demo(obj: CliContext, folder: Path, host: str | None, port: int | None, no_serve: bool) -> None:
     """Index a sample library of real photos and serve it: lookalike in one command.
 
     Uses the configured model. When TF Hub cannot be reached, the demo (only the demo) falls
@@ -253,6 +232,17 @@ def demo(obj: _Context, folder: Path, host: str | None, port: int | None, no_ser
     click.echo(f"open http://{host}:{port}/api/v1/classes, or search with: "
                f"curl -F image=@{folder}/library/photos/chelsea.jpg 'http://{host}:{port}/api/v1/search?k=5'")
     run_server(settings, host, port, settings.api.workers)
+
+
+def _register() -> None:
+    from lookalike.cli_model import config, model
+    from lookalike.cli_search import search, similar
+
+    for command in (search, similar, model, config):
+        cli.add_command(command)
+
+
+_register()
 
 
 def main() -> None:

@@ -108,6 +108,10 @@ class Catalog:
             ))
             return {r.path: FileState(r.path, r.size, r.mtime_ns, r.image_id) for r in rows}
 
+    def image_id_for_path(self, path: str) -> int | None:
+        with self.session() as s:
+            return s.scalar(select(FileRow.image_id).where(FileRow.path == path))
+
     def roots(self) -> list[str]:
         with self.session() as s:
             return list(s.scalars(select(FileRow.root).distinct().order_by(FileRow.root)))

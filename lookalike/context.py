@@ -1,0 +1,37 @@
+"""What every `lookalike` subcommand shares: the settings (loaded once, lazily) and logging set-up."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from indexer.settings import Settings
+
+
+def configure_logging(level: str, verbose: int) -> None:
+    chosen = "DEBUG" if verbose else level
+    logging.basicConfig(level=chosen, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    quiet = logging.DEBUG if verbose else logging.ERROR
+    for noisy in ("absl", "tensorflow", "h5py", "alembic", "faiss"):
+        logging.getLogger(noisy).setLevel(quiet)
+
+
+class CliContext:
+    def __init__(self, config: str | None, verbose: int) -> None:
+        self.config = config
+        self.verbose = verbose
+        self._settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        from indexer.settings import SettingsError, load_settings
+
+        if self._settings is None:
+            try:
+                self._settings = load_settings(self.config)
+            except SettingsError as exc:
+                raise click.ClickException(str(exc)) from None
+            configure_logging(self._settings.logging.level, self.verbose)
+        return self._settings

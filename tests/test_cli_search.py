@@ -1,0 +1,138 @@
+"""`lookalike search`, `similar`, `model info|fetch` and `config show` through click's CliRunner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import RED, colour_image
+from model_fixtures import BLUE_CLASS, FEATURE_DIM, GREEN_CLASS, RED_CLASS
+from test_cli import _free_port, env_for
+
+from lookalike.cli import cli
+
+
+@pytest.fixture
+def indexed_env(colour_library: Path, tmp_path: Path, tf1_module: Path) -> dict[str, str]:
+    env = env_for(tmp_path / "data", tf1_module)
+    assert CliRunner().invoke(cli, ["index", str(colour_library)], env=env).exit_code == 0
+    return env
+
+
+@pytest.fixture
+def query_image(tmp_path: Path) -> Path:
+    path = tmp_path / "query.jpg"
+    colour_image(RED, seed=42).save(path, quality=95)
+    return path
+
+
+def test_search_table_json_and_filters(indexed_env: dict[str, str], query_image: Path) -> None:
+    runner = CliRunner()
+    table = runner.invoke(cli, ["search", str(query_image), "--k", "3"], env=indexed_env)
+    assert table.exit_code == 0, table.output
+    lines = table.stdout.splitlines()
+    assert lines[0].startswith(str(query_image)) and "goldfish" in lines[0]
+    assert "rank" in lines[1] and "score" in lines[1] and "path" in lines[1]
+    assert len(lines) == 5 and all("/red/red" in line for line in lines[2:])
+
+    out = runner.invoke(cli, ["search", str(query_image), str(query_image), "--json", "--k", "2",
+                              "--class", "tree frog"], env=indexed_env)
+    queries = json.loads(out.stdout)["queries"]
+    assert len(queries) == 2 and queries[0]["labels"][0]["class_id"] == RED_CLASS
+    assert [r["labels"][0]["class_id"] for r in queries[0]["results"]] == [GREEN_CLASS, GREEN_CLASS]
+    strict = json.loads(runner.invoke(cli, ["search", str(query_image), "--json", "--min-score", "0.999"],
+                                      env=indexed_env).stdout)["queries"][0]["results"]
+    assert all(r["score"] >= 0.999 for r in strict)
+
+
+def test_similar_by_id_and_path_and_contact_sheet(indexed_env: dict[str, str], colour_library: Path,
+                                                  tmp_path: Path) -> None:
+    runner = CliRunner()
+    blue = (colour_library / "blue" / "deep" / "blue2.png").resolve()
+    by_path = json.loads(runner.invoke(cli, ["similar", str(blue), "--json", "--k", "4"], env=indexed_env).stdout)
+    query = by_path["queries"][0]
+    assert query["image"] == str(blue) and query["labels"][0]["class_id"] == BLUE_CLASS
+    assert len(query["results"]) == 4 and all(r["path"] != str(blue) for r in query["results"])
+    by_id = json.loads(runner.invoke(cli, ["similar", str(query["id"]), "--json", "--k", "4"],
+                                     env=indexed_env).stdout)
+    assert by_id["queries"][0]["results"] == query["results"]
+
+    sheet = tmp_path / "sheet.html"
+    result = runner.invoke(cli, ["similar", str(blue), "--k", "3", "--html", str(sheet)], env=indexed_env)
+    assert result.exit_code == 0
+    html = sheet.read_text()
+    assert html.startswith("<!doctype html>") and html.count("data:image/jpeg;base64,") == 4
+    assert "jellyfish" in html and "src=\"http" not in html and "src=\"/" not in html
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["search", "{missing}"], "no such file"),
+        (["search", "{query}", "--class", "unicorn"], "unknown ImageNet class 'unicorn'"),
+        (["search", "{notimage}"], "not an image"),
+        (["similar", "99999"], "not an indexed image"),
+        (["similar", "{missing}"], "not an indexed image"),
+    ],
+    ids=["missing-image", "unknown-class", "not-an-image", "unknown-id", "unknown-path"],
+)
+def test_search_errors(indexed_env: dict[str, str], query_image: Path, tmp_path: Path, args: list[str],
+                       message: str) -> None:
+    (tmp_path / "notes.jpg").write_text("hello")
+    fill = {"missing": str(tmp_path / "missing.jpg"), "query": str(query_image),
+            "notimage": str(tmp_path / "notes.jpg")}
+    result = CliRunner().invoke(cli, [a.format(**fill) for a in args], env=indexed_env)
+    assert result.exit_code == 1 and message in result.output, result.output
+
+
+def test_search_before_any_index(tmp_path: Path, tf1_module: Path, query_image: Path) -> None:
+    result = CliRunner().invoke(cli, ["search", str(query_image)], env=env_for(tmp_path / "empty", tf1_module))
+    assert result.exit_code == 1 and "no index yet" in result.output and "lookalike index" in result.output
+
+
+def test_usage_errors_exit_2(indexed_env: dict[str, str], query_image: Path) -> None:
+    assert CliRunner().invoke(cli, ["search"], env=indexed_env).exit_code == 2
+    assert CliRunner().invoke(cli, ["search", str(query_image), "--k", "0"], env=indexed_env).exit_code == 2
+
+
+@pytest.mark.parametrize("fixture", ["tf1_module", "tf2_module"])
+def test_model_info(fixture: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    module = request.getfixturevalue(fixture)
+    result = CliRunner().invoke(cli, ["model", "info", "--json"], env=env_for(tmp_path / "d", module))
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["format"] == ("TF1 Hub format" if fixture == "tf1_module" else "TF2 SavedModel")
+    assert info["single_pass"] == ("pruned single pass" if fixture == "tf1_module" else "frozen single pass")
+    assert info["feature_dim"] == FEATURE_DIM and info["classes"] == 1000 and info["background_class"] is False
+    assert {"image_feature_vector", "image_classification"} <= set(info["signatures"])
+    assert info["origin"] == "local directory" and info["resolved_path"] == str(module.resolve())
+    assert info["stand_in"] is None
+
+
+def test_model_fetch_copies_a_module_and_fails_fast_offline(tmp_path: Path, tf1_module: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = CliRunner()
+    result = runner.invoke(cli, ["model", "fetch", "--to", str(tmp_path / "copy")],
+                           env=env_for(tmp_path / "d", tf1_module))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "copy" / "saved_model.pb").is_file() and "model.handle:" in result.stdout
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "cache"))
+    offline = runner.invoke(cli, ["model", "fetch"], env=env_for(tmp_path / "d", f"http://127.0.0.1:{_free_port()}/m"))
+    assert offline.exit_code == 1 and "cannot download model" in offline.output
+
+
+def test_config_show_names_every_source(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("api:\n  port: 9001\n")
+    result = CliRunner().invoke(cli, ["--config", str(cfg), "config", "show", "--json"],
+                                env={"LOOKALIKE_MODEL__IMAGE_SIZE": "224", "LOOKALIKE_CONFIG": ""})
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)
+    assert shown["api.port"] == {"value": 9001, "source": f"config file {cfg}"}
+    assert shown["model.image_size"] == {"value": 224, "source": "environment LOOKALIKE_MODEL__IMAGE_SIZE"}
+    assert shown["model.batch_size"] == {"value": 8, "source": "default"}
+    assert len(shown) == 18
+    table = CliRunner().invoke(cli, ["--config", str(cfg), "config", "show"], env={"LOOKALIKE_CONFIG": ""})
+    assert "api.port" in table.stdout and "9001" in table.stdout
