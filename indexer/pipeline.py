@@ -24,8 +24,8 @@ from indexer.model import Embedder, top_k
 from indexer.scan import FoundFile, resolve_root, scan
 from indexer.settings import Settings
 from storage.catalog import Catalog, FileRef, NewImage
-from storage.sync import check_model, open_index
-from storage.vector_index import IndexStore, VectorIndex
+from storage.sync import build_from_catalog, check_model, needs_rebuild, open_index
+from storage.vector_index import IndexStore, RemoveUnsupportedError, VectorIndex
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,9 @@ class LibraryIndexer:
         self._embedder: Embedder | None = None
         self.progress: Progress = progress or _NoProgress()
         self.index: VectorIndex | None = None
+        self.index_config = settings.storage.index_config()
         self._dirty = False
+        self._rebuild_reason: str | None = None
 
     @property
     def embedder(self) -> Embedder:
@@ -167,7 +169,8 @@ class LibraryIndexer:
             log.warning("re-indexing: forgetting every image in the catalog")
             self.catalog.clear()
         check_model(self.catalog, self.model_id)
-        self.index, _ = open_index(self.catalog, self.store, self.model_id, publish_repairs=True)
+        self.index, _ = open_index(self.catalog, self.store, self.model_id, publish_repairs=True,
+                                   config=self.index_config)
         candidates, removed, unchanged = self.plan(roots)
         report = IndexReport(unchanged=unchanged, found=len(candidates) + unchanged)
         log.info("%d files to index, %d unchanged, %d gone", len(candidates), unchanged, len(removed))
@@ -179,6 +182,7 @@ class LibraryIndexer:
             _, orphans = self.catalog.apply(removed_paths=stale)
             self._index_changes([], None, orphans)
         report.removed = len(removed)
+        self._rebuild_if_needed()
         if self._dirty and self.index is not None:
             self.store.publish(self.index, self.catalog.max_image_id())
         report.seconds = time.perf_counter() - started
@@ -214,6 +218,9 @@ class LibraryIndexer:
                     new_images.extend(self._embed(to_embed, report))
                     to_embed = []
                 if len(files) >= commit_every:
+                    # Files may point at content still waiting for its batch: embed it first.
+                    new_images.extend(self._embed(to_embed, report))
+                    to_embed = []
                     self._commit(new_images, files)
                     files, new_images = [], []
             new_images.extend(self._embed(to_embed, report))
@@ -250,11 +257,29 @@ class LibraryIndexer:
         self._index_changes(ids, vectors, orphans)
 
     def _index_changes(self, ids: list[int], vectors: np.ndarray | None, orphans: list[int]) -> None:
+        """Apply committed catalog changes to the live index, or note why it must be rebuilt instead."""
         if vectors is not None and len(ids):
             if self.index is None:
-                self.index = VectorIndex(vectors.shape[1], self.model_id)
-            self.index.add(np.asarray(ids, dtype=np.int64), vectors)
+                self._rebuild_reason = "no index yet"
+            elif self._rebuild_reason is None:
+                self.index.add(np.asarray(ids, dtype=np.int64), vectors)
             self._dirty = True
-        if orphans and self.index is not None:
-            self.index.remove(np.asarray(orphans, dtype=np.int64))
+        if orphans and self.index is not None and self._rebuild_reason is None:
+            try:
+                self.index.remove(np.asarray(orphans, dtype=np.int64))
+            except RemoveUnsupportedError as exc:
+                self._rebuild_reason = str(exc)
             self._dirty = True
+
+    def _rebuild_if_needed(self) -> None:
+        count = self.catalog.count_images()
+        reason = self._rebuild_reason
+        if reason is None and self.index is not None and self._dirty:
+            reason = needs_rebuild(self.index, count, self.index_config)
+        if reason is None:
+            return
+        log.info("rebuilding the index from the catalog: %s", reason)
+        dimension = self.index.dimension if self.index is not None else None
+        self.index = build_from_catalog(self.catalog, self.model_id, self.index_config, dimension)
+        self._dirty = True
+        self._rebuild_reason = None

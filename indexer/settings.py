@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from storage.index_factory import IndexConfig
+
 DEFAULT_HANDLE = "https://tfhub.dev/google/efficientnet/b4/classification/1"
 ENV_PREFIX = "LOOKALIKE_"
 CONFIG_ENV = "LOOKALIKE_CONFIG"
@@ -37,11 +39,25 @@ class ModelSettings(_Section):
 class StorageSettings(_Section):
     data_dir: Path = Path("data")
     database_url: str | None = None
+    index: str = Field("auto", min_length=1)
+    index_memory_mb: int = Field(2048, ge=16)
+    exact_max_vectors: int = Field(50_000, ge=0)
+    nprobe: int = Field(16, ge=1)
+    ef_search: int = Field(64, ge=1)
 
     @field_validator("database_url")
     @classmethod
     def _empty_is_none(cls, value: str | None) -> str | None:
         return value or None
+
+    def index_config(self) -> IndexConfig:
+        return IndexConfig(
+            factory=self.index,
+            memory_budget_bytes=self.index_memory_mb * 2**20,
+            exact_max_vectors=self.exact_max_vectors,
+            nprobe=self.nprobe,
+            ef_search=self.ef_search,
+        )
 
     def resolved_database_url(self) -> str:
         """The configured URL, or SQLite inside the data directory."""

@@ -237,8 +237,9 @@ def demo(obj: CliContext, folder: Path, host: str | None, port: int | None, no_s
 def _register() -> None:
     from lookalike.cli_model import config, model
     from lookalike.cli_search import search, similar
+    from lookalike.cli_storage import rebuild, verify
 
-    for command in (search, similar, model, config):
+    for command in (search, similar, rebuild, verify, model, config):
         cli.add_command(command)
 
 

@@ -101,7 +101,8 @@ class SearchService:
                     log.info("serving index generation %d (%d vectors)", manifest.generation, loaded.count)
                     return self._index
             if self._index is None:
-                self._index, self._manifest = open_index(catalog, self.store, self.model_id, publish_repairs=False)
+                self._index, self._manifest = open_index(catalog, self.store, self.model_id, publish_repairs=False,
+                                                         config=self.settings.storage.index_config())
             return self._index
 
     # --- queries ---------------------------------------------------------------------------
@@ -134,7 +135,7 @@ class SearchService:
             allowed = allowed[allowed != exclude_id]
         # Ask for a few more than k: the excluded image, and images deleted since this generation.
         wanted = k + (1 if exclude_id is not None else 0) + 8
-        hits = index.search(vector[None], wanted, allowed)[0]
+        hits = index.search(vector[None], wanted, allowed, self.settings.storage.index_config())[0]
         hits = [(i, s) for i, s in hits if i != exclude_id and (min_score is None or s >= min_score)]
         records = self.catalog.get_images([i for i, _ in hits])
         return [Hit(records[i], s) for i, s in hits if i in records][:k]

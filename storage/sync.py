@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import logging
+import re
+
+import numpy as np
 
 from storage.catalog import Catalog
+from storage.index_factory import IndexConfig, choose_index, ivf_of, nlist_for
 from storage.vector_index import IndexMismatchError, IndexStore, Manifest, VectorIndex
 
 log = logging.getLogger(__name__)
+
+# Train IVF quantisers on at most this many vectors per list (FAISS wants 39..256).
+TRAIN_POINTS_PER_LIST = 64
+# An index trained on a collection of n vectors is retrained once the collection passes this many times n.
+RETRAIN_GROWTH = 4
 
 
 def check_model(catalog: Catalog, model_id: str) -> None:
@@ -21,14 +30,51 @@ def check_model(catalog: Catalog, model_id: str) -> None:
         )
 
 
-def build_from_catalog(catalog: Catalog, model_id: str, dimension: int | None = None) -> VectorIndex | None:
-    """A fresh index of every catalog embedding; None when the catalog is empty and no dimension is known."""
-    index: VectorIndex | None = VectorIndex(dimension, model_id) if dimension else None
+def _training_sample(catalog: Catalog, count: int, wanted: int) -> np.ndarray:
+    """About `wanted` catalog embeddings spread evenly over the collection."""
+    step = max(1, count // max(wanted, 1))
+    parts = [vectors[::step] for _, vectors in catalog.iter_embeddings()]
+    return np.concatenate(parts)[:wanted]
+
+
+def build_from_catalog(catalog: Catalog, model_id: str, config: IndexConfig | None = None,
+                       dimension: int | None = None) -> VectorIndex | None:
+    """A fresh index of every catalog embedding, of the type `config` chooses for the collection's size.
+
+    None when the catalog is empty and no dimension is known.
+    """
+    config = config or IndexConfig()
+    count = catalog.count_images()
+    if count == 0 and dimension is None:
+        return None
+    if dimension is None:
+        dimension = next(iter(catalog.iter_embeddings(batch=1)))[1].shape[1]
+    plan = choose_index(count, dimension, config)
+    log.info("index for %d vectors of dimension %d: %s (%s)", count, dimension, plan.factory, plan.reason)
+    index = VectorIndex(dimension, model_id, factory=plan.factory)
+    if not index.is_trained:
+        ivf = ivf_of(index.index)
+        lists = ivf.nlist if ivf is not None else nlist_for(count)
+        index.train(_training_sample(catalog, count, max(lists * TRAIN_POINTS_PER_LIST, 10_000)))
+        index.trained_count = count
     for ids, vectors in catalog.iter_embeddings():
-        if index is None:
-            index = VectorIndex(vectors.shape[1], model_id)
         index.add(ids, vectors)
     return index
+
+
+def _kind(factory: str) -> str:
+    return re.sub(r"IVF\d+", "IVF", factory)
+
+
+def needs_rebuild(index: VectorIndex, count: int, config: IndexConfig) -> str | None:
+    """Why the index should be rebuilt for a collection of `count` vectors, or None."""
+    wanted = choose_index(count, index.dimension, config).factory
+    if _kind(wanted) != _kind(index.factory):
+        return f"{count:,} vectors call for a {wanted} index instead of {index.factory}"
+    if index.trained_count and count > RETRAIN_GROWTH * index.trained_count:
+        return (f"the collection has grown from {index.trained_count:,} to {count:,} vectors since the index "
+                "was trained: retraining keeps recall up")
+    return None
 
 
 def is_consistent(manifest: Manifest, catalog: Catalog, model_id: str) -> bool:
@@ -40,7 +86,7 @@ def is_consistent(manifest: Manifest, catalog: Catalog, model_id: str) -> bool:
 
 
 def open_index(
-    catalog: Catalog, store: IndexStore, model_id: str, *, publish_repairs: bool
+    catalog: Catalog, store: IndexStore, model_id: str, *, publish_repairs: bool, config: IndexConfig | None = None
 ) -> tuple[VectorIndex | None, Manifest | None]:
     """The current index, repaired from the catalog when it is missing or out of step.
 
@@ -63,7 +109,7 @@ def open_index(
         catalog.count_images(),
     )
     same_model = manifest is not None and manifest.model_id == model_id
-    index = build_from_catalog(catalog, model_id, manifest.dimension if same_model else None)
+    index = build_from_catalog(catalog, model_id, config, manifest.dimension if same_model else None)
     if index is None:
         return None, manifest
     if publish_repairs:

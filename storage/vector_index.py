@@ -17,6 +17,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from storage.index_factory import IndexConfig, new_index, search_parameters, stored_ids
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -35,15 +37,24 @@ class Manifest:
     model_id: str
     high_water: int  # largest catalog image id the generation covers
     created_at: float
+    factory: str = "Flat"
+    trained_count: int = 0  # vectors the index was trained on (0: needs no training)
+
+
+class RemoveUnsupportedError(RuntimeError):
+    """The index type cannot delete vectors (HNSW); it has to be rebuilt from the catalog."""
 
 
 class VectorIndex:
-    """Exact inner-product search over L2-normalised vectors with catalog ids."""
+    """Inner-product search over L2-normalised vectors keyed by catalog ids, for any FAISS index type."""
 
-    def __init__(self, dimension: int, model_id: str, index: faiss.Index | None = None) -> None:
+    def __init__(self, dimension: int, model_id: str, index: faiss.Index | None = None, factory: str = "Flat",
+                 trained_count: int = 0) -> None:
         self.dimension = dimension
         self.model_id = model_id
-        self.index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dimension))
+        self.factory = factory
+        self.trained_count = trained_count
+        self.index = index if index is not None else new_index(factory, dimension)
         if self.index.d != dimension:
             raise IndexMismatchError(f"index has dimension {self.index.d}, expected {dimension}")
 
@@ -51,8 +62,17 @@ class VectorIndex:
     def count(self) -> int:
         return int(self.index.ntotal)
 
+    @property
+    def is_trained(self) -> bool:
+        return bool(self.index.is_trained)
+
+    def train(self, vectors: np.ndarray) -> None:
+        if not self.index.is_trained:
+            self.index.train(np.ascontiguousarray(vectors, dtype=np.float32))
+            self.trained_count = len(vectors)
+
     def ids(self) -> np.ndarray:
-        return faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        return stored_ids(self.index)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids) == 0:
@@ -65,20 +85,29 @@ class VectorIndex:
     def remove(self, ids: np.ndarray) -> int:
         if len(ids) == 0:
             return 0
-        return int(self.index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64)))
+        try:
+            return int(self.index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64)))
+        except RuntimeError as exc:
+            raise RemoveUnsupportedError(f"{self.factory} index cannot remove vectors: {exc}") from None
 
     def search(
-        self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None
+        self,
+        queries: np.ndarray,
+        k: int,
+        allowed_ids: np.ndarray | None = None,
+        config: IndexConfig | None = None,
     ) -> list[list[tuple[int, float]]]:
         """Per query, up to k (id, score) pairs, best first; `allowed_ids` filters inside the search."""
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dimension)
         if self.count == 0 or k < 1 or (allowed_ids is not None and len(allowed_ids) == 0):
             return [[] for _ in range(len(queries))]
         k = min(k, self.count)
-        params = None
+        selector = None
+        selectivity = 1.0
         if allowed_ids is not None:
             selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))
-            params = faiss.SearchParameters(sel=selector)
+            selectivity = min(1.0, len(allowed_ids) / self.count)
+        params = search_parameters(self.index, config or IndexConfig(), k, selector, selectivity)
         scores, ids = self.index.search(queries, k, params=params)
         return [
             [(int(i), float(s)) for i, s in zip(row_ids, row_scores, strict=True) if i >= 0]
@@ -134,7 +163,7 @@ class IndexStore:
         if index.ntotal != manifest.count or index.d != manifest.dimension:
             log.warning("index file %s does not match its manifest; the index will be rebuilt", path)
             return None
-        return VectorIndex(manifest.dimension, manifest.model_id, index)
+        return VectorIndex(manifest.dimension, manifest.model_id, index, manifest.factory, manifest.trained_count)
 
     def publish(self, index: VectorIndex, high_water: int) -> Manifest:
         """Write `index` as the next generation and make it current; older generations are removed."""
@@ -144,7 +173,8 @@ class IndexStore:
         name = f"vectors-{generation:06d}.faiss"
         data = faiss.serialize_index(index.index).tobytes()
         _write_atomic(self.directory / name, data)
-        manifest = Manifest(generation, name, index.count, index.dimension, index.model_id, high_water, time.time())
+        manifest = Manifest(generation, name, index.count, index.dimension, index.model_id, high_water, time.time(),
+                            index.factory, index.trained_count)
         _write_atomic(self.directory / MANIFEST, json.dumps(asdict(manifest), indent=2).encode("utf-8"))
         self._remove_stale(keep=name)
         log.info("published index generation %d (%d vectors)", generation, index.count)

@@ -184,3 +184,16 @@ def test_small_commits_give_the_same_catalog(settings_for: Callable[..., Setting
     assert report.indexed == 14
     cat = catalog_of(settings)
     assert cat.count_images() == cat.count_files() == 14
+
+
+def test_duplicates_within_one_run_across_commits(settings_for: Callable[..., Settings], tmp_path: Path) -> None:
+    root = tmp_path / "dups"
+    for i in range(3):
+        write_image(root / f"a{i}.png", colour_image(RED, seed=i))
+        for j in range(3):
+            shutil.copy(root / f"a{i}.png", root / f"a{i}-copy{j}.png")
+    settings = settings_for(model={"batch_size": 4}, indexer={"commit_every": 1})
+    report, counter = run_index(settings, root)
+    assert (report.indexed, report.linked, report.failed) == (3, 9, 0) and counter.embedded == 3
+    cat = catalog_of(settings)
+    assert cat.count_images() == 3 and cat.count_files() == 12
