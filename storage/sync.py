@@ -98,6 +98,8 @@ def open_index(
     if manifest is not None and is_consistent(manifest, catalog, model_id):
         index = store.load(manifest)
         if index is not None:
+            if publish_repairs:
+                store.remove_stale(keep=manifest.file)
             return index, manifest
     if manifest is None and catalog.count_images() == 0:
         return None, None

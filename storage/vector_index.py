@@ -176,11 +176,12 @@ class IndexStore:
         manifest = Manifest(generation, name, index.count, index.dimension, index.model_id, high_water, time.time(),
                             index.factory, index.trained_count)
         _write_atomic(self.directory / MANIFEST, json.dumps(asdict(manifest), indent=2).encode("utf-8"))
-        self._remove_stale(keep=name)
+        self.remove_stale(keep=name)
         log.info("published index generation %d (%d vectors)", generation, index.count)
         return manifest
 
-    def _remove_stale(self, keep: str) -> None:
+    def remove_stale(self, keep: str) -> None:
+        """Delete generations other than `keep` and temp files left by a crashed writer."""
         for path in self.directory.glob("vectors-*.faiss"):
             if path.name != keep:
                 path.unlink(missing_ok=True)

@@ -181,6 +181,9 @@ def test_open_index_repairs_from_the_catalog(catalog: Catalog, tmp_path: Path) -
     ids, _ = catalog.apply([new_image(i) for i in range(5)], [ref(f"/lib/{i}.jpg", i) for i in range(5)])
     index, manifest = open_index(catalog, store, MODEL, publish_repairs=True)  # no index yet: built
     assert index is not None and sorted(index.ids()) == sorted(ids) and manifest is not None
+    (tmp_path / "index" / ".vectors-000009.faiss.123.tmp").write_bytes(b"half-written")  # a crashed writer
+    assert open_index(catalog, store, MODEL, publish_repairs=True)[1] == manifest
+    assert not list((tmp_path / "index").glob(".*.tmp"))
     catalog.apply([new_image(9)], [ref("/lib/9.jpg", 9)])  # catalog moved on without the index
     index, manifest2 = open_index(catalog, store, MODEL, publish_repairs=True)
     assert index is not None and index.count == 6 and manifest2.generation == manifest.generation + 1  # type: ignore[union-attr]
