@@ -50,9 +50,11 @@ def rss_mb() -> float:
 
 def loaded_rss_mb(path: str) -> float:
     """Resident memory a fresh process gains by loading the index file."""
-    code = ("import faiss,sys;sys.path.insert(0,%r);from bench.search import rss_mb;b=rss_mb();"
-            "i=faiss.read_index(%r);print(rss_mb()-b)") % (str(Path(__file__).resolve().parent.parent), path)
-    return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    code = ("import faiss,sys;sys.path.insert(0,sys.argv[1]);from bench.search import rss_mb;b=rss_mb();"
+            "i=faiss.read_index(sys.argv[2]);print(rss_mb()-b)")
+    repo = str(Path(__file__).resolve().parent.parent)
+    result = subprocess.run([sys.executable, "-c", code, repo, path], capture_output=True, text=True, check=True)
+    return float(result.stdout)
 
 
 def percentile_ms(times: list[float], q: float) -> float:
