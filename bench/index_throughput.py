@@ -30,6 +30,7 @@ from indexer.images import decode_image  # noqa: E402
 from indexer.model import Embedder, model_id  # noqa: E402
 from indexer.pipeline import LibraryIndexer  # noqa: E402
 from indexer.settings import load_settings  # noqa: E402
+from indexer.tf_runtime import effective_batch_size  # noqa: E402
 from storage.catalog import Catalog  # noqa: E402
 from storage.vector_index import IndexStore  # noqa: E402
 
@@ -71,11 +72,12 @@ def main() -> None:
     parser.add_argument("--model", default=str(default_model), help=f"module directory (default {default_model})")
     parser.add_argument("--image-size", type=int, default=380 if default_model == B4_STAND_IN else 224)
     parser.add_argument("--images", type=int, default=96, help="photos to index")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=0, help="0: the product's default for this device")
     parser.add_argument("--photo-size", default="640x480", help="WIDTHxHEIGHT of the generated JPEGs")
     parser.add_argument("--repeats", type=int, default=6, help="timed model-only batches")
     args = parser.parse_args()
     width, height = (int(v) for v in args.photo_size.split("x"))
+    args.batch_size = effective_batch_size(args.batch_size)
     logging.basicConfig(level=logging.WARNING)
 
     embedder = Embedder(args.model, args.image_size)
@@ -96,9 +98,10 @@ def main() -> None:
         floats = tf.constant(batch.astype(np.float32) / 255)
         classify = module.signatures["image_classification"]
         features = module.signatures["image_feature_vector"]
-        embed_s = time_per_image(embedder.embed, batch, args.repeats)
-        one_s = time_per_image(lambda _: classify(images=floats), batch, args.repeats)
-        two_s = time_per_image(lambda _: (classify(images=floats), features(images=floats)), batch, args.repeats)
+        repeats = max(args.repeats, -(-16 // len(batch)))  # time at least 16 images
+        embed_s = time_per_image(embedder.embed, batch, repeats)
+        one_s = time_per_image(lambda _: classify(images=floats), batch, repeats)
+        two_s = time_per_image(lambda _: (classify(images=floats), features(images=floats)), batch, repeats)
 
         # Decode only (one thread), to see what the pipeline has to hide behind the model.
         started = time.perf_counter()

@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import tarfile
+import time
 import urllib.error
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ import numpy as np
 
 from indexer.labels import NUM_CLASSES
 from indexer.packaged_model import PACKAGE_HANDLE, PackagedModelError, ensure_packaged_module, package_version
+from indexer.settings import ModelSettings
+from indexer.tf_runtime import configure_tensorflow
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +179,9 @@ def _single_pass_tf2(module: Any) -> Callable[[Any], dict[str, Any]]:
 class Embedder:
     """A loaded image module: batches of uint8 RGB images in, unit feature vectors and class probabilities out."""
 
-    def __init__(self, handle: str, image_size: int, download_timeout: float = 60.0) -> None:
+    def __init__(self, handle: str, image_size: int, download_timeout: float = 60.0,
+                 precision: str = "float32") -> None:
+        configure_tensorflow(precision)
         self.handle = handle
         self.image_size = image_size
         self.model_id = model_id(handle, image_size)
@@ -184,7 +189,9 @@ class Embedder:
         self.path = path
         self._module, self.format = self._load(path)
         self._run, self.route = self._forward_function(self._module)
-        probe = self._forward(np.zeros((1, image_size, image_size, 3), np.float32))
+        started = time.perf_counter()
+        probe = self._forward(np.zeros((1, image_size, image_size, 3), np.float32))  # also the warm-up
+        self.warmup_seconds = time.perf_counter() - started
         self.feature_dim = int(probe["features"].shape[-1])
         width = int(probe["logits"].shape[-1])
         if width not in (NUM_CLASSES, NUM_CLASSES + 1):
@@ -224,6 +231,14 @@ class Embedder:
         if hasattr(module, "prune") and hasattr(module, "graph"):
             return _single_pass_tf1(module), "pruned single pass"
         return _single_pass_tf2(module), "frozen single pass"
+
+    @classmethod
+    def from_settings(cls, model: ModelSettings) -> Embedder:
+        return cls(model.handle, model.image_size, model.download_timeout, model.precision)
+
+    def warm_up(self, batch_size: int) -> None:
+        """Run one batch of the size real work will use, so the first real batch is not the slow one."""
+        self.embed(np.zeros((batch_size, self.image_size, self.image_size, 3), np.uint8))
 
     def _forward(self, images: np.ndarray) -> dict[str, np.ndarray]:
         import tensorflow as tf

@@ -23,6 +23,7 @@ from indexer.images import DecodedImage, ImageRejected, decode_image
 from indexer.model import Embedder, top_k
 from indexer.scan import FoundFile, resolve_root, scan
 from indexer.settings import Settings
+from indexer.tf_runtime import effective_batch_size
 from storage.catalog import Catalog, FileRef, NewImage
 from storage.sync import build_from_catalog, check_model, needs_rebuild, open_index
 from storage.vector_index import IndexStore, RemoveUnsupportedError, VectorIndex
@@ -191,7 +192,7 @@ class LibraryIndexer:
     def _process(self, candidates: list[FoundFile], report: IndexReport) -> None:
         if not candidates:
             return
-        batch_size = self.settings.model.batch_size
+        batch_size = effective_batch_size(self.settings.model.batch_size)
         commit_every = max(self.settings.indexer.commit_every, batch_size)
         workers = self.settings.indexer.effective_decode_workers()
         files: list[FileRef] = []

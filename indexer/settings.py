@@ -32,8 +32,9 @@ class _Section(BaseModel):
 class ModelSettings(_Section):
     handle: str = Field(DEFAULT_HANDLE, min_length=1)
     image_size: int = Field(380, ge=32, le=2048)
-    batch_size: int = Field(8, ge=1, le=1024)
+    batch_size: int = Field(0, ge=0, le=1024)
     download_timeout: float = Field(60.0, gt=0)
+    precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
 
 
 class StorageSettings(_Section):

@@ -103,7 +103,7 @@ def run_index(settings, paths: Sequence[str], reindex: bool = False):  # type: i
             catalog = Catalog(settings.storage.resolved_database_url())
             indexer = LibraryIndexer(
                 settings, catalog, IndexStore(data_dir / "index"), model_id(m.handle, m.image_size),
-                lambda: Embedder(m.handle, m.image_size, m.download_timeout), progress=bar,
+                lambda: Embedder.from_settings(m), progress=bar,
             )
             try:
                 return indexer.run(paths, reindex=reindex)

@@ -41,10 +41,11 @@ def info(obj: CliContext, as_json: bool) -> None:
       LOOKALIKE_MODEL__HANDLE=/models/b4 lookalike model info
     """
     from indexer.model import Embedder, ModelUnavailableError
+    from indexer.tf_runtime import gpus
 
     m = obj.settings.model
     try:
-        embedder = Embedder(m.handle, m.image_size, m.download_timeout)
+        embedder = Embedder.from_settings(m)
     except ModelUnavailableError as exc:
         raise click.ClickException(str(exc)) from None
     details = {
@@ -59,6 +60,8 @@ def info(obj: CliContext, as_json: bool) -> None:
         "background_class": embedder.num_logits == 1001,
         "single_pass": embedder.route,
         "model_id": embedder.model_id,
+        "precision": m.precision,
+        "devices": list(gpus()) or ["CPU"],
         "stand_in": embedder.note,
     }
     if as_json:

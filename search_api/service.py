@@ -69,8 +69,7 @@ class SearchService:
     def embedder(self) -> Embedder:
         with self._lock:
             if self._embedder is None:
-                m = self.settings.model
-                self._embedder = Embedder(m.handle, m.image_size, m.download_timeout)
+                self._embedder = Embedder.from_settings(self.settings.model)
             return self._embedder
 
     def warm_up(self) -> None:

@@ -133,7 +133,7 @@ def test_config_show_names_every_source(tmp_path: Path) -> None:
     shown = json.loads(result.stdout)
     assert shown["api.port"] == {"value": 9001, "source": f"config file {cfg}"}
     assert shown["model.image_size"] == {"value": 224, "source": "environment LOOKALIKE_MODEL__IMAGE_SIZE"}
-    assert shown["model.batch_size"] == {"value": 8, "source": "default"}
+    assert shown["model.batch_size"] == {"value": 0, "source": "default"}
     assert set(shown) == {f"{section}.{key}" for section, keys in Settings().model_dump().items() for key in keys}
     table = CliRunner().invoke(cli, ["--config", str(cfg), "config", "show"], env={"LOOKALIKE_CONFIG": ""})
     assert "api.port" in table.stdout and "9001" in table.stdout
