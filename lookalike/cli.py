@@ -133,7 +133,12 @@ def report_index_run(report, as_json: bool) -> None:  # type: ignore[no-untyped-
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @click.pass_obj
 def stats(obj: CliContext, as_json: bool) -> None:
-    """Count the images in the catalog and the vectors in the index."""
+    """Count the images in the catalog and the vectors in the index.
+
+    \b
+    Example:
+      lookalike stats --json
+    """
     from storage.catalog import Catalog
     from storage.vector_index import IndexStore
 
@@ -180,7 +185,12 @@ def serve(obj: CliContext, host: str | None, port: int | None, workers: int | No
 @click.argument("target", type=click.Path(file_okay=False, path_type=Path))
 @click.pass_obj
 def sample_library(obj: CliContext, target: Path) -> None:
-    """Write a small library of real sample photos (from scikit-image and scikit-learn) to TARGET."""
+    """Write a small library of real sample photos (from scikit-image and scikit-learn) to TARGET.
+
+    \b
+    Example:
+      lookalike sample-library demo/library && lookalike index demo/library
+    """
     from indexer.sample_library import build_sample_library
 
     configure_logging("WARNING", obj.verbose)

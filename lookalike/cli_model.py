@@ -111,7 +111,12 @@ def config() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: {key: {value, source}}.")
 @click.pass_obj
 def show(obj: CliContext, as_json: bool) -> None:
-    """Every setting, its value, and where it came from (default, config file or environment)."""
+    """Every setting, its value, and where it came from (default, config file or environment).
+
+    \b
+    Example:
+      LOOKALIKE_API__PORT=9000 lookalike --config /etc/lookalike.yaml config show
+    """
     from indexer.settings import SettingsError, load_settings_with_sources
 
     try:

@@ -55,6 +55,10 @@ def verify(obj: CliContext, as_json: bool) -> None:
     \b
     Checks: every catalog vector is in the index and every index vector in the catalog,
     no id twice, one model id and one dimension everywhere, all vectors of unit length.
+
+    \b
+    Example:
+      lookalike verify --json || lookalike rebuild
     """
     from indexer.model import model_id
     from storage.catalog import Catalog

@@ -33,12 +33,18 @@ def runner() -> CliRunner:
     return CliRunner()
 
 
-def test_version_and_help(runner: CliRunner) -> None:
+COMMANDS = [["index"], ["search"], ["similar"], ["stats"], ["verify"], ["rebuild"], ["serve"], ["demo"],
+            ["sample-library"], ["model", "info"], ["model", "fetch"], ["config", "show"]]
+
+
+def test_version_and_help_with_examples_everywhere(runner: CliRunner) -> None:
     assert runner.invoke(cli, ["--version"]).output.strip() == f"lookalike, version {__version__}"
-    for command in ("index", "stats", "serve", "sample-library"):
-        result = runner.invoke(cli, [command, "--help"])
-        assert result.exit_code == 0 and "Usage:" in result.output
-        assert (command in ("index", "serve")) == ("Example" in result.output)
+    listed = runner.invoke(cli, ["--help"]).output
+    for command in COMMANDS:
+        result = runner.invoke(cli, [*command, "--help"])
+        assert result.exit_code == 0 and "Usage:" in result.output, command
+        assert "Example" in result.output, command
+        assert command[0] in listed
 
 
 def test_sample_library_has_real_photos(runner: CliRunner, tmp_path: Path) -> None:
