@@ -8,6 +8,7 @@ yet, model unavailable, busy data dir), 2 a usage error (unknown option or missi
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -233,7 +234,6 @@ def demo(obj: CliContext, folder: Path, host: str | None, port: int | None, no_s
     if no_serve:
         return
     from indexer.model import stand_in_note
-    from search_api.serve import serve as run_server
 
     host, port = host or settings.api.host, port or settings.api.port
     note = stand_in_note(settings.model.handle)
@@ -241,7 +241,15 @@ def demo(obj: CliContext, folder: Path, host: str | None, port: int | None, no_s
         banner(f"Serving with {note}.")
     click.echo(f"open http://{host}:{port}/api/v1/classes, or search with: "
                f"curl -F image=@{folder}/library/photos/chelsea.jpg 'http://{host}:{port}/api/v1/search?k=5'")
-    run_server(settings, host, port, settings.api.workers)
+    # Serve from a fresh process: TensorFlow, already running here, does not survive gunicorn's fork.
+    env = {**os.environ,
+           "LOOKALIKE_MODEL__HANDLE": settings.model.handle,
+           "LOOKALIKE_MODEL__IMAGE_SIZE": str(settings.model.image_size),
+           "LOOKALIKE_STORAGE__DATA_DIR": str(settings.storage.data_dir)}
+    args = [sys.executable, "-m", "lookalike"] + (["--config", obj.config] if obj.config else [])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [*args, "serve", "--host", host, "--port", str(port)], env)
 
 
 def _register() -> None:

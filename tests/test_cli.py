@@ -117,6 +117,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_ready(proc: subprocess.Popen, base: str, seconds: float = 180) -> dict:  # type: ignore[type-arg]
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/readyz", timeout=5) as r:
+                return json.load(r)
+        except OSError:
+            assert proc.poll() is None, proc.stdout.read().decode()  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "server did not become ready"
+            time.sleep(0.5)
+
+
+def _search(base: str, image: Path, k: int) -> dict:  # type: ignore[type-arg]
+    boundary = "lookalikeboundary"
+    payload = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"q.jpg\"\r\n"
+               "Content-Type: image/jpeg\r\n\r\n").encode() + image.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(f"{base}/api/v1/search?k={k}", data=payload, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(request, timeout=60) as r:
+        return json.load(r)
+
+
 def test_serve_answers_queries_over_http(runner: CliRunner, colour_library: Path, tmp_path: Path,
                                          tf1_module: Path) -> None:
     env = env_for(tmp_path / "data", tf1_module)
@@ -126,26 +148,28 @@ def test_serve_answers_queries_over_http(runner: CliRunner, colour_library: Path
                             env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/readyz", timeout=5) as r:
-                    ready = json.load(r)
-                break
-            except OSError:
-                assert proc.poll() is None, proc.stdout.read().decode()  # type: ignore[union-attr]
-                assert time.monotonic() < deadline, "server did not become ready"
-                time.sleep(0.5)
-        assert ready["vectors"] == 14
-        body = (colour_library / "red" / "red0.jpg").read_bytes()
-        boundary = "lookalikeboundary"
-        payload = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"q.jpg\"\r\n"
-                   "Content-Type: image/jpeg\r\n\r\n").encode() + body + f"\r\n--{boundary}--\r\n".encode()
-        request = urllib.request.Request(f"{base}/api/v1/search?k=2", data=payload, method="POST",
-                                         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
-        with urllib.request.urlopen(request, timeout=30) as r:
-            results = json.load(r)["results"]
+        assert _wait_ready(proc, base)["vectors"] == 14
+        results = _search(base, colour_library / "red" / "red0.jpg", 2)["results"]
         assert Path(results[0]["path"]).name == "red0.jpg" and results[0]["score"] > 0.999
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_demo_command_indexes_and_serves_offline(tmp_path: Path) -> None:
+    """The README's main command, on a machine that cannot reach TF Hub."""
+    port = _free_port()
+    env = {**os.environ, "LOOKALIKE_CONFIG": "", "TFHUB_CACHE_DIR": str(tmp_path / "cache"),
+           "LOOKALIKE_MODEL__HANDLE": f"http://127.0.0.1:{_free_port()}/b4.tar.gz"}
+    proc = subprocess.Popen([sys.executable, "-m", "lookalike", "demo", "--dir", str(tmp_path / "demo"),
+                             "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        ready = _wait_ready(proc, base)
+        assert ready["vectors"] == 42 and ready["model"]["stand_in"] is True
+        body = _search(base, tmp_path / "demo" / "library" / "photos" / "coffee.jpg", 3)
+        assert body["query"]["labels"][0]["name"] == "espresso"
+        assert {Path(r["path"]).name.split("-")[0].split(".")[0] for r in body["results"]} == {"coffee"}
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
