@@ -40,7 +40,7 @@ def info(obj: CliContext, as_json: bool) -> None:
     Example:
       LOOKALIKE_MODEL__HANDLE=/models/b4 lookalike model info
     """
-    from indexer.model import Embedder, ModelUnavailableError
+    from indexer.model import Embedder, ModelUnavailableError, declared_image_size
     from indexer.tf_runtime import gpus
 
     m = obj.settings.model
@@ -55,6 +55,7 @@ def info(obj: CliContext, as_json: bool) -> None:
         "format": embedder.format,
         "signatures": embedder.signatures,
         "image_size": m.image_size,
+        "declared_image_size": declared_image_size(embedder.path),
         "feature_dim": embedder.feature_dim,
         "classes": 1000,
         "background_class": embedder.num_logits == 1001,
@@ -64,11 +65,15 @@ def info(obj: CliContext, as_json: bool) -> None:
         "devices": list(gpus()) or ["CPU"],
         "stand_in": embedder.note,
     }
+    declared = details["declared_image_size"]
+    if declared and tuple(declared) != (m.image_size, m.image_size):
+        click.secho(f"warning: the module declares {declared[0]}x{declared[1]} input, but model.image_size is "
+                    f"{m.image_size}", fg="yellow", err=True)
     if as_json:
         click.echo(json.dumps(details))
         return
     for key, value in details.items():
-        click.echo(f"{key:>17}: {value}")
+        click.echo(f"{key:>19}: {value}")
 
 
 @model.command()

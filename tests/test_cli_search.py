@@ -110,6 +110,11 @@ def test_model_info(fixture: str, request: pytest.FixtureRequest, tmp_path: Path
     assert {"image_feature_vector", "image_classification"} <= set(info["signatures"])
     assert info["origin"] == "local directory" and info["resolved_path"] == str(module.resolve())
     assert info["stand_in"] is None
+    if fixture == "tf1_module":  # the TF1 fixture declares B4's 380x380 like the real module; we run it at 64
+        assert info["declared_image_size"] == [380, 380]
+        assert "declares 380x380 input, but model.image_size is 64" in result.stderr
+    else:
+        assert info["declared_image_size"] is None
 
 
 def test_model_fetch_copies_a_module_and_fails_fast_offline(tmp_path: Path, tf1_module: Path,
