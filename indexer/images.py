@@ -11,12 +11,17 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from pillow_heif import register_heif_opener
 
 # Formats lookalike indexes; anything else is rejected even if Pillow could open it.
-ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
+ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF"})
 IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".dib", ".tif", ".tiff"}
+    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".dib", ".tif", ".tiff", ".heic", ".heif",
+     ".avif"}
 )
+
+# HEIC/HEIF (iPhone photos) through pillow-heif; Pillow reads AVIF itself.
+register_heif_opener()
 
 # Pillow's own bomb check would warn or raise with its global limit; ours is per call.
 Image.MAX_IMAGE_PIXELS = None

@@ -44,6 +44,16 @@ def test_lossless_formats_agree(fmt: str) -> None:
     assert np.abs(out.pixels.astype(int) - [200, 100, 50]).max() <= 3
 
 
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_phone_formats_heic_and_avif(fmt: str) -> None:
+    img = Image.new("RGB", (90, 60), (200, 100, 50))
+    img.paste((20, 40, 220), (0, 0, 45, 60))  # blue left half
+    out = decode_image(encode(img, fmt, quality=95), SIZE, LIMIT)
+    assert out.format == fmt and (out.width, out.height) == (90, 60)
+    left, right = out.pixels[:, 5].astype(int).mean(0), out.pixels[:, -5].astype(int).mean(0)
+    assert np.abs(left - [20, 40, 220]).max() < 25 and np.abs(right - [200, 100, 50]).max() < 25
+
+
 def test_transparency_is_composited_on_white() -> None:
     rgba = Image.new("RGBA", (40, 40), (255, 0, 0, 0))
     rgba.paste((0, 0, 255, 255), (0, 0, 40, 20))
