@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -19,7 +20,11 @@ class ImageNetClass:
 
 
 class UnknownClassError(ValueError):
-    """A class filter names no ImageNet class."""
+    """A class filter names no ImageNet class; `value` is the filter as given."""
+
+    def __init__(self, message: str, value: str) -> None:
+        super().__init__(message)
+        self.value = value
 
 
 @lru_cache(maxsize=1)
@@ -64,9 +69,19 @@ def resolve_class(value: str | int) -> frozenset[int]:
     if text.lstrip("-").isdigit():
         class_id = int(text)
         if not 0 <= class_id < NUM_CLASSES:
-            raise UnknownClassError(f"class id {class_id} is out of range 0..{NUM_CLASSES - 1}")
+            raise UnknownClassError(f"class id {class_id} is out of range 0..{NUM_CLASSES - 1}", text)
         return frozenset({class_id})
     ids = _name_index().get(text.casefold())
     if not ids:
-        raise UnknownClassError(f"unknown ImageNet class {text!r}: give a class id 0..999 or an exact class name")
+        raise UnknownClassError(f"unknown ImageNet class {text!r}: give a class id 0..999 or an exact class name",
+                                text)
     return ids
+
+
+def resolve_classes(values: Iterable[str]) -> frozenset[int] | None:
+    """Union of the classes named by several filters (blank ones ignored); None when there are none."""
+    ids: set[int] = set()
+    for value in values:
+        if value.strip():
+            ids |= resolve_class(value)
+    return frozenset(ids) or None

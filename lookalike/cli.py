@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from lookalike import __version__
-from lookalike.context import CliContext, configure_logging
+from lookalike.context import CliContext, configure_logging, echo_mapping
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -156,11 +156,7 @@ def stats(obj: CliContext, as_json: bool) -> None:
         "data_dir": str(settings.storage.data_dir.resolve()),
     }
     catalog.close()
-    if as_json:
-        click.echo(json.dumps(result))
-        return
-    for key, value in result.items():
-        click.echo(f"{key:>10}: {value}")
+    echo_mapping(result, as_json)
 
 
 @cli.command()

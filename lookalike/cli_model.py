@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from lookalike.context import CliContext
+from lookalike.context import CliContext, echo_mapping
 
 
 @click.group()
@@ -69,11 +69,7 @@ def info(obj: CliContext, as_json: bool) -> None:
     if declared and tuple(declared) != (m.image_size, m.image_size):
         click.secho(f"warning: the module declares {declared[0]}x{declared[1]} input, but model.image_size is "
                     f"{m.image_size}", fg="yellow", err=True)
-    if as_json:
-        click.echo(json.dumps(details))
-        return
-    for key, value in details.items():
-        click.echo(f"{key:>19}: {value}")
+    echo_mapping(details, as_json)
 
 
 @model.command()

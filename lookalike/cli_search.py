@@ -30,22 +30,12 @@ def _engine(obj: CliContext):  # type: ignore[no-untyped-def]
 
 
 def _classes(values: tuple[str, ...]) -> frozenset[int] | None:
-    from indexer.labels import UnknownClassError, resolve_class
+    from indexer.labels import UnknownClassError, resolve_classes
 
-    ids: set[int] = set()
-    for value in values:
-        try:
-            ids |= resolve_class(value)
-        except UnknownClassError as exc:
-            raise click.ClickException(f"--class {value}: {exc}") from None
-    return frozenset(ids) or None
-
-
-def _hits_json(hits) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
-    from search_api.service import labels_json
-
-    return [{"id": h.record.id, "path": h.record.path, "score": round(h.score, 6),
-             "labels": labels_json(h.record.predictions)} for h in hits]
+    try:
+        return resolve_classes(values)
+    except UnknownClassError as exc:
+        raise click.ClickException(f"--class {exc.value}: {exc}") from None
 
 
 def _print_table(query: dict[str, Any]) -> None:
@@ -125,7 +115,8 @@ def search(obj: CliContext, images: tuple[Path, ...], k: int | None, classes: tu
         from search_api.service import labels_json
 
         hits = service.search(vector, k, class_ids, min_score)
-        queries.append({"image": str(image), "labels": labels_json(predictions), "results": _hits_json(hits)})
+        queries.append({"image": str(image), "labels": labels_json(predictions),
+                        "results": [h.to_json() for h in hits]})
     _output(queries, as_json, html_path)
 
 
@@ -155,5 +146,5 @@ def similar(obj: CliContext, image: str, k: int | None, classes: tuple[str, ...]
         raise click.ClickException(f"{image}: not an indexed image (give an image id or the path of an indexed file)")
     hits = service.similar(record.id, k or obj.settings.search.default_k, class_ids, min_score) or []
     query = {"image": record.path, "id": record.id, "labels": labels_json(record.predictions),
-             "results": _hits_json(hits)}
+             "results": [h.to_json() for h in hits]}
     _output([query], as_json, html_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 
@@ -16,6 +17,16 @@ def configure_logging(level: str, verbose: int) -> None:
     quiet = logging.DEBUG if verbose else logging.ERROR
     for noisy in ("absl", "tensorflow", "h5py", "alembic", "faiss"):
         logging.getLogger(noisy).setLevel(quiet)
+
+
+def echo_mapping(data: dict[str, object], as_json: bool) -> None:
+    """A report as one JSON object, or as aligned `key: value` lines for people."""
+    if as_json:
+        click.echo(json.dumps(data))
+        return
+    width = max(len(key) for key in data)
+    for key, value in data.items():
+        click.echo(f"{key:>{width}}: {value}")
 
 
 class CliContext:

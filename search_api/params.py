@@ -6,7 +6,7 @@ import math
 
 from flask import request
 
-from indexer.labels import UnknownClassError, resolve_class
+from indexer.labels import UnknownClassError, resolve_classes
 from indexer.settings import SearchSettings
 from search_api.problems import ApiProblem
 
@@ -41,13 +41,7 @@ def parse_min_score() -> float | None:
 
 def parse_classes() -> frozenset[int] | None:
     """Union of the classes named by every `class` parameter (ids or names); None when absent."""
-    values = [v for v in request.args.getlist("class") if v.strip()]
-    if not values:
-        return None
-    ids: set[int] = set()
-    for value in values:
-        try:
-            ids |= resolve_class(value)
-        except UnknownClassError as exc:
-            raise ApiProblem(400, str(exc), "unknown_class", parameter="class") from None
-    return frozenset(ids)
+    try:
+        return resolve_classes(request.args.getlist("class"))
+    except UnknownClassError as exc:
+        raise ApiProblem(400, str(exc), "unknown_class", parameter="class") from None

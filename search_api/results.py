@@ -24,11 +24,4 @@ def image_json(record: ImageRecord) -> dict[str, object]:
 
 
 def hit_json(hit: Hit) -> dict[str, object]:
-    record = hit.record
-    return {
-        "id": record.id,
-        "path": record.path,
-        "score": round(hit.score, 6),
-        "labels": labels_json(record.predictions),
-        "file_url": url_for("images.image_file", image_id=record.id),
-    }
+    return {**hit.to_json(), "file_url": url_for("images.image_file", image_id=hit.record.id)}

@@ -32,6 +32,11 @@ class Hit:
     record: ImageRecord
     score: float
 
+    def to_json(self) -> dict[str, object]:
+        """The fields every search result carries, in the API and in `lookalike search --json`."""
+        return {"id": self.record.id, "path": self.record.path, "score": round(self.score, 6),
+                "labels": labels_json(self.record.predictions)}
+
 
 def labels_json(predictions: Collection[tuple[int, float]]) -> list[dict[str, object]]:
     return [
@@ -48,6 +53,7 @@ class SearchService:
         self.model_id = model_id(settings.model.handle, settings.model.image_size)
         self.data_dir = settings.storage.data_dir
         self.store = IndexStore(self.data_dir / "index")
+        self.index_config = settings.storage.index_config()
         self._catalog: Catalog | None = None
         self._embedder: Embedder | None = None
         self._index: VectorIndex | None = None
@@ -74,8 +80,7 @@ class SearchService:
 
     def warm_up(self) -> None:
         """Load the model, run it once and load the index, so the first query is not slow."""
-        size = self.settings.model.image_size
-        self.embedder.embed(np.zeros((1, size, size, 3), np.uint8))
+        self.embedder.warm_up(1)
         self.index()
 
     def is_ready(self) -> bool:
@@ -101,7 +106,7 @@ class SearchService:
                     return self._index
             if self._index is None:
                 self._index, self._manifest = open_index(catalog, self.store, self.model_id, publish_repairs=False,
-                                                         config=self.settings.storage.index_config())
+                                                         config=self.index_config)
             return self._index
 
     # --- queries ---------------------------------------------------------------------------
@@ -134,7 +139,7 @@ class SearchService:
             allowed = allowed[allowed != exclude_id]
         # Ask for a few more than k: the excluded image, and images deleted since this generation.
         wanted = k + (1 if exclude_id is not None else 0) + 8
-        hits = index.search(vector[None], wanted, allowed, self.settings.storage.index_config())[0]
+        hits = index.search(vector[None], wanted, allowed, self.index_config)[0]
         hits = [(i, s) for i, s in hits if i != exclude_id and (min_score is None or s >= min_score)]
         records = self.catalog.get_images([i for i, _ in hits])
         return [Hit(records[i], s) for i, s in hits if i in records][:k]
