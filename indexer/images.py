@@ -86,8 +86,18 @@ def _center_square(width: int, height: int) -> tuple[float, float, float, float]
     return (left, top, left + side, top + side)
 
 
-def decode_image(data: bytes, size: int, max_pixels: int) -> DecodedImage:
-    """Decode `data` to a `size` x `size` RGB array (shorter side resized to `size`, centre crop).
+@dataclass(frozen=True)
+class UprightImage:
+    """A decoded image in RGB with its EXIF orientation applied (possibly drafted smaller for JPEG)."""
+
+    image: Image.Image
+    width: int  # of the original, after EXIF orientation
+    height: int
+    format: str
+
+
+def open_upright(data: bytes, min_side: int, max_pixels: int) -> UprightImage:
+    """Decode `data` to an upright RGB image whose shorter side still covers `min_side` when it can.
 
     Raises ImageRejected for anything that is not a complete, allowed image within `max_pixels`.
     """
@@ -103,7 +113,7 @@ def decode_image(data: bytes, size: int, max_pixels: int) -> DecodedImage:
         _check_size(im, max_pixels)
         if fmt in ("JPEG", "MPO"):
             # Decode at the smallest DCT scale that still covers the model input.
-            im.draft("RGB", (size, size))
+            im.draft("RGB", (min_side, min_side))
         im.load()
         im = ImageOps.exif_transpose(im)
         im = _to_rgb(im)
@@ -119,8 +129,22 @@ def decode_image(data: bytes, size: int, max_pixels: int) -> DecodedImage:
     if fmt in ("JPEG", "MPO"):
         # draft() may have shrunk the image: report the original dimensions.
         width, height = _original_size(data, width, height)
+    return UprightImage(im, width, height, fmt)
+
+
+def model_input(im: Image.Image, size: int) -> np.ndarray:
+    """The model's input: shorter side resized to `size`, centre crop, uint8 [size, size, 3]."""
     square = im.resize((size, size), Image.Resampling.BICUBIC, box=_center_square(*im.size), reducing_gap=3.0)
-    return DecodedImage(np.asarray(square, dtype=np.uint8), width, height, fmt)
+    return np.asarray(square, dtype=np.uint8)
+
+
+def decode_image(data: bytes, size: int, max_pixels: int) -> DecodedImage:
+    """Decode `data` to a `size` x `size` RGB array (shorter side resized to `size`, centre crop).
+
+    Raises ImageRejected for anything that is not a complete, allowed image within `max_pixels`.
+    """
+    upright = open_upright(data, size, max_pixels)
+    return DecodedImage(model_input(upright.image, size), upright.width, upright.height, upright.format)
 
 
 def _original_size(data: bytes, drafted_w: int, drafted_h: int) -> tuple[int, int]:

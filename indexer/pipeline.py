@@ -1,37 +1,36 @@
-"""The indexing run: scan -> read+hash+decode (threads) -> embed (batches) -> write (transactions).
+"""The indexing run: scan -> read+hash+decode (worker processes) -> embed (batches) -> write (background).
 
-Decoding runs in a thread pool a bounded window ahead of the model, so Pillow (which
-releases the GIL while decoding) and TensorFlow work at the same time. Content already in
-the catalog (a moved, renamed or duplicated file) is linked to its image, not re-embedded.
+Decoding runs in worker processes a bounded window ahead of the model, so decoding and
+TensorFlow use the cores at the same time; catalog commits run in a background thread while
+the next batch is embedded. Content already in the catalog (a moved, renamed or duplicated
+file) is linked to its image, not re-embedded. A stop request (Ctrl-C) ends the run after the
+current batch is committed, so the next run resumes from there.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 import numpy as np
 
-from indexer.images import DecodedImage, ImageRejected, decode_image
 from indexer.model import Embedder, top_k
-from indexer.scan import FoundFile, resolve_root, scan
+from indexer.prepare import PrepareConfig, Prepared, decode_pool, ordered_prefetch
+from indexer.scan import FoundFile, RootError, resolve_root, scan
 from indexer.settings import Settings
 from indexer.tf_runtime import effective_batch_size
+from indexer.thumbnails import prune_thumbnails
 from storage.catalog import Catalog, FileRef, NewImage
+from storage.rejections import Rejection
 from storage.sync import build_from_catalog, check_model, needs_rebuild, open_index
 from storage.vector_index import IndexStore, RemoveUnsupportedError, VectorIndex
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-R = TypeVar("R")
 
 
 class Progress(Protocol):
@@ -57,11 +56,13 @@ class IndexReport:
     indexed: int = 0  # images embedded this run
     linked: int = 0  # files whose content was already embedded (moved, renamed, duplicate, touched)
     unchanged: int = 0
+    skipped: int = 0  # rejected by an earlier run and unchanged since
     removed: int = 0
     failed: int = 0
     failures: list[dict[str, str]] = field(default_factory=list)
     found: int = 0
     seconds: float = 0.0
+    interrupted: bool = False  # stopped early on request; everything reported here is committed
 
     def to_json(self) -> dict[str, object]:
         rate = self.indexed / self.seconds if self.seconds > 0 else 0.0
@@ -69,34 +70,25 @@ class IndexReport:
             "indexed": self.indexed,
             "linked": self.linked,
             "unchanged": self.unchanged,
+            "skipped": self.skipped,
             "removed": self.removed,
             "failed": self.failed,
             "failures": self.failures,
             "found": self.found,
             "seconds": round(self.seconds, 3),
             "images_per_second": round(rate, 2),
+            "interrupted": self.interrupted,
         }
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """A candidate file after reading: its content hash and, for new content, the decoded pixels."""
+@dataclass
+class Plan:
+    """What a run has to do, decided from a scan before anything is touched."""
 
-    file: FoundFile
-    content_hash: str = ""
-    decoded: DecodedImage | None = None
-    error: str | None = None
-
-
-def ordered_prefetch(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], window: int) -> Iterator[R]:
-    """Like pool.map, but at most `window` items are in flight, so memory stays bounded."""
-    pending: deque[Future[R]] = deque()
-    for item in items:
-        pending.append(pool.submit(fn, item))
-        if len(pending) >= window:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
+    candidates: list[FoundFile] = field(default_factory=list)  # new or changed files
+    removed: list[str] = field(default_factory=list)  # files that disappeared
+    unchanged: int = 0
+    skipped: int = 0  # rejected before and unchanged since
 
 
 class LibraryIndexer:
@@ -122,6 +114,9 @@ class LibraryIndexer:
         self.index_config = settings.storage.index_config()
         self._dirty = False
         self._rebuild_reason: str | None = None
+        self._stop = threading.Event()
+        self._published_at = time.monotonic()
+        self._pruned_content = False
 
     @property
     def embedder(self) -> Embedder:
@@ -131,40 +126,40 @@ class LibraryIndexer:
                 raise RuntimeError(f"loaded model {self._embedder.model_id}, expected {self.model_id}")
         return self._embedder
 
-    def plan(self, roots: Sequence[str]) -> tuple[list[FoundFile], list[str], int]:
-        """(new or changed files, paths that disappeared, number of unchanged files)."""
+    def request_stop(self) -> None:
+        """Finish the current batch, commit it, publish the index and return (safe from a signal handler)."""
+        self._stop.set()
+
+    def plan(self, roots: Sequence[str], allow_empty_roots: bool = False) -> Plan:
+        """Scan every root and compare it with the catalog; nothing is written."""
         resolved = [resolve_root(r) for r in roots]  # every root checked before anything is touched
-        candidates: list[FoundFile] = []
-        removed: list[str] = []
-        unchanged = 0
+        plan = Plan()
+        gone_rejections: list[str] = []
         for root in resolved:
             known = self.catalog.files_under(str(root))
+            rejected = self.catalog.rejected_under(str(root))
             seen: set[str] = set()
             for found in scan(root):
                 seen.add(found.path)
                 state = known.get(found.path)
                 if state is not None and state.size == found.size and state.mtime_ns == found.mtime_ns:
-                    unchanged += 1
+                    plan.unchanged += 1
+                elif rejected.get(found.path) == (found.size, found.mtime_ns):
+                    plan.skipped += 1
                 else:
-                    candidates.append(found)
-            removed.extend(sorted(set(known) - seen))
-        return candidates, removed, unchanged
+                    plan.candidates.append(found)
+            if known and not seen and not allow_empty_roots:
+                raise RootError(
+                    f"{root}: no image files found, but the catalog holds {len(known):,} from this folder. "
+                    "Is the drive unmounted? Nothing was removed. If the photos really are gone, run again "
+                    "with --allow-empty-root."
+                )
+            plan.removed.extend(sorted(set(known) - seen))
+            gone_rejections.extend(sorted(set(rejected) - seen))
+        plan.removed.extend(gone_rejections)  # forgetting a path also forgets its rejection
+        return plan
 
-    def _prepare(self, found: FoundFile) -> Prepared:
-        try:
-            data = Path(found.path).read_bytes()
-        except OSError as exc:
-            return Prepared(found, error=f"cannot read file: {exc.strerror or exc}")
-        digest = hashlib.sha256(data).hexdigest()
-        if self.catalog.ids_for_hashes([digest]):
-            return Prepared(found, digest)
-        try:
-            decoded = decode_image(data, self.settings.model.image_size, self.settings.indexer.max_image_pixels)
-        except ImageRejected as exc:
-            return Prepared(found, digest, error=str(exc))
-        return Prepared(found, digest, decoded)
-
-    def run(self, roots: Sequence[str], reindex: bool = False) -> IndexReport:
+    def run(self, roots: Sequence[str], reindex: bool = False, allow_empty_roots: bool = False) -> IndexReport:
         started = time.perf_counter()
         if reindex:
             log.warning("re-indexing: forgetting every image in the catalog")
@@ -172,60 +167,88 @@ class LibraryIndexer:
         check_model(self.catalog, self.model_id)
         self.index, _ = open_index(self.catalog, self.store, self.model_id, publish_repairs=True,
                                    config=self.index_config)
-        candidates, removed, unchanged = self.plan(roots)
-        report = IndexReport(unchanged=unchanged, found=len(candidates) + unchanged)
-        log.info("%d files to index, %d unchanged, %d gone", len(candidates), unchanged, len(removed))
-        self.progress.start(len(candidates))
-        self._process(candidates, report)
-        # A known file that changed into something unreadable no longer holds its old image.
-        stale = removed + [f["path"] for f in report.failures]
-        if stale:
-            _, orphans = self.catalog.apply(removed_paths=stale)
+        plan = self.plan(roots, allow_empty_roots)
+        report = IndexReport(unchanged=plan.unchanged, skipped=plan.skipped,
+                             found=len(plan.candidates) + plan.unchanged + plan.skipped)
+        log.info("%d files to index, %d unchanged, %d rejected before and unchanged, %d gone",
+                 len(plan.candidates), plan.unchanged, plan.skipped, len(plan.removed))
+        self.progress.start(len(plan.candidates))
+        self._process(plan.candidates, report)
+        report.interrupted = self._stop.is_set()
+        if plan.removed and not report.interrupted:
+            _, orphans = self.catalog.apply(removed_paths=plan.removed)
             self._index_changes([], None, orphans)
-        report.removed = len(removed)
+            report.removed = len(plan.removed)
         self._rebuild_if_needed()
-        if self._dirty and self.index is not None:
-            self.store.publish(self.index, self.catalog.max_image_id())
+        self._publish()
+        if self._pruned_content and self.settings.indexer.thumbnail_size:
+            prune_thumbnails(self.settings.storage.data_dir, self.catalog.content_hashes())
         report.seconds = time.perf_counter() - started
         return report
+
+    def _publish(self) -> None:
+        if self._dirty and self.index is not None:
+            self.store.publish(self.index, self.catalog.max_image_id())
+            self._dirty = False
+        self._published_at = time.monotonic()
+
+    def _prepare_config(self) -> PrepareConfig:
+        return PrepareConfig(
+            database_url=self.settings.storage.resolved_database_url(),
+            image_size=self.settings.model.image_size,
+            max_pixels=self.settings.indexer.max_image_pixels,
+            data_dir=self.settings.storage.data_dir,
+            thumbnail_size=self.settings.indexer.thumbnail_size,
+        )
 
     def _process(self, candidates: list[FoundFile], report: IndexReport) -> None:
         if not candidates:
             return
         batch_size = effective_batch_size(self.settings.model.batch_size)
         commit_every = max(self.settings.indexer.commit_every, batch_size)
-        workers = self.settings.indexer.effective_decode_workers()
+        workers = min(self.settings.indexer.effective_decode_workers(), len(candidates))
         files: list[FileRef] = []
+        rejected: list[Rejection] = []
         to_embed: list[Prepared] = []
         new_images: list[NewImage] = []
         pending_hashes: set[str] = set()  # content embedded this run (committed or not)
-        with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
-            for item in ordered_prefetch(pool, self._prepare, candidates, window=2 * batch_size + workers):
+        pool, prepare = decode_pool(self._prepare_config(), workers, self.settings.indexer.decode_in_processes)
+        writer = _BackgroundWriter(self._commit)
+        try:
+            for item in ordered_prefetch(pool, prepare, candidates, window=2 * batch_size + workers):
+                f = item.file
                 if item.error is not None:
                     report.failed += 1
-                    report.failures.append({"path": item.file.path, "error": item.error})
-                    log.info("rejected %s: %s", item.file.path, item.error)
+                    report.failures.append({"path": f.path, "kind": item.error_kind or "corrupt",
+                                            "error": item.error})
+                    rejected.append(Rejection(f.path, f.root, f.size, f.mtime_ns, item.error_kind or "corrupt",
+                                              item.error))
+                    log.info("rejected %s: %s", f.path, item.error)
                     self.progress.advance("failed")
-                    continue
-                f = item.file
-                files.append(FileRef(f.path, f.root, f.size, f.mtime_ns, item.content_hash))
-                if item.decoded is None or item.content_hash in pending_hashes:
-                    report.linked += 1
-                    self.progress.advance("linked")
                 else:
-                    pending_hashes.add(item.content_hash)
-                    to_embed.append(item)
+                    files.append(FileRef(f.path, f.root, f.size, f.mtime_ns, item.content_hash))
+                    if item.decoded is None or item.content_hash in pending_hashes:
+                        report.linked += 1
+                        self.progress.advance("linked")
+                    else:
+                        pending_hashes.add(item.content_hash)
+                        to_embed.append(item)
                 if len(to_embed) >= batch_size:
                     new_images.extend(self._embed(to_embed, report))
                     to_embed = []
-                if len(files) >= commit_every:
+                if len(files) + len(rejected) >= commit_every or self._stop.is_set():
                     # Files may point at content still waiting for its batch: embed it first.
                     new_images.extend(self._embed(to_embed, report))
-                    to_embed = []
-                    self._commit(new_images, files)
-                    files, new_images = [], []
+                    writer.submit(new_images, files, rejected)
+                    to_embed, new_images, files, rejected = [], [], [], []
+                    if self._stop.is_set():
+                        log.warning("stopping on request; everything so far is committed")
+                        break
             new_images.extend(self._embed(to_embed, report))
-            self._commit(new_images, files)
+            writer.submit(new_images, files, rejected)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            writer.close()
 
     def _embed(self, items: list[Prepared], report: IndexReport) -> list[NewImage]:
         if not items:
@@ -250,12 +273,16 @@ class LibraryIndexer:
             if item.decoded is not None
         ]
 
-    def _commit(self, new_images: list[NewImage], files: list[FileRef]) -> None:
-        if not new_images and not files:
+    def _commit(self, new_images: list[NewImage], files: list[FileRef], rejected: list[Rejection]) -> None:
+        """One catalog transaction, then the same change in the live index (runs in the writer thread)."""
+        if not new_images and not files and not rejected:
             return
-        ids, orphans = self.catalog.apply(new_images=new_images, files=files)
+        ids, orphans = self.catalog.apply(new_images=new_images, files=files, rejected=rejected)
         vectors = np.stack([img.embedding for img in new_images]) if new_images else None
         self._index_changes(ids, vectors, orphans)
+        interval = self.settings.indexer.publish_every_seconds
+        if interval and time.monotonic() - self._published_at >= interval and self._rebuild_reason is None:
+            self._publish()  # long runs become searchable as they go
 
     def _index_changes(self, ids: list[int], vectors: np.ndarray | None, orphans: list[int]) -> None:
         """Apply committed catalog changes to the live index, or note why it must be rebuilt instead."""
@@ -265,6 +292,8 @@ class LibraryIndexer:
             elif self._rebuild_reason is None:
                 self.index.add(np.asarray(ids, dtype=np.int64), vectors)
             self._dirty = True
+        if orphans:
+            self._pruned_content = True
         if orphans and self.index is not None and self._rebuild_reason is None:
             try:
                 self.index.remove(np.asarray(orphans, dtype=np.int64))
@@ -284,3 +313,29 @@ class LibraryIndexer:
         self.index = build_from_catalog(self.catalog, self.model_id, self.index_config, dimension)
         self._dirty = True
         self._rebuild_reason = None
+
+
+class _BackgroundWriter:
+    """Runs commits one at a time in a thread, at most one behind the caller, in submission order."""
+
+    def __init__(self, commit: Callable[[list[NewImage], list[FileRef], list[Rejection]], None]) -> None:
+        self._commit = commit
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="catalog-writer")
+        self._pending: Future[None] | None = None
+
+    def submit(self, new_images: list[NewImage], files: list[FileRef], rejected: list[Rejection]) -> None:
+        self.wait()
+        if new_images or files or rejected:
+            self._pending = self._pool.submit(self._commit, new_images, files, rejected)
+
+    def wait(self) -> None:
+        """Block until the last commit is done; re-raises its error."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)

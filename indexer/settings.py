@@ -71,6 +71,9 @@ class IndexerSettings(_Section):
     decode_workers: int = Field(0, ge=0, le=256)
     max_image_pixels: int = Field(178_956_970, ge=1)
     commit_every: int = Field(256, ge=1)
+    decode_in_processes: bool = True
+    thumbnail_size: int = Field(320, ge=0, le=2048)
+    publish_every_seconds: float = Field(600.0, ge=0)
 
     def effective_decode_workers(self) -> int:
         return self.decode_workers or (os.cpu_count() or 1)

@@ -7,15 +7,14 @@ yet, model unavailable, busy data dir), 2 a usage error (unknown option or missi
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import click
 
 from lookalike import __version__
+from lookalike.cli_index import report_index_run, run_index
 from lookalike.context import CliContext, configure_logging, echo_mapping
 
 
@@ -41,93 +40,6 @@ def cli(ctx: click.Context, config: str | None, verbose: int) -> None:
     Shell completion (bash): eval "$(_LOOKALIKE_COMPLETE=bash_source lookalike)"
     """
     ctx.obj = CliContext(config, verbose)
-
-
-class _ProgressBar:
-    """A tqdm bar on stderr with rate and ETA; silent when stderr is not a terminal."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bar = None
-        self.counts = {"indexed": 0, "linked": 0, "failed": 0}
-
-    def start(self, total: int) -> None:
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total, unit="img", disable=not self.enabled, file=sys.stderr, dynamic_ncols=True)
-
-    def advance(self, outcome: str) -> None:
-        self.counts[outcome] += 1
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(self.counts, refresh=False)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-@cli.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(file_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary as the last line of stdout.")
-@click.option("--reindex", is_flag=True, help="Forget all vectors and embed everything again (after a model change).")
-@click.pass_obj
-def index(obj: CliContext, paths: tuple[str, ...], as_json: bool, reindex: bool) -> None:
-    """Index the photos under PATHS (folders, searched recursively).
-
-    New and changed images are embedded, moved or duplicated ones are linked to their
-    existing vectors, and images whose files disappeared are removed. Files that cannot be
-    decoded are reported and skipped.
-
-    \b
-    Examples:
-      lookalike index ~/Pictures /mnt/photos
-      lookalike index --json ~/Pictures | tail -n 1
-    """
-    report_index_run(run_index(obj.settings, paths, reindex), as_json)
-
-
-def run_index(settings, paths: Sequence[str], reindex: bool = False):  # type: ignore[no-untyped-def]
-    """One indexing run under the writer lock, with a progress bar on a terminal; errors become exit 1."""
-    from indexer.model import Embedder, ModelUnavailableError, model_id
-    from indexer.pipeline import LibraryIndexer
-    from indexer.scan import RootError
-    from storage.catalog import Catalog
-    from storage.lock import LockedError, writer_lock
-    from storage.vector_index import IndexMismatchError, IndexStore
-
-    data_dir = settings.storage.data_dir
-    m = settings.model
-    bar = _ProgressBar(enabled=sys.stderr.isatty())
-    try:
-        with writer_lock(data_dir):
-            catalog = Catalog(settings.storage.resolved_database_url())
-            indexer = LibraryIndexer(
-                settings, catalog, IndexStore(data_dir / "index"), model_id(m.handle, m.image_size),
-                lambda: Embedder.from_settings(m), progress=bar,
-            )
-            try:
-                return indexer.run(paths, reindex=reindex)
-            finally:
-                catalog.close()
-    except (RootError, ModelUnavailableError, LockedError, IndexMismatchError) as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        bar.close()
-
-
-def report_index_run(report, as_json: bool) -> None:  # type: ignore[no-untyped-def]
-    summary = report.to_json()
-    if as_json:
-        click.echo(json.dumps(summary))
-        return
-    click.echo(
-        f"indexed {report.indexed}, linked {report.linked}, unchanged {report.unchanged}, "
-        f"removed {report.removed}, failed {report.failed} in {report.seconds:.1f}s "
-        f"({summary['images_per_second']} images/s)"
-    )
-    for failure in report.failures:
-        click.echo(f"  rejected {failure['path']}: {failure['error']}", err=True)
 
 
 @cli.command()
@@ -249,11 +161,13 @@ def demo(obj: CliContext, folder: Path, host: str | None, port: int | None, no_s
 
 
 def _register() -> None:
+    from lookalike.cli_duplicates import duplicates
+    from lookalike.cli_index import errors, index
     from lookalike.cli_model import config, model
     from lookalike.cli_search import search, similar
     from lookalike.cli_storage import rebuild, verify
 
-    for command in (search, similar, rebuild, verify, model, config):
+    for command in (index, errors, duplicates, search, similar, rebuild, verify, model, config):
         cli.add_command(command)
 
 

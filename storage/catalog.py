@@ -12,7 +12,9 @@ import numpy as np
 from sqlalchemy import Engine, create_engine, delete, event, func, or_, select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from storage.schema import FileRow, ImageRow, PredictionRow
+from storage import rejections
+from storage.rejections import Rejection
+from storage.schema import FileRow, ImageRow, PredictionRow, RejectedFileRow
 from storage.schema_migrations import upgrade
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,20 @@ def make_engine(database_url: str) -> Engine:
     return engine
 
 
+class ContentLookup:
+    """Read-only: is some content already embedded? Cheap to open in each decode worker process."""
+
+    def __init__(self, database_url: str) -> None:
+        self.engine = make_engine(database_url)
+
+    def known(self, content_hash: str) -> bool:
+        with self.engine.connect() as conn:
+            return conn.scalar(select(ImageRow.id).where(ImageRow.content_hash == content_hash)) is not None
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
 class Catalog:
     """Typed access to the catalog database; every write is one transaction."""
 
@@ -108,6 +124,15 @@ class Catalog:
             ))
             return {r.path: FileState(r.path, r.size, r.mtime_ns, r.image_id) for r in rows}
 
+    def rejected_under(self, root: str) -> dict[str, tuple[int, int]]:
+        """path -> (size, mtime_ns) of files rejected under `root`: skipped until they change."""
+        with self.session() as s:
+            return rejections.states_under(s, root)
+
+    def rejections(self, root: str | None = None) -> list[Rejection]:
+        with self.session() as s:
+            return rejections.listed(s, root)
+
     def image_id_for_path(self, path: str) -> int | None:
         with self.session() as s:
             return s.scalar(select(FileRow.image_id).where(FileRow.path == path))
@@ -119,6 +144,10 @@ class Catalog:
     def ids_for_hashes(self, hashes: Iterable[str]) -> dict[str, int]:
         with self.session() as s:
             return _ids_by_hash(s, hashes)
+
+    def content_hashes(self) -> set[str]:
+        with self.session() as s:
+            return set(s.scalars(select(ImageRow.content_hash)))
 
     def model_ids(self) -> set[str]:
         with self.session() as s:
@@ -200,12 +229,17 @@ class Catalog:
         new_images: Sequence[NewImage] = (),
         files: Sequence[FileRef] = (),
         removed_paths: Sequence[str] = (),
+        rejected: Sequence[Rejection] = (),
     ) -> tuple[list[int], list[int]]:
-        """In one transaction: insert images, point files at their content, drop removed files.
+        """In one transaction: insert images, point files at their content, drop removed files, record rejections.
 
+        A rejected file that held an image before (it changed into something unreadable) no longer holds it.
         Returns (ids of the inserted images, ids of images deleted because no file holds them any more).
         """
+        removed_paths = list(removed_paths) + [r.path for r in rejected]
         with self.session() as s, s.begin():
+            rejections.forget(s, [f.path for f in files] + removed_paths)
+            rejections.record(s, rejected)
             rows = [_image_row(img) for img in new_images]
             s.add_all(rows)
             s.flush()
@@ -252,6 +286,7 @@ class Catalog:
         """Forget every image (used before re-indexing with another model)."""
         with self.session() as s, s.begin():
             s.execute(delete(FileRow))
+            s.execute(delete(RejectedFileRow))
             s.execute(delete(PredictionRow))
             s.execute(delete(ImageRow))
 

@@ -61,3 +61,18 @@ class PredictionRow(Base):
     probability: Mapped[float] = mapped_column(Float)
 
     image: Mapped[ImageRow] = relationship(back_populates="predictions")
+
+
+class RejectedFileRow(Base):
+    """A file the indexer could not use, with why; retried only once its size or mtime changes."""
+
+    __tablename__ = "rejected_files"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    path: Mapped[str] = mapped_column(Text, unique=True)
+    root: Mapped[str] = mapped_column(Text, index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(Text)
+    rejected_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)

@@ -114,6 +114,30 @@ class VectorIndex:
             for row_ids, row_scores in zip(ids, scores, strict=True)
         ]
 
+    def range_search(self, queries: np.ndarray, min_score: float, config: IndexConfig | None = None,
+                     fallback_k: int = 64) -> list[list[tuple[int, float]]]:
+        """Per query, every (id, score) with score >= `min_score`, best first.
+
+        Index types without range search (HNSW) answer from the `fallback_k` nearest instead.
+        """
+        queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dimension)
+        if self.count == 0:
+            return [[] for _ in range(len(queries))]
+        params = search_parameters(self.index, config or IndexConfig(), fallback_k, None, 1.0)
+        try:
+            # FAISS keeps inner-product results strictly above the radius.
+            lims, scores, ids = self.index.range_search(queries, float(np.nextafter(min_score, -np.inf)),
+                                                        params=params)
+        except RuntimeError:
+            rows = self.search(queries, fallback_k, None, config)
+            return [[(i, s) for i, s in row if s >= min_score] for row in rows]
+        out = []
+        for q in range(len(queries)):
+            row = sorted(zip(ids[lims[q]:lims[q + 1]].tolist(), scores[lims[q]:lims[q + 1]].tolist(), strict=True),
+                         key=lambda pair: -pair[1])
+            out.append([(int(i), float(s)) for i, s in row if s >= min_score])
+        return out
+
 
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)

@@ -71,7 +71,7 @@ def test_index_json_summary_and_stats(runner: CliRunner, colour_library: Path, t
     stats = json.loads(runner.invoke(cli, ["stats", "--json"], env=env).stdout)
     assert stats["images"] == 14 and stats["vectors"] == 14 and stats["generation"] == 1
     human = runner.invoke(cli, ["index", str(colour_library)], env=env)
-    assert human.exit_code == 0 and "indexed 0, linked 0, unchanged 14" in human.stdout
+    assert human.exit_code == 0 and "indexed 0, linked 0, unchanged 14, skipped 1" in human.stdout
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,61 @@
+"""`lookalike duplicates`: exact and near-duplicate groups across the library, from the index."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from lookalike.context import CliContext
+
+
+@click.command()
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=0.95, show_default=True,
+              help="Cosine similarity at or above which two images count as near-duplicates.")
+@click.option("--json", "as_json", is_flag=True, help="Print the groups as JSON.")
+@click.pass_obj
+def duplicates(obj: CliContext, threshold: float, as_json: bool) -> None:
+    """List groups of duplicate photos: same content at several paths, and near-duplicates.
+
+    Near-duplicates (resized, recompressed, slightly edited copies) are found with a range
+    search of every vector against the index, so this scales to large libraries.
+
+    \b
+    Examples:
+      lookalike duplicates
+      lookalike duplicates --threshold 0.9 --json | jq '.near | length'
+    """
+    from indexer.model import model_id
+    from storage.catalog import Catalog
+    from storage.duplicates import exact_groups, near_groups
+    from storage.sync import open_index
+    from storage.vector_index import IndexMismatchError, IndexStore
+
+    settings = obj.settings
+    config = settings.storage.index_config()
+    catalog = Catalog(settings.storage.resolved_database_url())
+    try:
+        mid = model_id(settings.model.handle, settings.model.image_size)
+        try:
+            index, _ = open_index(catalog, IndexStore(settings.storage.data_dir / "index"), mid,
+                                  publish_repairs=False, config=config)
+        except IndexMismatchError as exc:
+            raise click.ClickException(str(exc)) from None
+        exact = exact_groups(catalog)
+        near = near_groups(catalog, index, threshold, config) if index is not None else []
+    finally:
+        catalog.close()
+    if as_json:
+        click.echo(json.dumps({"threshold": threshold, "exact": [g.to_json() for g in exact],
+                               "near": [g.to_json() for g in near]}))
+        return
+    for group in exact:
+        click.echo(f"same content (image {group.image_id}):")
+        for path in group.paths:
+            click.echo(f"  {path}")
+    for group in near:
+        click.echo(f"similar (cosine >= {threshold}):")
+        for member in group.members:
+            for path in member.paths[:1]:
+                click.echo(f"  {member.score:.3f}  {path}")
+    click.echo(f"{len(exact)} group(s) of identical files, {len(near)} group(s) of near-duplicates", err=True)

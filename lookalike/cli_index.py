@@ -1,0 +1,168 @@
+"""`lookalike index` and `lookalike errors`: bring the catalog in step with a library, and list what it refused."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from types import FrameType
+
+import click
+
+from lookalike.context import CliContext
+
+
+class _ProgressBar:
+    """A tqdm bar on stderr: files done of those to index, per-outcome counts, images/s and ETA."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar = None
+        self.counts = {"embedded": 0, "linked": 0, "failed": 0}
+
+    def start(self, total: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit="img", disable=not self.enabled, file=sys.stderr, dynamic_ncols=True,
+                        desc="indexing")
+
+    def advance(self, outcome: str) -> None:
+        self.counts["embedded" if outcome == "indexed" else outcome] += 1
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(self.counts, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@contextmanager
+def _stop_on_interrupt(indexer) -> Iterator[None]:  # type: ignore[no-untyped-def]
+    """First Ctrl-C: finish and commit the current batch, then stop. A second one aborts at once."""
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        click.echo("\nstopping after the current batch (press Ctrl-C again to abort now)...", err=True)
+        indexer.request_stop()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    try:
+        signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: no signal handling, Ctrl-C aborts as usual
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary as the last line of stdout.")
+@click.option("--reindex", is_flag=True, help="Forget all vectors and embed everything again (after a model change).")
+@click.option("--allow-empty-root", is_flag=True,
+              help="Accept a folder with no images left although the catalog holds some from it, and remove them.")
+@click.pass_obj
+def index(obj: CliContext, paths: tuple[str, ...], as_json: bool, reindex: bool, allow_empty_root: bool) -> None:
+    """Index the photos under PATHS (folders, searched recursively).
+
+    New and changed images are embedded, moved or duplicated ones are linked to their
+    existing vectors, and images whose files disappeared are removed. Files that cannot be
+    decoded are recorded (see `lookalike errors`) and skipped until they change.
+    Work is committed in batches: after Ctrl-C or a crash, run the same command again to resume.
+
+    \b
+    Examples:
+      lookalike index ~/Pictures /mnt/photos
+      lookalike index --json ~/Pictures | tail -n 1
+    """
+    report_index_run(run_index(obj.settings, paths, reindex, allow_empty_root), as_json)
+
+
+def run_index(settings, paths: Sequence[str], reindex: bool = False,  # type: ignore[no-untyped-def]
+              allow_empty_root: bool = False):
+    """One indexing run under the writer lock, with a progress bar on a terminal; errors become exit 1."""
+    from indexer.model import Embedder, ModelUnavailableError, model_id
+    from indexer.pipeline import LibraryIndexer
+    from indexer.scan import RootError
+    from storage.catalog import Catalog
+    from storage.lock import LockedError, writer_lock
+    from storage.vector_index import IndexMismatchError, IndexStore
+
+    data_dir = settings.storage.data_dir
+    m = settings.model
+    bar = _ProgressBar(enabled=sys.stderr.isatty())
+    try:
+        with writer_lock(data_dir):
+            catalog = Catalog(settings.storage.resolved_database_url())
+            indexer = LibraryIndexer(
+                settings, catalog, IndexStore(data_dir / "index"), model_id(m.handle, m.image_size),
+                lambda: Embedder.from_settings(m), progress=bar,
+            )
+            try:
+                with _stop_on_interrupt(indexer):
+                    return indexer.run(paths, reindex=reindex, allow_empty_roots=allow_empty_root)
+            finally:
+                catalog.close()
+    except (RootError, ModelUnavailableError, LockedError, IndexMismatchError) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        bar.close()
+
+
+def report_index_run(report, as_json: bool) -> None:  # type: ignore[no-untyped-def]
+    summary = report.to_json()
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        click.echo(
+            f"found {report.found}: indexed {report.indexed}, linked {report.linked}, unchanged {report.unchanged}, "
+            f"skipped {report.skipped}, removed {report.removed}, failed {report.failed} in {report.seconds:.1f}s "
+            f"({summary['images_per_second']} images/s)"
+        )
+        for failure in report.failures:
+            click.echo(f"  rejected {failure['path']}: {failure['error']}", err=True)
+        if report.skipped:
+            click.echo(f"  {report.skipped} files rejected before were skipped: `lookalike errors` lists them",
+                       err=True)
+    if report.interrupted:
+        click.echo("stopped early: everything above is saved. Run the same command again to resume.", err=True)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+@click.option("--root", default=None, help="Only files under this library folder.")
+@click.pass_obj
+def errors(obj: CliContext, as_json: bool, root: str | None) -> None:
+    """List the files the indexer rejected, and why.
+
+    They are skipped by later runs until the file changes (new size or modification time).
+
+    \b
+    Example:
+      lookalike errors --json | jq '.[].path'
+    """
+    from indexer.scan import RootError, resolve_root
+    from storage.catalog import Catalog
+
+    settings = obj.settings
+    if root is not None:
+        try:
+            root = str(resolve_root(root))
+        except RootError as exc:
+            raise click.ClickException(str(exc)) from None
+    catalog = Catalog(settings.storage.resolved_database_url())
+    try:
+        rejected = catalog.rejections(root)
+    finally:
+        catalog.close()
+    if as_json:
+        click.echo(json.dumps([r.to_json() for r in rejected]))
+        return
+    for r in rejected:
+        click.echo(f"{r.path}\t{r.kind}\t{r.reason}")
+    click.echo(f"{len(rejected)} rejected file(s)", err=True)

@@ -1,0 +1,102 @@
+"""Duplicate groups across the library: exact (same content) and near (cosine >= threshold).
+
+Near-duplicates come from a range search of every vector against the index, a batch at a
+time, joined with union-find: the work grows with the collection times the cost of one
+search, never with the square of its size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import func, select
+
+from storage.catalog import Catalog
+from storage.index_factory import IndexConfig
+from storage.schema import FileRow
+from storage.vector_index import VectorIndex
+
+
+@dataclass(frozen=True)
+class ExactGroup:
+    """One image content held by several files."""
+
+    image_id: int
+    paths: tuple[str, ...]
+
+    def to_json(self) -> dict[str, object]:
+        return {"image_id": self.image_id, "paths": list(self.paths)}
+
+
+@dataclass(frozen=True)
+class NearMember:
+    image_id: int
+    paths: tuple[str, ...]
+    score: float  # cosine similarity to the group's first member
+
+
+@dataclass(frozen=True)
+class NearGroup:
+    """Images linked by chains of similarity >= the threshold; the first member has the lowest id."""
+
+    members: tuple[NearMember, ...]
+
+    def to_json(self) -> dict[str, object]:
+        return {"images": [{"id": m.image_id, "paths": list(m.paths), "score": round(m.score, 6)}
+                           for m in self.members]}
+
+
+def exact_groups(catalog: Catalog) -> list[ExactGroup]:
+    """Contents held by two or more files, by image id."""
+    with catalog.session() as s:
+        shared = select(FileRow.image_id).group_by(FileRow.image_id).having(func.count(FileRow.id) > 1)
+        rows = s.execute(select(FileRow.image_id, FileRow.path).where(FileRow.image_id.in_(shared))
+                         .order_by(FileRow.image_id, FileRow.path)).all()
+    paths: dict[int, list[str]] = {}
+    for image_id, path in rows:
+        paths.setdefault(int(image_id), []).append(path)
+    return [ExactGroup(image_id, tuple(p)) for image_id, p in paths.items()]
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[int, int] = {}
+
+    def find(self, x: int) -> int:
+        root = x
+        while self.parent.get(root, root) != root:
+            root = self.parent[root]
+        while x != root:  # path compression
+            self.parent[x], x = root, self.parent.get(x, x)
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def near_groups(catalog: Catalog, index: VectorIndex, threshold: float, config: IndexConfig | None = None,
+                batch: int = 1024) -> list[NearGroup]:
+    """Groups of distinct images whose vectors are within cosine `threshold` of each other."""
+    links = _UnionFind()
+    for ids, vectors in catalog.iter_embeddings(batch=batch):
+        for query_id, hits in zip(ids.tolist(), index.range_search(vectors, threshold, config), strict=True):
+            for hit_id, _ in hits:
+                if hit_id != query_id:
+                    links.union(query_id, hit_id)
+    components: dict[int, list[int]] = {}
+    for image_id in list(links.parent):
+        components.setdefault(links.find(image_id), []).append(image_id)
+    groups = []
+    for root in sorted(components):
+        members = sorted(set(components[root]) | {root})
+        records = catalog.get_images(members)
+        vectors = {i: catalog.embedding(i) for i in members}
+        first = vectors[members[0]]
+        groups.append(NearGroup(tuple(
+            NearMember(i, records[i].paths if i in records else (), float(np.dot(first, vectors[i])))
+            for i in members if vectors[i] is not None
+        )))
+    return groups
