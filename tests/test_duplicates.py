@@ -1,0 +1,81 @@
+"""`lookalike duplicates`: exact copies and near-duplicates, found through the index."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import BLUE, GREEN, RED, colour_image, write_image
+from test_cli import env_for, runner  # noqa: F401  (fixture)
+
+from lookalike.cli import cli
+from storage.catalog import Catalog, FileRef, NewImage
+from storage.duplicates import exact_groups, near_groups
+from storage.vector_index import VectorIndex
+
+
+def test_duplicates_command_finds_copies_and_resized_versions(runner: CliRunner, tmp_path: Path,  # noqa: F811
+                                                               tf1_module: Path) -> None:
+    root = tmp_path / "photos"
+    original = colour_image(RED, size=(320, 240), seed=1, accent=(250, 200, 40))
+    write_image(root / "trip" / "beach.png", original)
+    (root / "backup").mkdir()
+    shutil.copy(root / "trip" / "beach.png", root / "backup" / "beach-copy.png")
+    write_image(root / "phone" / "beach-small.jpg", original.resize((160, 120)), quality=90)
+    write_image(root / "other" / "forest.png", colour_image(GREEN, size=(320, 240), seed=2, accent=(20, 90, 20)))
+    write_image(root / "other" / "sea.png", colour_image(BLUE, size=(320, 240), seed=3, accent=(200, 200, 250)))
+    env = env_for(tmp_path / "data", tf1_module)
+    assert runner.invoke(cli, ["index", str(root)], env=env).exit_code == 0
+
+    result = runner.invoke(cli, ["duplicates", "--threshold", "0.999", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    (exact,) = report["exact"]
+    assert sorted(Path(p).name for p in exact["paths"]) == ["beach-copy.png", "beach.png"]
+    (near,) = report["near"]
+    names = sorted(Path(p).name for image in near["images"] for p in image["paths"])
+    assert names == ["beach-copy.png", "beach-small.jpg", "beach.png"]
+    assert all(image["score"] >= 0.999 for image in near["images"])
+
+    human = runner.invoke(cli, ["duplicates", "--threshold", "0.999"], env=env)
+    assert "same content" in human.stdout and "similar (cosine >= 0.999)" in human.stdout
+    assert "1 group(s) of identical files, 1 group(s) of near-duplicates" in human.output
+    assert runner.invoke(cli, ["duplicates", "--threshold", "1.5"], env=env).exit_code == 2
+
+
+def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    v = rng.normal(size=(n, d)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF8,Flat", "HNSW16"])
+def test_near_groups_match_brute_force(tmp_path: Path, factory: str) -> None:
+    rng = np.random.default_rng(0)
+    d = 32
+    base = _unit(rng, 60, d)
+    # Every third vector gets a close twin, and one chain a->b->c links three.
+    twins = base[::3] + rng.normal(scale=0.02, size=base[::3].shape).astype(np.float32)
+    vectors = np.concatenate([base, twins / np.linalg.norm(twins, axis=1, keepdims=True)])
+    catalog = Catalog(f"sqlite:///{tmp_path / 'c.db'}")
+    images = [NewImage(f"{i:064x}", 1, 1, "PNG", "m", v, [(0, 1.0)]) for i, v in enumerate(vectors)]
+    files = [FileRef(f"/lib/{i}.png", "/lib", 1, 1, f"{i:064x}") for i in range(len(vectors))]
+    ids, _ = catalog.apply(new_images=images, files=files)
+    index = VectorIndex(d, "m", factory=factory)
+    if not index.is_trained:
+        index.train(vectors)
+    index.add(np.asarray(ids), vectors)
+
+    threshold = 0.95
+    sims = vectors @ vectors.T
+    expected = {frozenset({ids[i], ids[j]}) for i in range(len(ids)) for j in range(i + 1, len(ids))
+                if sims[i, j] >= threshold}
+    groups = near_groups(catalog, index, threshold, batch=16)
+    found_pairs = {frozenset({a.image_id, b.image_id}) for g in groups for a in g.members for b in g.members
+                   if a.image_id < b.image_id}
+    assert expected and expected <= found_pairs
+    assert len(groups) == len(expected)  # the twins are far apart from each other: one pair per group
+    assert exact_groups(catalog) == []
