@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -36,6 +37,11 @@ def tf2_module(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tf1_module_1001(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tf1_hub_module(tmp_path_factory.mktemp("models") / "tf1_1001", num_classes=1001)
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
 
 
 def make_settings(data_dir: Path, handle: Path | str, **sections: dict[str, object]) -> Settings:

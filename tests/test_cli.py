@@ -28,12 +28,7 @@ def env_for(data_dir: Path, handle: Path | str) -> dict[str, str]:
     }
 
 
-@pytest.fixture
-def runner() -> CliRunner:
-    return CliRunner()
-
-
-COMMANDS = [["index"], ["search"], ["similar"], ["stats"], ["verify"], ["rebuild"], ["serve"], ["demo"],
+COMMANDS = [["index"], ["errors"], ["duplicates"], ["search"], ["similar"], ["stats"], ["verify"], ["rebuild"], ["serve"], ["demo"],
             ["sample-library"], ["model", "info"], ["model", "fetch"], ["config", "show"]]
 
 

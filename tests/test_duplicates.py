@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import BLUE, GREEN, RED, colour_image, write_image
-from test_cli import env_for, runner  # noqa: F401  (fixture)
+from test_cli import env_for
 
 from lookalike.cli import cli
 from storage.catalog import Catalog, FileRef, NewImage
@@ -18,7 +18,7 @@ from storage.duplicates import exact_groups, near_groups
 from storage.vector_index import VectorIndex
 
 
-def test_duplicates_command_finds_copies_and_resized_versions(runner: CliRunner, tmp_path: Path,  # noqa: F811
+def test_duplicates_command_finds_copies_and_resized_versions(runner: CliRunner, tmp_path: Path,
                                                                tf1_module: Path) -> None:
     root = tmp_path / "photos"
     original = colour_image(RED, size=(320, 240), seed=1, accent=(250, 200, 40))

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import BLUE, GREEN, RED, colour_image, write_image
 from PIL import Image
-from test_cli import env_for, runner  # noqa: F401  (fixture)
+from test_cli import env_for
 from test_indexer import Counting, catalog_of, run_index
 
 from indexer.model import model_id
@@ -40,7 +40,8 @@ def test_rejected_files_are_recorded_and_retried_only_when_changed(
 
     rejected = {r.path: r for r in catalog_of(settings).rejections()}
     assert set(rejected) == {str(broken.resolve()), str((colour_library / "empty.png").resolve())}
-    assert rejected[str(broken.resolve())].kind == "corrupt" and "cannot decode" in rejected[str(broken.resolve())].reason
+    record = rejected[str(broken.resolve())]
+    assert record.kind == "corrupt" and "cannot decode" in record.reason
 
     again, counter = run_index(settings, colour_library)
     assert (again.indexed, again.failed, again.skipped, again.unchanged) == (0, 0, 2, 14) and counter.loads == 0
