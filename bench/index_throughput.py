@@ -1,4 +1,4 @@
-"""Index throughput: end-to-end `index` rate vs the model-only forward rate, in one run.
+"""Index throughput: model-only, decode-only and end-to-end rates side by side, on small and 12 MP photos.
 
     python bench/index_throughput.py                       # B4-compute stand-in if built, else Lite0
     python bench/index_throughput.py --model ../shared/models/efficientnet_lite0_tf1 --image-size 224
@@ -27,13 +27,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from indexer.images import decode_image  # noqa: E402
-from indexer.model import Embedder, model_id  # noqa: E402
-from indexer.pipeline import LibraryIndexer  # noqa: E402
-from indexer.settings import load_settings  # noqa: E402
-from indexer.tf_runtime import effective_batch_size  # noqa: E402
-from storage.catalog import Catalog  # noqa: E402
-from storage.vector_index import IndexStore  # noqa: E402
+if __name__ == "__main__":  # decode worker processes re-import this file: keep TensorFlow out of them
+    from indexer.images import decode_image
+    from indexer.model import Embedder, model_id
+    from indexer.pipeline import LibraryIndexer
+    from indexer.prepare import FilePreparer, PrepareConfig
+    from indexer.scan import FoundFile
+    from indexer.settings import load_settings
+    from indexer.tf_runtime import effective_batch_size
+    from storage.catalog import Catalog
+    from storage.vector_index import IndexStore
 
 REPO = Path(__file__).resolve().parent.parent
 B4_STAND_IN = REPO / "build" / "b4_random_tf1"
@@ -72,12 +75,15 @@ def main() -> None:
     default_model = B4_STAND_IN if B4_STAND_IN.exists() else LITE0
     parser.add_argument("--model", default=str(default_model), help=f"module directory (default {default_model})")
     parser.add_argument("--image-size", type=int, default=380 if default_model == B4_STAND_IN else 224)
-    parser.add_argument("--images", type=int, default=96, help="photos to index")
+    parser.add_argument("--images", type=int, default=160, help="small photos to index")
+    parser.add_argument("--large-images", type=int, default=32, help="12 MP photos to index (0: skip)")
     parser.add_argument("--batch-size", type=int, default=0, help="0: the product's default for this device")
-    parser.add_argument("--photo-size", default="640x480", help="WIDTHxHEIGHT of the generated JPEGs")
+    parser.add_argument("--photo-size", default="640x480", help="WIDTHxHEIGHT of the small JPEGs")
+    parser.add_argument("--large-size", default="4000x3000", help="WIDTHxHEIGHT of the large JPEGs")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of the single-pass check")
     args = parser.parse_args()
-    width, height = (int(v) for v in args.photo_size.split("x"))
+    small = tuple(int(v) for v in args.photo_size.split("x"))
+    large = tuple(int(v) for v in args.large_size.split("x"))
     args.batch_size = effective_batch_size(args.batch_size)
     logging.basicConfig(level=logging.WARNING)
 
@@ -86,9 +92,7 @@ def main() -> None:
           f"{embedder.feature_dim}-d, batch {args.batch_size}, {os.cpu_count()} CPU cores")
 
     with tempfile.TemporaryDirectory() as tmp:
-        library = Path(tmp) / "library"
-        library.mkdir()
-        photos = make_photos(library, args.images, width, height)
+        photos = make_photos(Path(tmp), 8, *small)
         pixels = np.stack([decode_image(p.read_bytes(), args.image_size, 10**9).pixels for p in photos])
 
         # Single-pass check at batch 8: the product's embed vs one signature vs both, interleaved rounds.
@@ -107,46 +111,72 @@ def main() -> None:
                 rounds[name].append(time_per_image(fn, sample, 1))
         embed_s, one_s, two_s = (statistics.median(rounds[n]) for n in ("embed", "one", "two"))
 
-        # Decode only (one thread), to see what the pipeline has to hide behind the model.
-        started = time.perf_counter()
-        for p in photos:
-            decode_image(p.read_bytes(), args.image_size, 10**9)
-        decode_s = (time.perf_counter() - started) / len(photos)
-
-        # Model only, on the same images at the same batch size, measured before and after the
-        # end-to-end run so that a machine whose speed drifts affects both sides alike.
-        def model_only() -> float:
-            started = time.perf_counter()
-            for start in range(0, len(pixels), args.batch_size):
-                embedder.embed(pixels[start:start + args.batch_size])
-            return time.perf_counter() - started
-
-        model_s = model_only()
-        # End to end: the real indexing run (scan, hash, decode threads, embed, catalog, index).
-        settings = load_settings(config_file=None, environ={}, overrides={
-            "model": {"handle": args.model, "image_size": args.image_size, "batch_size": args.batch_size},
-            "storage": {"data_dir": str(Path(tmp) / "data")},
-        })
-        catalog = Catalog(settings.storage.resolved_database_url())
-        indexer = LibraryIndexer(settings, catalog, IndexStore(settings.storage.data_dir / "index"),
-                                 model_id(args.model, args.image_size), lambda: embedder)
-        report = indexer.run([str(library)])
-        catalog.close()
-        assert report.indexed == len(photos), report.to_json()
-        model_s = (model_s + model_only()) / 2
-
-    model_rate = len(photos) / model_s
-    e2e_rate = report.indexed / report.seconds
-    print(f"photos: {len(photos)} JPEGs of {width}x{height}")
-    print(f"model-only (product embed, batch {args.batch_size:>2}): {model_rate:7.2f} img/s  "
-          f"({1000 / model_rate:6.1f} ms/img)")
-    print(f"end-to-end index (batch {args.batch_size:>2})         : {e2e_rate:7.2f} img/s  ({report.seconds:.1f} s)")
-    print(f"decode only (1 thread)                : {1 / decode_s:7.2f} img/s  ({decode_s * 1000:6.1f} ms/img)")
-    print(f"ratio end-to-end / model-only = {e2e_rate / model_rate:.2f}")
     print(f"single-pass check at batch 8 (median of {args.repeats} rounds): product embed {embed_s * 1000:.0f} ms/img, "
           f"one signature {one_s * 1000:.0f} ms/img, both signatures {two_s * 1000:.0f} ms/img")
     print(f"  embed / one signature = {embed_s / one_s:.2f} (1.0 = one forward pass; two passes measure "
           f"{two_s / one_s:.2f})")
+
+    cores = os.cpu_count() or 1
+    for label, (width, height), count in (("small", small, args.images), ("12 MP", large, args.large_images)):
+        if count == 0:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            library = Path(tmp) / "library"
+            library.mkdir()
+            photos = make_photos(library, count, width, height)
+            r = scenario(photos, embedder, args, Path(tmp) / "data")
+        core_s = r["model_core_s"] + r["decode_core_s"]
+        ceiling = cores / core_s
+        print(f"\n{label}: {count} JPEGs of {width}x{height} ({width * height / 1e6:.1f} MP), batch {args.batch_size}")
+        print(f"  model-only      : {r['model_rate']:7.2f} img/s  ({r['model_core_s'] * 1000:6.1f} core-ms/img)")
+        print(f"  decode-only     : {1 / r['decode_core_s']:7.2f} img/s on one core  "
+              f"({r['decode_core_s'] * 1000:6.1f} core-ms/img: read, hash, decode, resize, thumbnail)")
+        print(f"  end-to-end      : {r['e2e_rate']:7.2f} img/s  ({r['e2e_s']:.1f} s)")
+        print(f"  core-time ceiling {cores} cores / {core_s * 1000:.1f} core-ms = {ceiling:.2f} img/s")
+        print(f"  ratio end-to-end / model-only      = {r['e2e_rate'] / r['model_rate']:.2f}")
+        print(f"  ratio end-to-end / core-time ceiling = {r['e2e_rate'] / ceiling:.2f}")
+
+
+def scenario(photos: list[Path], embedder: Embedder, args: argparse.Namespace, data_dir: Path) -> dict[str, float]:
+    """Model-only, decode-only and end-to-end figures for one set of photos, side by side."""
+    pixels = np.stack([decode_image(p.read_bytes(), args.image_size, 10**9).pixels for p in photos])
+    settings = load_settings(config_file=None, environ={}, overrides={
+        "model": {"handle": args.model, "image_size": args.image_size, "batch_size": args.batch_size},
+        "storage": {"data_dir": str(data_dir)},
+    })
+
+    def model_only() -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        for start in range(0, len(pixels), args.batch_size):
+            embedder.embed(pixels[start:start + args.batch_size])
+        return time.perf_counter() - wall, time.process_time() - cpu
+
+    # What a decode worker does per file, on one core: read, hash, decode, resize, write a thumbnail.
+    preparer = FilePreparer(PrepareConfig(settings.storage.resolved_database_url(), args.image_size, 10**9,
+                                          data_dir / "decode-only", settings.indexer.thumbnail_size))
+    Catalog(settings.storage.resolved_database_url()).close()  # creates the schema the lookup reads
+    found = [FoundFile(str(p), str(p.parent), p.stat().st_size, p.stat().st_mtime_ns) for p in photos]
+    cpu = time.process_time()
+    for f in found:
+        assert preparer(f).decoded is not None
+    decode_core_s = (time.process_time() - cpu) / len(found)
+
+    # Model only is measured before and after the end-to-end run, so drift affects both sides alike.
+    wall1, cpu1 = model_only()
+    catalog = Catalog(settings.storage.resolved_database_url())
+    indexer = LibraryIndexer(settings, catalog, IndexStore(settings.storage.data_dir / "index"),
+                             model_id(args.model, args.image_size), lambda: embedder)
+    report = indexer.run([str(photos[0].parent)])
+    catalog.close()
+    assert report.indexed == len(photos), report.to_json()
+    wall2, cpu2 = model_only()
+    return {
+        "model_rate": 2 * len(photos) / (wall1 + wall2),
+        "model_core_s": (cpu1 + cpu2) / (2 * len(photos)),
+        "decode_core_s": decode_core_s,
+        "e2e_rate": report.indexed / report.seconds,
+        "e2e_s": report.seconds,
+    }
 
 
 if __name__ == "__main__":

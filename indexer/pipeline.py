@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -165,6 +165,15 @@ class LibraryIndexer:
             log.warning("re-indexing: forgetting every image in the catalog")
             self.catalog.clear()
         check_model(self.catalog, self.model_id)
+        workers = self.settings.indexer.effective_decode_workers()
+        pool, prepare = decode_pool(self._prepare_config(), workers, self.settings.indexer.decode_in_processes)
+        try:
+            return self._run(roots, allow_empty_roots, started, pool, prepare, workers)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _run(self, roots: Sequence[str], allow_empty_roots: bool, started: float, pool: Executor,
+             prepare: Callable[[FoundFile], Prepared], workers: int) -> IndexReport:
         self.index, _ = open_index(self.catalog, self.store, self.model_id, publish_repairs=True,
                                    config=self.index_config)
         plan = self.plan(roots, allow_empty_roots)
@@ -173,7 +182,7 @@ class LibraryIndexer:
         log.info("%d files to index, %d unchanged, %d rejected before and unchanged, %d gone",
                  len(plan.candidates), plan.unchanged, plan.skipped, len(plan.removed))
         self.progress.start(len(plan.candidates))
-        self._process(plan.candidates, report)
+        self._process(plan.candidates, report, pool, prepare, workers)
         report.interrupted = self._stop.is_set()
         if plan.removed and not report.interrupted:
             _, orphans = self.catalog.apply(removed_paths=plan.removed)
@@ -201,18 +210,17 @@ class LibraryIndexer:
             thumbnail_size=self.settings.indexer.thumbnail_size,
         )
 
-    def _process(self, candidates: list[FoundFile], report: IndexReport) -> None:
+    def _process(self, candidates: list[FoundFile], report: IndexReport, pool: Executor,
+                 prepare: Callable[[FoundFile], Prepared], workers: int) -> None:
         if not candidates:
             return
         batch_size = effective_batch_size(self.settings.model.batch_size)
         commit_every = max(self.settings.indexer.commit_every, batch_size)
-        workers = min(self.settings.indexer.effective_decode_workers(), len(candidates))
         files: list[FileRef] = []
         rejected: list[Rejection] = []
         to_embed: list[Prepared] = []
         new_images: list[NewImage] = []
         pending_hashes: set[str] = set()  # content embedded this run (committed or not)
-        pool, prepare = decode_pool(self._prepare_config(), workers, self.settings.indexer.decode_in_processes)
         writer = _BackgroundWriter(self._commit)
         try:
             for item in ordered_prefetch(pool, prepare, candidates, window=2 * batch_size + workers):
@@ -247,7 +255,6 @@ class LibraryIndexer:
             new_images.extend(self._embed(to_embed, report))
             writer.submit(new_images, files, rejected)
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
             writer.close()
 
     def _embed(self, items: list[Prepared], report: IndexReport) -> list[NewImage]:

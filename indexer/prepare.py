@@ -93,6 +93,10 @@ def _prepare_in_worker(found: FoundFile) -> Prepared:
     return _worker_preparer(found)
 
 
+def _ready() -> bool:
+    return True
+
+
 def decode_pool(
     config: PrepareConfig, workers: int, processes: bool
 ) -> tuple[Executor, Callable[[FoundFile], Prepared]]:
@@ -100,6 +104,8 @@ def decode_pool(
     if processes:
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_init_worker, initargs=(config,))
+        for _ in range(workers):  # start every worker now, while the caller scans the library
+            pool.submit(_ready)
         return pool, _prepare_in_worker
     return ThreadPoolExecutor(workers, thread_name_prefix="decode"), FilePreparer(config)
 

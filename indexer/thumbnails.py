@@ -17,6 +17,8 @@ from PIL import Image
 log = logging.getLogger(__name__)
 
 WEBP_QUALITY = 80
+# Size of previews made on request when the indexer was told to write none.
+DEFAULT_THUMBNAIL_SIZE = 320
 
 
 def thumbnail_dir(data_dir: Path) -> Path:
@@ -56,3 +58,17 @@ def prune_thumbnails(data_dir: Path, keep: Iterable[str]) -> int:
     if removed:
         log.info("removed %d thumbnails of images no longer in the library", removed)
     return removed
+
+
+def ensure_thumbnail(data_dir: Path, content_hash: str, source: Path, max_side: int, max_pixels: int) -> Path:
+    """The thumbnail of `content_hash`, made from `source` now if the indexer did not write one.
+
+    Raises ImageRejected if `source` cannot be decoded, OSError if it cannot be read.
+    """
+    from indexer.images import open_upright
+
+    path = thumbnail_path(data_dir, content_hash)
+    if not path.is_file():
+        upright = open_upright(source.read_bytes(), max_side, max_pixels)
+        write_thumbnail(upright.image, path, max_side)
+    return path

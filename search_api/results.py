@@ -20,8 +20,10 @@ def image_json(record: ImageRecord) -> dict[str, object]:
         "content_hash": record.content_hash,
         "labels": labels_json(record.predictions),
         "file_url": url_for("images.image_file", image_id=record.id),
+        "thumbnail_url": url_for("images.image_thumbnail", image_id=record.id),
     }
 
 
 def hit_json(hit: Hit) -> dict[str, object]:
-    return {**hit.to_json(), "file_url": url_for("images.image_file", image_id=hit.record.id)}
+    return {**hit.to_json(), "file_url": url_for("images.image_file", image_id=hit.record.id),
+            "thumbnail_url": url_for("images.image_thumbnail", image_id=hit.record.id)}

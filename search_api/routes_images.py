@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import mimetypes
 import os
+from pathlib import Path
 
 from flask import Blueprint, current_app, jsonify, send_file
 from flask.typing import ResponseReturnValue
 
+from indexer.images import ImageRejected
 from indexer.labels import class_name
+from indexer.thumbnails import DEFAULT_THUMBNAIL_SIZE, ensure_thumbnail
 from search_api.problems import ApiProblem
 from search_api.results import image_json
 from search_api.service import SearchService
@@ -47,6 +50,28 @@ def image_file(image_id: int) -> ResponseReturnValue:
             response = send_file(os.path.realpath(path), mimetype=mimetype, conditional=True, max_age=3600)
             response.headers["X-Content-Type-Options"] = "nosniff"
             return response
+    raise ApiProblem(404, f"the file of image {image_id} is no longer in the library", "file_missing")
+
+
+@bp.get("/images/<int:image_id>/thumbnail")
+def image_thumbnail(image_id: int) -> ResponseReturnValue:
+    """A small WebP preview (upright, without metadata), made on first request if the indexer wrote none."""
+    svc = service()
+    record = _record(image_id)
+    settings = svc.settings
+    roots = svc.catalog.roots()
+    for path in record.paths:
+        if not _inside_indexed_root(path, roots):
+            continue
+        try:
+            thumb = ensure_thumbnail(settings.storage.data_dir, record.content_hash, Path(path),
+                                     settings.indexer.thumbnail_size or DEFAULT_THUMBNAIL_SIZE,
+                                     settings.indexer.max_image_pixels)
+        except (OSError, ImageRejected):
+            continue
+        response = send_file(thumb, mimetype="image/webp", conditional=True, max_age=86400)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
     raise ApiProblem(404, f"the file of image {image_id} is no longer in the library", "file_missing")
 
 

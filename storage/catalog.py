@@ -15,7 +15,6 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from storage import rejections
 from storage.rejections import Rejection
 from storage.schema import FileRow, ImageRow, PredictionRow, RejectedFileRow
-from storage.schema_migrations import upgrade
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +105,8 @@ class Catalog:
 
     def __init__(self, database_url: str) -> None:
         self.engine = make_engine(database_url)
+        from storage.schema_migrations import upgrade  # Alembic: only where the schema may need work
+
         upgrade(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 

@@ -49,7 +49,8 @@ def make_settings(data_dir: Path, handle: Path | str, **sections: dict[str, obje
     overrides: dict[str, dict[str, object]] = {
         "model": {"handle": str(handle), "image_size": TEST_IMAGE_SIZE, "batch_size": 4},
         "storage": {"data_dir": str(data_dir)},
-        "indexer": {"decode_workers": 2, "commit_every": 4},
+        # Threads start faster than worker processes; tests that need processes ask for them.
+        "indexer": {"decode_workers": 2, "commit_every": 4, "decode_in_processes": False},
     }
     for section, values in sections.items():
         overrides[section] = {**overrides.get(section, {}), **values}

@@ -128,6 +128,25 @@ def test_image_metadata_and_file(client: FlaskClient, colour_library: Path) -> N
     assert response.data == Path(meta["path"]).read_bytes()
 
 
+def test_thumbnails_are_webp_and_made_on_request_when_missing(client: FlaskClient, indexed: Settings) -> None:
+    hit = search(client, jpeg(colour_image(RED, seed=2)), "?k=1").get_json()["results"][0]
+    meta = client.get(f"/api/v1/images/{hit['id']}").get_json()
+    assert hit["thumbnail_url"] == meta["thumbnail_url"] == f"/api/v1/images/{hit['id']}/thumbnail"
+    written = indexed.storage.data_dir / "thumbnails" / meta["content_hash"][:2] / f"{meta['content_hash']}.webp"
+    assert written.is_file()  # written by the indexer
+    response = client.get(hit["thumbnail_url"])
+    assert response.status_code == 200 and response.mimetype == "image/webp"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert Image.open(io.BytesIO(response.data)).size == (96, 80)  # smaller than the preview size: kept
+    written.unlink()
+    again = client.get(hit["thumbnail_url"])
+    assert again.status_code == 200 and written.is_file()
+    Path(meta["path"]).unlink()
+    written.unlink()
+    assert_problem(client.get(hit["thumbnail_url"]), 404, "file_missing")
+    assert_problem(client.get("/api/v1/images/999999/thumbnail"), 404, "unknown_image")
+
+
 def test_file_outside_the_indexed_roots_is_never_served(client: FlaskClient, app: Flask, tmp_path: Path) -> None:
     hit = search(client, jpeg(colour_image(BLUE, seed=3)), "?k=1").get_json()["results"][0]
     path = Path(hit["path"])

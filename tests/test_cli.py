@@ -28,8 +28,8 @@ def env_for(data_dir: Path, handle: Path | str) -> dict[str, str]:
     }
 
 
-COMMANDS = [["index"], ["errors"], ["duplicates"], ["search"], ["similar"], ["stats"], ["verify"], ["rebuild"], ["serve"], ["demo"],
-            ["sample-library"], ["model", "info"], ["model", "fetch"], ["config", "show"]]
+COMMANDS = [["index"], ["errors"], ["duplicates"], ["search"], ["similar"], ["stats"], ["verify"], ["rebuild"],
+            ["serve"], ["demo"], ["sample-library"], ["model", "info"], ["model", "fetch"], ["config", "show"]]
 
 
 def test_version_and_help_with_examples_everywhere(runner: CliRunner) -> None:
