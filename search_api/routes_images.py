@@ -9,6 +9,8 @@ from flask import Blueprint, current_app, jsonify, send_file
 from flask.typing import ResponseReturnValue
 
 from indexer.labels import class_name
+from search_api import schemas
+from search_api.openapi import operation
 from search_api.problems import ApiProblem
 from search_api.results import image_json
 from search_api.service import SearchService
@@ -28,6 +30,9 @@ def _record(image_id: int):  # type: ignore[no-untyped-def]
 
 
 @bp.get("/images/<int:image_id>")
+@operation(summary="Metadata of an indexed image: paths, size, dimensions, format, top-5 labels",
+           response=schemas.ImageDetails, problems=(404,), tags=("images",),
+           path_params={"image_id": "catalog id of the image"})
 def image(image_id: int) -> ResponseReturnValue:
     return jsonify(image_json(_record(image_id)))
 
@@ -38,6 +43,9 @@ def _inside_indexed_root(path: str, roots: list[str]) -> bool:
 
 
 @bp.get("/images/<int:image_id>/file")
+@operation(summary="The original file of an indexed image (only from inside an indexed folder)",
+           response={"image/*": "binary"}, problems=(404,), tags=("images",),
+           path_params={"image_id": "catalog id of the image"})
 def image_file(image_id: int) -> ResponseReturnValue:
     record = _record(image_id)
     roots = service().catalog.roots()
@@ -58,5 +66,6 @@ def classes() -> ResponseReturnValue:
 
 
 @bp.get("/stats")
+@operation(summary="Catalog and index counts, index generation, model", response=schemas.Stats, tags=("meta",))
 def stats() -> ResponseReturnValue:
     return jsonify(service().stats())
