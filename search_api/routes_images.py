@@ -59,6 +59,8 @@ def image_file(image_id: int) -> ResponseReturnValue:
 
 
 @bp.get("/classes")
+@operation(summary="ImageNet classes present in the catalog, with image counts", response=schemas.ClassesResponse,
+           tags=("images",))
 def classes() -> ResponseReturnValue:
     svc = service()
     counts = svc.catalog.class_counts(svc.settings.search.class_min_probability)
