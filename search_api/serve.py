@@ -75,7 +75,8 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> None:
     os.environ[MULTIPROC_ENV] = metrics_dir
     server = LookalikeServer(settings, host, port, workers)
     log.info("serving on http://%s:%d with %d worker(s); %d CPU thread(s) per worker for TensorFlow and FAISS "
-             "(%d cores)", host, port, workers, server.cpu_threads, available_cores())
+             "(%d cores); metrics in %s=%s", host, port, workers, server.cpu_threads, available_cores(),
+             MULTIPROC_ENV, metrics_dir)
     try:
         server.run()
     finally:
