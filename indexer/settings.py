@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from storage.index_factory import IndexConfig
 
@@ -83,6 +83,8 @@ class SearchSettings(_Section):
     default_k: int = Field(10, ge=1)
     max_k: int = Field(1000, ge=1)
     class_min_probability: float = Field(0.2, ge=0.0, le=1.0)
+    max_offset: int = Field(10_000, ge=0)
+    dedupe_threshold: float = Field(0.95, ge=-1.0, le=1.0)
 
 
 class ApiSettings(_Section):
@@ -91,6 +93,15 @@ class ApiSettings(_Section):
     max_upload_mb: float = Field(32.0, gt=0)
     workers: int = Field(1, ge=1, le=64)
     threads: int = Field(4, ge=1, le=256)
+    max_batch_images: int = Field(16, ge=1, le=1024)
+    max_form_parts: int = Field(64, ge=2)
+
+    @model_validator(mode="after")
+    def _parts_hold_a_full_batch(self) -> ApiSettings:
+        if self.max_form_parts < self.max_batch_images:
+            raise ValueError(f"api.max_form_parts ({self.max_form_parts}) must be at least "
+                             f"api.max_batch_images ({self.max_batch_images})")
+        return self
 
 
 class LoggingSettings(_Section):

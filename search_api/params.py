@@ -9,6 +9,7 @@ from flask import request
 from indexer.labels import UnknownClassError, resolve_classes
 from indexer.settings import SearchSettings
 from search_api.problems import ApiProblem
+from search_api.service import QueryOptions
 
 
 def parse_k(settings: SearchSettings) -> int:
@@ -45,3 +46,37 @@ def parse_classes() -> frozenset[int] | None:
         return resolve_classes(request.args.getlist("class"))
     except UnknownClassError as exc:
         raise ApiProblem(400, str(exc), "unknown_class", parameter="class") from None
+
+
+def parse_offset(settings: SearchSettings) -> int:
+    raw = request.args.get("offset")
+    if raw is None or raw == "":
+        return 0
+    try:
+        offset = int(raw)
+    except ValueError:
+        offset = -1
+    if not 0 <= offset <= settings.max_offset:
+        raise ApiProblem(400, f"offset must be an integer from 0 to {settings.max_offset} (search.max_offset), "
+                         f"got {raw!r}", "invalid_parameter", parameter="offset")
+    return offset
+
+
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("", "0", "false", "no", "off")
+
+
+def parse_flag(name: str) -> bool:
+    raw = request.args.get(name, "").strip().lower()
+    if raw in TRUE_WORDS:
+        return True
+    if raw in FALSE_WORDS:
+        return False
+    raise ApiProblem(400, f"{name} must be true or false, got {request.args.get(name)!r}", "invalid_parameter",
+                     parameter=name)
+
+
+def parse_query_options(settings: SearchSettings) -> QueryOptions:
+    """k, class, min_score, offset and dedupe of the current request."""
+    return QueryOptions(k=parse_k(settings), class_ids=parse_classes(), min_score=parse_min_score(),
+                        offset=parse_offset(settings), dedupe=parse_flag("dedupe"))

@@ -24,8 +24,9 @@ class ApiProblem(Exception):
         self.extra = extra
 
 
-def problem_response(status: int, detail: str, code: str, **extra: object) -> Response:
-    body = {
+def problem_body(status: int, detail: str, code: str, **extra: object) -> dict[str, object]:
+    """The RFC 9457 members of a problem; also used for the per-item errors of a batch."""
+    return {
         "type": "about:blank",
         "title": HTTPStatus(status).phrase,
         "status": status,
@@ -34,6 +35,10 @@ def problem_response(status: int, detail: str, code: str, **extra: object) -> Re
         "instance": request.path,
         **extra,
     }
+
+
+def problem_response(status: int, detail: str, code: str, **extra: object) -> Response:
+    body = problem_body(status, detail, code, **extra)
     return Response(json.dumps(body), status=status, mimetype=PROBLEM_JSON)
 
 
@@ -47,8 +52,7 @@ def init_app(app: Flask) -> None:
         status = exc.code or 500
         detail = exc.description or HTTPStatus(status).description
         if status == 413:
-            limit = app.config.get("MAX_CONTENT_LENGTH")
-            detail = f"request body is larger than the limit of {limit:,} bytes (api.max_upload_mb)"
+            detail = _too_large_detail(app)
         response = problem_response(status, detail, HTTPStatus(status).phrase.lower().replace(" ", "_"))
         allowed = getattr(exc, "valid_methods", None)
         if allowed:
@@ -59,3 +63,14 @@ def init_app(app: Flask) -> None:
     def _unexpected(exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return problem_response(500, "internal error; the server log has the details", "internal_error")
+
+
+def _too_large_detail(app: Flask) -> str:
+    """Werkzeug raises the same 413 for a body over the size limit and for too many multipart parts."""
+    limit = app.config.get("MAX_CONTENT_LENGTH")
+    length = request.content_length
+    if limit is not None and (length is None or length > limit):
+        return f"request body is larger than the limit of {limit:,} bytes (api.max_upload_mb)"
+    parts = app.config.get("MAX_FORM_PARTS")
+    return (f"the multipart body has more than {parts} parts (api.max_form_parts), "
+            "or a form field larger than the form memory limit")

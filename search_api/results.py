@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import url_for
 
-from search_api.service import Hit, labels_json
+from search_api.service import Hit, SearchPage, labels_json
 from storage.catalog import ImageRecord
 
 
@@ -27,3 +27,7 @@ def image_json(record: ImageRecord) -> dict[str, object]:
 def hit_json(hit: Hit) -> dict[str, object]:
     return {**hit.to_json(), "file_url": url_for("images.image_file", image_id=hit.record.id),
             "thumbnail_url": url_for("images.image_thumbnail", image_id=hit.record.id)}
+
+
+def page_json(page: SearchPage) -> dict[str, object]:
+    return {"results": [hit_json(h) for h in page.hits], "next_offset": page.next_offset}

@@ -5,17 +5,22 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify
 from flask.typing import ResponseReturnValue
 
+from search_api import schemas
+from search_api.openapi import operation
 from search_api.problems import ApiProblem
 
 bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
+@operation(summary="Liveness: the process answers", response=schemas.Health, tags=("meta",))
 def healthz() -> ResponseReturnValue:
     return jsonify({"status": "ok"})
 
 
 @bp.get("/readyz")
+@operation(summary="Readiness: the model is loaded and warm, the index loaded (503 until then)",
+           response=schemas.Ready, problems=(503,), tags=("meta",))
 def readyz() -> ResponseReturnValue:
     svc = current_app.extensions["lookalike"]
     if not svc.is_ready():

@@ -12,6 +12,8 @@ from flask.typing import ResponseReturnValue
 from indexer.images import ImageRejected
 from indexer.labels import class_name
 from indexer.thumbnails import DEFAULT_THUMBNAIL_SIZE, ensure_thumbnail
+from search_api import schemas
+from search_api.openapi import operation
 from search_api.problems import ApiProblem
 from search_api.results import image_json
 from search_api.service import SearchService
@@ -31,6 +33,9 @@ def _record(image_id: int):  # type: ignore[no-untyped-def]
 
 
 @bp.get("/images/<int:image_id>")
+@operation(summary="Metadata of an indexed image: paths, size, dimensions, format, top-5 labels",
+           response=schemas.ImageDetails, problems=(404,), tags=("images",),
+           path_params={"image_id": "catalog id of the image"})
 def image(image_id: int) -> ResponseReturnValue:
     return jsonify(image_json(_record(image_id)))
 
@@ -41,6 +46,9 @@ def _inside_indexed_root(path: str, roots: list[str]) -> bool:
 
 
 @bp.get("/images/<int:image_id>/file")
+@operation(summary="The original file of an indexed image (only from inside an indexed folder)",
+           response={"image/*": "binary"}, problems=(404,), tags=("images",),
+           path_params={"image_id": "catalog id of the image"})
 def image_file(image_id: int) -> ResponseReturnValue:
     record = _record(image_id)
     roots = service().catalog.roots()
@@ -54,6 +62,9 @@ def image_file(image_id: int) -> ResponseReturnValue:
 
 
 @bp.get("/images/<int:image_id>/thumbnail")
+@operation(summary="A small upright WebP preview of an indexed image, without metadata",
+           response={"image/webp": "binary"}, problems=(404,), tags=("images",),
+           path_params={"image_id": "catalog id of the image"})
 def image_thumbnail(image_id: int) -> ResponseReturnValue:
     """A small WebP preview (upright, without metadata), made on first request if the indexer wrote none."""
     svc = service()
@@ -76,6 +87,8 @@ def image_thumbnail(image_id: int) -> ResponseReturnValue:
 
 
 @bp.get("/classes")
+@operation(summary="ImageNet classes present in the catalog, with image counts", response=schemas.ClassesResponse,
+           tags=("images",))
 def classes() -> ResponseReturnValue:
     svc = service()
     counts = svc.catalog.class_counts(svc.settings.search.class_min_probability)
@@ -83,5 +96,6 @@ def classes() -> ResponseReturnValue:
 
 
 @bp.get("/stats")
+@operation(summary="Catalog and index counts, index generation, model", response=schemas.Stats, tags=("meta",))
 def stats() -> ResponseReturnValue:
     return jsonify(service().stats())

@@ -1,15 +1,18 @@
-"""Similarity search: by uploaded image and by indexed image id."""
+"""Similarity search: by uploaded image (one, or a batch) and by indexed image id."""
 
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
 from flask import request as flask_request
 from flask.typing import ResponseReturnValue
+from werkzeug.datastructures import FileStorage
 
 from indexer.images import ImageRejected
-from search_api.params import parse_classes, parse_k, parse_min_score
-from search_api.problems import ApiProblem
-from search_api.results import hit_json
+from search_api import schemas
+from search_api.openapi import operation
+from search_api.params import parse_query_options
+from search_api.problems import ApiProblem, problem_body
+from search_api.results import page_json
 from search_api.service import SearchService, labels_json
 
 bp = Blueprint("search", __name__, url_prefix="/api/v1")
@@ -22,47 +25,132 @@ REJECTION_STATUS = {
     "corrupt": 422,
     "too_many_pixels": 422,
 }
+RAW_BODY_TYPES = ("application/octet-stream",)
+HOW_TO_SEND = ("send the query image as the multipart form field 'image', or as the raw request body "
+               "with Content-Type image/* or application/octet-stream")
 
 
 def service() -> SearchService:
     return current_app.extensions["lookalike"]
 
 
-def _upload() -> bytes:
-    if "image" not in flask_request.files:
-        raise ApiProblem(400, "send the query image as the multipart form field 'image'", "missing_image",
-                         field="image")
-    data = flask_request.files["image"].read()
-    if not data:
-        raise ApiProblem(400, "the uploaded 'image' is empty", "empty_upload", field="image")
-    return data
+def _is_raw_image_body(mimetype: str) -> bool:
+    return mimetype.startswith("image/") or mimetype in RAW_BODY_TYPES
+
+
+def _upload() -> tuple[bytes, str]:
+    """The query image and the name of the part of the request that held it."""
+    mimetype = flask_request.mimetype
+    if mimetype == "multipart/form-data":
+        if "image" not in flask_request.files:
+            raise ApiProblem(400, HOW_TO_SEND, "missing_image", field="image")
+        data = flask_request.files["image"].read()
+        if not data:
+            raise ApiProblem(400, "the uploaded 'image' is empty", "empty_upload", field="image")
+        return data, "image"
+    if _is_raw_image_body(mimetype):
+        data = flask_request.get_data(cache=False)
+        if not data:
+            raise ApiProblem(400, f"the request body is empty ({mimetype})", "empty_upload", field="body")
+        return data, "body"
+    if not mimetype and not flask_request.content_length:
+        raise ApiProblem(400, HOW_TO_SEND, "missing_image", field="image")
+    raise ApiProblem(415, f"Content-Type {mimetype or '(none)'} is not accepted: {HOW_TO_SEND}",
+                     "unsupported_media_type", field="body")
+
+
+def _rejection(exc: ImageRejected, what: str) -> tuple[int, str]:
+    return REJECTION_STATUS.get(exc.kind, 422), f"uploaded {what}: {exc}"
 
 
 @bp.post("/search")
+@operation(
+    summary="Find indexed images similar to an uploaded image",
+    query=schemas.SearchParams,
+    body={"multipart/form-data": schemas.ImageUpload, "image/*": "binary", "application/octet-stream": "binary"},
+    response=schemas.SearchResponse,
+    problems=(400, 413, 415, 422),
+    tags=("search",),
+)
 def search() -> ResponseReturnValue:
+    """Send the image as the multipart field `image`, or as the raw body (`Content-Type: image/*`)."""
     svc = service()
-    k = parse_k(svc.settings.search)
-    classes = parse_classes()
-    min_score = parse_min_score()
-    data = _upload()
+    options = parse_query_options(svc.settings.search)
+    data, field = _upload()
     try:
         vector, predictions = svc.embed_upload(data)
     except ImageRejected as exc:
-        raise ApiProblem(REJECTION_STATUS.get(exc.kind, 422), f"uploaded 'image': {exc}", exc.kind,
-                         field="image") from None
-    hits = svc.search(vector, k, classes, min_score)
-    return jsonify({"query": {"labels": labels_json(predictions)}, "results": [hit_json(h) for h in hits]})
+        status, detail = _rejection(exc, f"'{field}'" if field == "image" else "body")
+        raise ApiProblem(status, detail, exc.kind, field=field) from None
+    page = svc.search_page(vector, options)
+    return jsonify({"query": {"labels": labels_json(predictions)}, **page_json(page)})
+
+
+def _batch_files() -> list[FileStorage]:
+    if flask_request.mimetype != "multipart/form-data":
+        raise ApiProblem(415, "send the query images as multipart/form-data, one part named 'images' per image",
+                         "unsupported_media_type", field="images")
+    files = flask_request.files.getlist("images")
+    if not files:
+        raise ApiProblem(400, "send one or more multipart parts named 'images', one per query image",
+                         "missing_image", field="images")
+    limit = service().settings.api.max_batch_images
+    if len(files) > limit:
+        raise ApiProblem(413, f"the batch holds {len(files)} images; at most {limit} are accepted "
+                         "(api.max_batch_images)", "too_many_images", field="images", limit=limit)
+    return files
+
+
+@bp.post("/search/batch")
+@operation(
+    summary="Search with several uploaded images at once (one model call)",
+    query=schemas.SearchParams,
+    body={"multipart/form-data": schemas.BatchUpload},
+    response=schemas.BatchResponse,
+    problems=(400, 413, 415),
+    tags=("search",),
+)
+def search_batch() -> ResponseReturnValue:
+    """One result list per `images` part, in request order. A bad image does not fail the batch:
+    its item carries an `error` problem object (RFC 9457 members plus `index`) and no results."""
+    svc = service()
+    options = parse_query_options(svc.settings.search)
+    files = _batch_files()
+    datas = [f.read() for f in files]
+    embedded = iter(svc.embed_uploads([d for d in datas if d]))
+    items = []
+    for i, (upload, data) in enumerate(zip(files, datas, strict=True)):
+        query: dict[str, object] = {"index": i, "filename": upload.filename or None}
+        if not data:
+            error = problem_body(400, f"images[{i}] is empty", "empty_upload", field="images", index=i)
+            items.append({"query": query, "results": [], "next_offset": None, "error": error})
+            continue
+        result = next(embedded)
+        if isinstance(result, ImageRejected):
+            status, detail = _rejection(result, f"images[{i}]")
+            error = problem_body(status, detail, result.kind, field="images", index=i)
+            items.append({"query": query, "results": [], "next_offset": None, "error": error})
+            continue
+        vector, predictions = result
+        query["labels"] = labels_json(predictions)
+        items.append({"query": query, **page_json(svc.search_page(vector, options))})
+    return jsonify({"results": items})
 
 
 @bp.get("/images/<int:image_id>/similar")
+@operation(
+    summary="Find indexed images similar to an indexed image (itself excluded)",
+    query=schemas.SearchParams,
+    response=schemas.SimilarResponse,
+    problems=(400, 404),
+    tags=("search",),
+    path_params={"image_id": "catalog id of the query image"},
+)
 def similar(image_id: int) -> ResponseReturnValue:
     svc = service()
-    k = parse_k(svc.settings.search)
-    classes = parse_classes()
-    min_score = parse_min_score()
+    options = parse_query_options(svc.settings.search)
     record = svc.image(image_id)
-    hits = svc.similar(image_id, k, classes, min_score) if record else None
-    if record is None or hits is None:
+    page = svc.similar_page(image_id, options) if record else None
+    if record is None or page is None:
         raise ApiProblem(404, f"no indexed image has id {image_id}", "unknown_image")
-    return jsonify({"query": {"id": image_id, "labels": labels_json(record.predictions)},
-                    "results": [hit_json(h) for h in hits]})
+    return jsonify({"query": {"id": image_id, "labels": labels_json(record.predictions)}, **page_json(page)})

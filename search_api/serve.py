@@ -1,29 +1,50 @@
-"""Run the API under gunicorn: each worker builds its app and loads the model after the fork."""
+"""Run the API under gunicorn: each worker sizes its CPU threads, then builds its app and loads the model.
+
+Nothing here imports TensorFlow or the app in the arbiter process: TensorFlow does not survive
+a fork, and prometheus_client must see PROMETHEUS_MULTIPROC_DIR before its metrics exist.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import sys
+import tempfile
 from typing import Any
 
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
 from indexer.settings import Settings
-from search_api.app import create_app
+from search_api.worker_threads import available_cores, configure_worker_threads, threads_per_worker
 
 log = logging.getLogger(__name__)
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
-def build_worker_app(settings: Settings) -> Flask:
+
+def build_worker_app(settings: Settings, cpu_threads: int | None = None) -> Flask:
     """The app one worker serves, with the model warmed up before it takes requests."""
+    if cpu_threads:
+        configure_worker_threads(cpu_threads)  # before TensorFlow starts in this process
+    from search_api.app import create_app
+
     app = create_app(settings)
     app.extensions["lookalike"].warm_up()
     return app
 
 
+def _child_exit(server: Any, worker: Any) -> None:
+    from search_api.metrics import mark_worker_dead
+
+    mark_worker_dead(worker.pid)
+
+
 class LookalikeServer(BaseApplication):  # type: ignore[misc]
     def __init__(self, settings: Settings, host: str, port: int, workers: int) -> None:
         self.settings = settings
+        self.cpu_threads = threads_per_worker(workers)
         self.options = {
             "bind": f"{host}:{port}",
             "workers": workers,
@@ -34,6 +55,7 @@ class LookalikeServer(BaseApplication):  # type: ignore[misc]
             "preload_app": False,
             "accesslog": "-",
             "loglevel": settings.logging.level.lower(),
+            "child_exit": _child_exit,
         }
         super().__init__()
 
@@ -42,9 +64,20 @@ class LookalikeServer(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        return build_worker_app(self.settings)
+        return build_worker_app(self.settings, self.cpu_threads)
 
 
 def serve(settings: Settings, host: str, port: int, workers: int) -> None:
-    log.info("serving on http://%s:%d with %d worker(s)", host, port, workers)
-    LookalikeServer(settings, host, port, workers).run()
+    """Serve until stopped; metrics of all workers are gathered in a fresh temporary directory."""
+    if "search_api.metrics" in sys.modules:
+        log.warning("metrics were created before %s was set: /metrics will show one worker only", MULTIPROC_ENV)
+    metrics_dir = tempfile.mkdtemp(prefix="lookalike-metrics-")
+    os.environ[MULTIPROC_ENV] = metrics_dir
+    server = LookalikeServer(settings, host, port, workers)
+    log.info("serving on http://%s:%d with %d worker(s); %d CPU thread(s) per worker for TensorFlow and FAISS "
+             "(%d cores); metrics in %s=%s", host, port, workers, server.cpu_threads, available_cores(),
+             MULTIPROC_ENV, metrics_dir)
+    try:
+        server.run()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -9,15 +9,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from indexer.images import decode_image
+from indexer.images import ImageRejected, decode_image
 from indexer.labels import class_name
 from indexer.model import Embedder, model_id, stand_in_note, top_k
 from indexer.settings import Settings
+from search_api import metrics
+from search_api.dedupe import collapse_near_duplicates
 from storage.catalog import Catalog, ImageRecord
 from storage.sync import open_index
 from storage.vector_index import IndexStore, Manifest, VectorIndex
@@ -26,16 +28,45 @@ log = logging.getLogger(__name__)
 
 RELOAD_CHECK_SECONDS = 1.0
 
+Embedded = tuple[np.ndarray, list[tuple[int, float]]]  # a query's feature vector and top-5 predictions
+
 
 @dataclass(frozen=True)
 class Hit:
     record: ImageRecord
     score: float
+    # With dedupe: ids of the near-duplicate images collapsed into this one (None without dedupe).
+    duplicates: tuple[int, ...] | None = None
 
     def to_json(self) -> dict[str, object]:
         """The fields every search result carries, in the API and in `lookalike search --json`."""
-        return {"id": self.record.id, "path": self.record.path, "score": round(self.score, 6),
-                "labels": labels_json(self.record.predictions)}
+        out: dict[str, object] = {"id": self.record.id, "path": self.record.path, "score": round(self.score, 6),
+                                  "labels": labels_json(self.record.predictions)}
+        if self.duplicates is not None:
+            # Files with identical content are one catalog image already: its other paths are exact duplicates.
+            out["duplicates"] = list(self.duplicates)
+            out["paths"] = list(self.record.paths)
+            out["collapsed"] = len(self.duplicates) + len(self.record.paths) - 1
+        return out
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    """Results offset..offset+k of a query; `next_offset` is None on the last page."""
+
+    hits: list[Hit]
+    next_offset: int | None
+
+
+@dataclass(frozen=True)
+class QueryOptions:
+    """How one query is filtered and paged; the same for every image of a batch."""
+
+    k: int
+    class_ids: Collection[int] | None = None
+    min_score: float | None = None
+    offset: int = 0
+    dedupe: bool = False
 
 
 def labels_json(predictions: Collection[tuple[int, float]]) -> list[dict[str, object]]:
@@ -103,19 +134,42 @@ class SearchService:
                 if loaded is not None:
                     self._index, self._manifest = loaded, manifest
                     log.info("serving index generation %d (%d vectors)", manifest.generation, loaded.count)
+                    metrics.record_index(loaded.count, manifest.generation)
                     return self._index
             if self._index is None:
                 self._index, self._manifest = open_index(catalog, self.store, self.model_id, publish_repairs=False,
                                                          config=self.index_config)
+                metrics.record_index(self._index.count if self._index else 0, self.generation())
             return self._index
 
     # --- queries ---------------------------------------------------------------------------
 
     def embed_upload(self, data: bytes) -> tuple[np.ndarray, list[tuple[int, float]]]:
         """Feature vector and top-5 predictions of an uploaded image (raises ImageRejected)."""
-        decoded = decode_image(data, self.settings.model.image_size, self.settings.indexer.max_image_pixels)
-        out = self.embedder.embed(decoded.pixels[None])
-        return out.features[0], top_k(out.probabilities, 5)[0]
+        result = self.embed_uploads([data])[0]
+        if isinstance(result, ImageRejected):
+            raise result
+        return result
+
+    def embed_uploads(self, images: Sequence[bytes]) -> list[Embedded | ImageRejected]:
+        """Per image, its vector and top-5 predictions, or why it was rejected; one model call for all."""
+        started = time.perf_counter()
+        size, max_pixels = self.settings.model.image_size, self.settings.indexer.max_image_pixels
+        decoded: list[np.ndarray | ImageRejected] = []
+        for data in images:
+            try:
+                decoded.append(decode_image(data, size, max_pixels).pixels)
+            except ImageRejected as exc:
+                decoded.append(exc)
+        good = [d for d in decoded if isinstance(d, np.ndarray)]
+        embedded: list[Embedded] = []
+        if good:
+            out = self.embedder.embed(np.stack(good))
+            embedded = list(zip(out.features, top_k(out.probabilities, 5), strict=True))
+        rows = iter(embedded)
+        results = [item if isinstance(item, ImageRejected) else next(rows) for item in decoded]
+        metrics.EMBED_SECONDS.observe(time.perf_counter() - started)
+        return results
 
     def allowed_ids(self, class_ids: Collection[int] | None) -> np.ndarray | None:
         if not class_ids:
@@ -131,29 +185,62 @@ class SearchService:
         exclude_id: int | None = None,
     ) -> list[Hit]:
         """The k nearest indexed images, best first, filtered by class inside the search."""
+        return self.search_page(vector, QueryOptions(k, class_ids, min_score), exclude_id).hits
+
+    def search_page(self, vector: np.ndarray, options: QueryOptions, exclude_id: int | None = None) -> SearchPage:
+        """One page of neighbours, best first; with dedupe, near-duplicate groups count as one result."""
+        started = time.perf_counter()
+        try:
+            hits = self._ranked(vector, options, exclude_id)
+        finally:
+            metrics.SEARCH_SECONDS.observe(time.perf_counter() - started)
+        end = options.offset + options.k
+        return SearchPage(hits[options.offset:end], end if len(hits) > end else None)
+
+    def _ranked(self, vector: np.ndarray, options: QueryOptions, exclude_id: int | None) -> list[Hit]:
+        """At least offset+k+1 ranked hits when that many exist (one more tells that a next page exists)."""
         index = self.index()
         if index is None:
             return []
-        allowed = self.allowed_ids(class_ids)
+        allowed = self.allowed_ids(options.class_ids)
         if allowed is not None and exclude_id is not None:
             allowed = allowed[allowed != exclude_id]
-        # Ask for a few more than k: the excluded image, and images deleted since this generation.
-        wanted = k + (1 if exclude_id is not None else 0) + 8
-        hits = index.search(vector[None], wanted, allowed, self.index_config)[0]
-        hits = [(i, s) for i, s in hits if i != exclude_id and (min_score is None or s >= min_score)]
-        records = self.catalog.get_images([i for i, _ in hits])
-        return [Hit(records[i], s) for i, s in hits if i in records][:k]
+        needed = options.offset + options.k + 1
+        # Ask for a few more: the excluded image, images deleted since this generation, collapsed duplicates.
+        fetch = (needed + 1 + 8) * (2 if options.dedupe else 1)
+        while True:
+            raw = index.search(vector[None], fetch, allowed, self.index_config)[0]
+            exhausted = len(raw) < fetch or fetch >= index.count
+            if options.min_score is not None and raw and raw[-1][1] < options.min_score:
+                exhausted = True  # scores only fall from here
+            floor = -np.inf if options.min_score is None else options.min_score
+            pairs = [(i, s) for i, s in raw if i != exclude_id and s >= floor]
+            records = self.catalog.get_images([i for i, _ in pairs])
+            hits = [Hit(records[i], s) for i, s in pairs if i in records]
+            if options.dedupe:
+                hits = collapse_near_duplicates(hits, self.catalog.embeddings([h.record.id for h in hits]),
+                                                self.settings.search.dedupe_threshold)
+            if len(hits) >= needed or exhausted:
+                return hits
+            fetch *= 2
 
     def similar(self, image_id: int, k: int, class_ids: Collection[int] | None = None,
                 min_score: float | None = None) -> list[Hit] | None:
         """Neighbours of an indexed image (itself excluded); None when the id is unknown."""
+        page = self.similar_page(image_id, QueryOptions(k, class_ids, min_score))
+        return None if page is None else page.hits
+
+    def similar_page(self, image_id: int, options: QueryOptions) -> SearchPage | None:
         vector = self.catalog.embedding(image_id)
         if vector is None:
             return None
-        return self.search(vector, k, class_ids, min_score, exclude_id=image_id)
+        return self.search_page(vector, options, exclude_id=image_id)
 
     def image(self, image_id: int) -> ImageRecord | None:
         return self.catalog.get_images([image_id]).get(image_id)
+
+    def generation(self) -> int | None:
+        return self._manifest.generation if self._manifest else None
 
     def stats(self) -> dict[str, object]:
         index = self.index()

@@ -198,6 +198,15 @@ class Catalog:
             blob = s.scalar(select(ImageRow.embedding).where(ImageRow.id == image_id))
         return None if blob is None else np.frombuffer(blob, dtype="<f4").copy()
 
+    def embeddings(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        """Embeddings of the ids that exist, in one query per 500 ids."""
+        out: dict[int, np.ndarray] = {}
+        with self.session() as s:
+            for chunk in _chunks(list(ids)):
+                rows = s.execute(select(ImageRow.id, ImageRow.embedding).where(ImageRow.id.in_(chunk)))
+                out.update({r.id: np.frombuffer(r.embedding, dtype="<f4") for r in rows})
+        return out
+
     def _match_clause(self, class_ids: Iterable[int], min_probability: float):  # type: ignore[no-untyped-def]
         return (PredictionRow.class_id.in_(list(class_ids))) & (
             or_(PredictionRow.rank == 0, PredictionRow.probability >= min_probability)

@@ -1,0 +1,104 @@
+"""Prometheus metrics: request latency per route template, model and index timings, index size.
+
+Under `lookalike serve` PROMETHEUS_MULTIPROC_DIR is set before any worker starts, so every
+worker writes its samples there and `/metrics` (answered by any one worker) adds them up with
+prometheus_client's MultiProcessCollector. Without it (tests, the development server) the
+process's own registry is served.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from flask import Blueprint, Flask, Response, g, request
+from flask.typing import ResponseReturnValue
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+from search_api.openapi import operation
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Route label of requests that matched no route (404s for unknown paths), so the label set stays bounded.
+UNMATCHED_ROUTE = "<unmatched>"
+
+REQUEST_SECONDS = Histogram(
+    "lookalike_http_request_duration_seconds",
+    "Time to answer an HTTP request, by route template (not raw path), method and status.",
+    ["route", "method", "status"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+EMBED_SECONDS = Histogram(
+    "lookalike_embed_seconds",
+    "Time to decode and embed the query images of one request (one model call).",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+SEARCH_SECONDS = Histogram(
+    "lookalike_search_seconds",
+    "Time to search the vector index and join the catalog for one query vector.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)
+INDEX_VECTORS = Gauge("lookalike_index_vectors", "Vectors in the index generation being served.",
+                      multiprocess_mode="livemostrecent")
+INDEX_GENERATION = Gauge("lookalike_index_generation", "Index generation being served (-1: none published).",
+                         multiprocess_mode="livemostrecent")
+
+bp = Blueprint("metrics", __name__)
+
+
+def record_index(vectors: int, generation: int | None) -> None:
+    INDEX_VECTORS.set(vectors)
+    INDEX_GENERATION.set(-1 if generation is None else generation)
+
+
+def _registry() -> CollectorRegistry:
+    if not os.environ.get(MULTIPROC_ENV):
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry
+
+
+@bp.get("/metrics")
+@operation(summary="Prometheus metrics (text exposition format)", response={CONTENT_TYPE_LATEST: "text"},
+           tags=("meta",))
+def metrics() -> ResponseReturnValue:
+    """Prometheus text exposition of this server's metrics (all workers under gunicorn)."""
+    from flask import current_app
+
+    service = current_app.extensions["lookalike"]
+    index = service.index()
+    record_index(index.count if index is not None else 0, service.generation())
+    return Response(generate_latest(_registry()), mimetype=CONTENT_TYPE_LATEST)
+
+
+def init_app(app: Flask) -> None:
+    """Time every request; the route label is the URL rule (`/api/v1/images/<int:image_id>`)."""
+
+    @app.before_request
+    def _start_timer() -> None:
+        g.metrics_started = time.perf_counter()
+
+    @app.after_request
+    def _observe(response: Response) -> Response:
+        started = g.pop("metrics_started", None)
+        if started is not None:
+            route = request.url_rule.rule if request.url_rule is not None else UNMATCHED_ROUTE
+            REQUEST_SECONDS.labels(route, request.method, str(response.status_code)).observe(
+                time.perf_counter() - started)
+        return response
+
+    app.register_blueprint(bp)
+
+
+def mark_worker_dead(pid: int) -> None:
+    """Gunicorn child_exit hook: drop a dead worker's live gauges from the shared directory."""
+    if os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(pid)

@@ -1,0 +1,158 @@
+"""Pydantic models of the HTTP API's parameters, request bodies and responses, for the OpenAPI description.
+
+The views build their JSON by hand (search_api/results.py); tests validate real responses
+against these schemas, so the description cannot drift from what is served.
+`x-setting-*` keys name a setting whose value the served description fills in (see openapi.py).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SearchParams(BaseModel):
+    """Query parameters shared by the search routes."""
+
+    k: int = Field(None, ge=1, description="Number of results per page.",  # type: ignore[assignment]
+                   json_schema_extra={"x-setting-default": "search.default_k", "x-setting-maximum": "search.max_k"})
+    offset: int = Field(0, ge=0, description="Results to skip (pagination): the page holds results offset..offset+k. "
+                        "Use the response's next_offset for the next page.",
+                        json_schema_extra={"x-setting-maximum": "search.max_offset"})
+    class_: list[str] = Field(
+        default_factory=list, alias="class",
+        description="Keep only images of these ImageNet classes (id, name or WordNet id; repeat for any of several). "
+                    "An image matches a class that is its top-1 prediction, or in its top-5 with probability at "
+                    "least search.class_min_probability.")
+    min_score: float = Field(None, ge=-1.0, le=1.0,  # type: ignore[assignment]
+                             description="Drop results whose cosine similarity is below this.")
+    dedupe: bool = Field(False, description="Collapse near-duplicates (cosine >= search.dedupe_threshold) into the "
+                         "best-scoring member; each result then lists the ids folded into it in `duplicates`.")
+
+
+class ImageUpload(BaseModel):
+    image: bytes = Field(description="The query image (JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC/HEIF, AVIF).")
+
+
+class BatchUpload(BaseModel):
+    images: list[bytes] = Field(description="One part per query image, all named `images` "
+                                "(at most api.max_batch_images).")
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details; extra members name what was wrong (`parameter`, `field`, `limit`, `index`)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str = Field(description="Always about:blank: `code` tells problems apart.")
+    title: str = Field(description="HTTP status phrase.")
+    status: int
+    detail: str = Field(description="What was wrong and how to fix it.")
+    code: str = Field(description="Stable machine-readable problem code, e.g. invalid_parameter, not_image.")
+    instance: str = Field(description="Path of the request.")
+    parameter: str | None = Field(None, description="The query parameter at fault.")
+    field: str | None = Field(None, description="The request part at fault (image, images, body).")
+
+
+class Label(BaseModel):
+    class_id: int = Field(ge=0, le=999, description="ImageNet-1k class index.")
+    name: str
+    probability: float
+
+
+class Hit(BaseModel):
+    id: int
+    path: str
+    score: float = Field(description="Cosine similarity of the feature vectors.")
+    labels: list[Label] = Field(description="Top-5 ImageNet predictions of the image.")
+    file_url: str
+    thumbnail_url: str = Field(description="A small upright WebP preview without metadata.")
+    duplicates: list[int] = Field(default_factory=list,
+                                  description="With dedupe=true: ids of near-duplicate images collapsed into this one.")
+    paths: list[str] = Field(default_factory=list,
+                             description="With dedupe=true: every file with this exact content.")
+    collapsed: int = Field(0, description="With dedupe=true: near and exact duplicates collapsed into this result.")
+
+
+class Page(BaseModel):
+    results: list[Hit] = Field(description="Best first.")
+    next_offset: int | None = Field(description="offset of the next page; null on the last page.")
+
+
+class UploadQuery(BaseModel):
+    labels: list[Label] = Field(description="Top-5 predictions of the query image.")
+
+
+class SearchResponse(Page):
+    query: UploadQuery
+
+
+class IndexedQuery(BaseModel):
+    id: int
+    labels: list[Label]
+
+
+class SimilarResponse(Page):
+    query: IndexedQuery
+
+
+class BatchQuery(BaseModel):
+    index: int = Field(description="Position of the image in the request.")
+    filename: str | None
+    labels: list[Label] = Field(default_factory=list, description="Top-5 predictions (absent when `error` is set).")
+
+
+class BatchItem(Page):
+    query: BatchQuery
+    error: Problem | None = Field(None, description="Why this image could not be searched; `results` is then empty.")
+
+
+class BatchResponse(BaseModel):
+    results: list[BatchItem] = Field(description="One item per uploaded image, in request order.")
+
+
+class ImageDetails(BaseModel):
+    id: int
+    path: str
+    paths: list[str]
+    width: int
+    height: int
+    format: str
+    size: int
+    content_hash: str
+    labels: list[Label]
+    file_url: str
+    thumbnail_url: str = Field(description="A small upright WebP preview without metadata.")
+
+
+class ClassCount(BaseModel):
+    class_id: int
+    name: str
+    count: int
+
+
+class ClassesResponse(BaseModel):
+    classes: list[ClassCount]
+
+
+class ModelInfo(BaseModel):
+    handle: str
+    image_size: int
+    id: str
+    stand_in: bool
+    note: str | None
+
+
+class Stats(BaseModel):
+    images: int
+    files: int
+    vectors: int
+    generation: int | None
+    model_id: str
+    model: ModelInfo
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Ready(Stats):
+    status: str
