@@ -5,7 +5,8 @@ from __future__ import annotations
 from flask import Flask
 
 from indexer.settings import Settings, load_settings
-from search_api import problems, routes_health, routes_images, routes_search
+from search_api import problems, routes_browse, routes_health, routes_images, routes_search
+from search_api.class_counts import ClassCounts
 from search_api.service import SearchService
 
 
@@ -15,8 +16,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = int(settings.api.max_upload_mb * 1024 * 1024)
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions["lookalike"] = SearchService(settings)
+    service = app.extensions["lookalike"] = SearchService(settings)
+    app.extensions["lookalike.class_counts"] = ClassCounts(service)
     problems.init_app(app)
-    for bp in (routes_search.bp, routes_images.bp, routes_health.bp):
+    for bp in (routes_search.bp, routes_images.bp, routes_browse.bp, routes_health.bp):
         app.register_blueprint(bp)
     return app

@@ -9,6 +9,7 @@ from flask import request
 from indexer.labels import UnknownClassError, resolve_classes
 from indexer.settings import SearchSettings
 from search_api.problems import ApiProblem
+from storage.class_rule import RULES, ClassRule
 
 
 def parse_k(settings: SearchSettings) -> int:
@@ -45,3 +46,42 @@ def parse_classes() -> frozenset[int] | None:
         return resolve_classes(request.args.getlist("class"))
     except UnknownClassError as exc:
         raise ApiProblem(400, str(exc), "unknown_class", parameter="class") from None
+
+
+def parse_class_rule(settings: SearchSettings) -> ClassRule:
+    """When an image counts as showing a class: `class_rule` (top1 or top5, default top5) and, for
+    top5, `class_min_probability` (default search.class_min_probability)."""
+    rule = request.args.get("class_rule") or "top5"
+    if rule not in RULES:
+        raise ApiProblem(400, f"class_rule must be one of {', '.join(RULES)}, got {rule!r}", "invalid_parameter",
+                         parameter="class_rule")
+    raw = request.args.get("class_min_probability")
+    if raw is None or raw == "":
+        return ClassRule(rule, settings.class_min_probability)
+    if rule == "top1":
+        raise ApiProblem(400, "class_min_probability applies only to class_rule=top5 (top1 ignores probabilities)",
+                         "invalid_parameter", parameter="class_min_probability")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise ApiProblem(400, f"class_min_probability must be a number from 0 to 1, got {raw!r}",
+                         "invalid_parameter", parameter="class_min_probability")
+    return ClassRule(rule, value)
+
+
+def parse_int(name: str, default: int, low: int, high: int) -> int:
+    """An integer parameter from `low` to `high`; `default` when absent or blank."""
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiProblem(400, f"{name} must be an integer from {low} to {high}, got {raw!r}", "invalid_parameter",
+                         parameter=name) from None
+    if not low <= value <= high:
+        raise ApiProblem(400, f"{name} must be from {low} to {high}, got {value}", "invalid_parameter",
+                         parameter=name)
+    return value

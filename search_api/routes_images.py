@@ -1,4 +1,4 @@
-"""Indexed images: metadata, the original file, and the classes present in the catalog."""
+"""Indexed images: metadata, the original file, and catalog statistics."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import os
 from flask import Blueprint, current_app, jsonify, send_file
 from flask.typing import ResponseReturnValue
 
-from indexer.labels import class_name
 from search_api.problems import ApiProblem
 from search_api.results import image_json
 from search_api.service import SearchService
@@ -48,13 +47,6 @@ def image_file(image_id: int) -> ResponseReturnValue:
             response.headers["X-Content-Type-Options"] = "nosniff"
             return response
     raise ApiProblem(404, f"the file of image {image_id} is no longer in the library", "file_missing")
-
-
-@bp.get("/classes")
-def classes() -> ResponseReturnValue:
-    svc = service()
-    counts = svc.catalog.class_counts(svc.settings.search.class_min_probability)
-    return jsonify({"classes": [{"class_id": c, "name": class_name(c), "count": n} for c, n in counts]})
 
 
 @bp.get("/stats")

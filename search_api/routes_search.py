@@ -7,7 +7,7 @@ from flask import request as flask_request
 from flask.typing import ResponseReturnValue
 
 from indexer.images import ImageRejected
-from search_api.params import parse_classes, parse_k, parse_min_score
+from search_api.params import parse_class_rule, parse_classes, parse_k, parse_min_score
 from search_api.problems import ApiProblem
 from search_api.results import hit_json
 from search_api.service import SearchService, labels_json
@@ -43,6 +43,7 @@ def search() -> ResponseReturnValue:
     svc = service()
     k = parse_k(svc.settings.search)
     classes = parse_classes()
+    class_rule = parse_class_rule(svc.settings.search)
     min_score = parse_min_score()
     data = _upload()
     try:
@@ -50,7 +51,7 @@ def search() -> ResponseReturnValue:
     except ImageRejected as exc:
         raise ApiProblem(REJECTION_STATUS.get(exc.kind, 422), f"uploaded 'image': {exc}", exc.kind,
                          field="image") from None
-    hits = svc.search(vector, k, classes, min_score)
+    hits = svc.search(vector, k, classes, min_score, class_rule=class_rule)
     return jsonify({"query": {"labels": labels_json(predictions)}, "results": [hit_json(h) for h in hits]})
 
 
@@ -59,9 +60,10 @@ def similar(image_id: int) -> ResponseReturnValue:
     svc = service()
     k = parse_k(svc.settings.search)
     classes = parse_classes()
+    class_rule = parse_class_rule(svc.settings.search)
     min_score = parse_min_score()
     record = svc.image(image_id)
-    hits = svc.similar(image_id, k, classes, min_score) if record else None
+    hits = svc.similar(image_id, k, classes, min_score, class_rule) if record else None
     if record is None or hits is None:
         raise ApiProblem(404, f"no indexed image has id {image_id}", "unknown_image")
     return jsonify({"query": {"id": image_id, "labels": labels_json(record.predictions)},

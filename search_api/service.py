@@ -19,6 +19,7 @@ from indexer.labels import class_name
 from indexer.model import Embedder, model_id, stand_in_note, top_k
 from indexer.settings import Settings
 from storage.catalog import Catalog, ImageRecord
+from storage.class_rule import ClassRule
 from storage.sync import open_index
 from storage.vector_index import IndexStore, Manifest, VectorIndex
 
@@ -117,10 +118,14 @@ class SearchService:
         out = self.embedder.embed(decoded.pixels[None])
         return out.features[0], top_k(out.probabilities, 5)[0]
 
-    def allowed_ids(self, class_ids: Collection[int] | None) -> np.ndarray | None:
+    def class_rule(self) -> ClassRule:
+        """The configured rule for when an image counts as showing a class."""
+        return ClassRule("top5", self.settings.search.class_min_probability)
+
+    def allowed_ids(self, class_ids: Collection[int] | None, rule: ClassRule | None = None) -> np.ndarray | None:
         if not class_ids:
             return None
-        return self.catalog.ids_matching_classes(class_ids, self.settings.search.class_min_probability)
+        return self.catalog.ids_matching_classes(class_ids, rule or self.class_rule())
 
     def search(
         self,
@@ -129,12 +134,13 @@ class SearchService:
         class_ids: Collection[int] | None = None,
         min_score: float | None = None,
         exclude_id: int | None = None,
+        class_rule: ClassRule | None = None,
     ) -> list[Hit]:
         """The k nearest indexed images, best first, filtered by class inside the search."""
         index = self.index()
         if index is None:
             return []
-        allowed = self.allowed_ids(class_ids)
+        allowed = self.allowed_ids(class_ids, class_rule)
         if allowed is not None and exclude_id is not None:
             allowed = allowed[allowed != exclude_id]
         # Ask for a few more than k: the excluded image, and images deleted since this generation.
@@ -145,12 +151,12 @@ class SearchService:
         return [Hit(records[i], s) for i, s in hits if i in records][:k]
 
     def similar(self, image_id: int, k: int, class_ids: Collection[int] | None = None,
-                min_score: float | None = None) -> list[Hit] | None:
+                min_score: float | None = None, class_rule: ClassRule | None = None) -> list[Hit] | None:
         """Neighbours of an indexed image (itself excluded); None when the id is unknown."""
         vector = self.catalog.embedding(image_id)
         if vector is None:
             return None
-        return self.search(vector, k, class_ids, min_score, exclude_id=image_id)
+        return self.search(vector, k, class_ids, min_score, exclude_id=image_id, class_rule=class_rule)
 
     def image(self, image_id: int) -> ImageRecord | None:
         return self.catalog.get_images([image_id]).get(image_id)
