@@ -42,7 +42,3 @@ class ClassRule:
         if class_ids is None:
             return self.prediction_matches()
         return PredictionRow.class_id.in_(sorted(class_ids)) & self.prediction_matches()
-
-    def accepts(self, rank: int, probability: float) -> bool:
-        """The same rule on one prediction held in memory."""
-        return rank == 0 or (self.rule == "top5" and probability >= self.min_probability)
