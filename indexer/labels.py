@@ -1,12 +1,20 @@
-"""ImageNet-1k class names shipped with the package (index 0 = tench), and name lookup for filters."""
+"""ImageNet-1k class names shipped with the package (index 0 = tench), and name lookup for filters.
+
+A class filter is a class id, an exact class name or synonym, a class's WordNet id, or the name or
+WordNet id of a concept above the classes (see indexer.concepts): "281", "tabby cat", "dog",
+"vehicle", "n02084071".
+"""
 
 from __future__ import annotations
 
 import csv
+import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+
+from indexer.concepts import Concept, concept_names, concepts_named
 
 NUM_CLASSES = 1000
 
@@ -60,10 +68,12 @@ def _name_index() -> dict[str, frozenset[int]]:
 
 
 def resolve_class(value: str | int) -> frozenset[int]:
-    """Class ids named by an id ("281"), a name or synonym ("tabby cat"), or a WordNet id.
+    """Class ids named by an id ("281"), a class name or synonym ("tabby cat"), a WordNet id, or a concept ("dog").
 
-    Names are matched exactly, ignoring case. A few names belong to two classes
-    ("crane" is a bird and a machine); such a name matches both.
+    Names are matched exactly, ignoring case. A class name wins over a concept of the same
+    name ("amphibian" is the amphibious vehicle class; the animals are concept n01627424).
+    A name shared by several classes ("crane": a bird and a machine) or several concepts
+    ("cat": the true cats and the big cats) matches all of them; a WordNet id names exactly one.
     """
     text = str(value).strip()
     if text.lstrip("-").isdigit():
@@ -72,10 +82,28 @@ def resolve_class(value: str | int) -> frozenset[int]:
             raise UnknownClassError(f"class id {class_id} is out of range 0..{NUM_CLASSES - 1}", text)
         return frozenset({class_id})
     ids = _name_index().get(text.casefold())
-    if not ids:
-        raise UnknownClassError(f"unknown ImageNet class {text!r}: give a class id 0..999 or an exact class name",
-                                text)
-    return ids
+    if ids:
+        return ids
+    found = concepts_named(text)
+    if found:
+        return frozenset().union(*(c.class_ids for c in found))
+    raise UnknownClassError(f"unknown class {text!r}: give a class id 0..{NUM_CLASSES - 1}, an exact ImageNet class "
+                            f"name, or a WordNet concept such as 'dog', 'bird' or 'vehicle'{_did_you_mean(text)}", text)
+
+
+def _did_you_mean(text: str) -> str:
+    close = difflib.get_close_matches(text.casefold(), [*_name_index(), *concept_names()], n=4, cutoff=0.75)
+    return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+def concept_query_name(concept: Concept, prefer: str | None = None) -> str:
+    """A `class` filter value naming exactly this concept's classes: `prefer` or another of its
+    lemma names when that name is not taken by a class or another concept, else its WordNet id."""
+    candidates = [prefer] if prefer else []
+    for name in [*candidates, *concept.names]:
+        if name.casefold() not in _name_index() and len(concepts_named(name)) == 1:
+            return name
+    return concept.wnid
 
 
 def resolve_classes(values: Iterable[str]) -> frozenset[int] | None:

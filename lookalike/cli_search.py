@@ -69,7 +69,8 @@ _common = [
     click.option("-k", "--k", "k", type=click.IntRange(1, 1000), default=None,
                  help="Number of results (default: search.default_k)."),
     click.option("--class", "classes", multiple=True, metavar="CLASS",
-                 help="Only images of this ImageNet class (id, name or WordNet id); repeat for several."),
+                 help="Only images of this ImageNet class (id, name or WordNet id) or concept "
+                      "(dog, bird, vehicle, ...); repeat for several."),
     click.option("--min-score", type=click.FloatRange(-1, 1), default=None, help="Lowest cosine similarity to show."),
     click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table."),
     click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None,

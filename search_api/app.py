@@ -5,7 +5,8 @@ from __future__ import annotations
 from flask import Flask
 
 from indexer.settings import Settings, load_settings
-from search_api import metrics, problems, routes_docs, routes_health, routes_images, routes_search
+from search_api import metrics, problems, routes_browse, routes_docs, routes_health, routes_images, routes_search
+from search_api.class_counts import ClassCounts
 from search_api.service import SearchService
 
 
@@ -16,10 +17,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = int(settings.api.max_upload_mb * 1024 * 1024)
     app.config["MAX_FORM_PARTS"] = settings.api.max_form_parts
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions["lookalike"] = SearchService(settings)
+    service = app.extensions["lookalike"] = SearchService(settings)
+    app.extensions["lookalike.class_counts"] = ClassCounts(service)
     problems.init_app(app)
     metrics.init_app(app)
-    for bp in (routes_search.bp, routes_images.bp, routes_health.bp):
+    for bp in (routes_search.bp, routes_images.bp, routes_browse.bp, routes_health.bp):
         app.register_blueprint(bp)
     routes_docs.init_app(app)
     return app

@@ -10,6 +10,7 @@ from indexer.labels import UnknownClassError, resolve_classes
 from indexer.settings import SearchSettings
 from search_api.problems import ApiProblem
 from search_api.service import QueryOptions
+from storage.class_rule import RULES, ClassRule
 
 
 def parse_k(settings: SearchSettings) -> int:
@@ -77,6 +78,46 @@ def parse_flag(name: str) -> bool:
 
 
 def parse_query_options(settings: SearchSettings) -> QueryOptions:
-    """k, class, min_score, offset and dedupe of the current request."""
+    """k, class, class_rule, class_min_probability, min_score, offset and dedupe of the current request."""
     return QueryOptions(k=parse_k(settings), class_ids=parse_classes(), min_score=parse_min_score(),
-                        offset=parse_offset(settings), dedupe=parse_flag("dedupe"))
+                        offset=parse_offset(settings), dedupe=parse_flag("dedupe"),
+                        class_rule=parse_class_rule(settings))
+
+
+def parse_class_rule(settings: SearchSettings) -> ClassRule:
+    """When an image counts as showing a class: `class_rule` (top1 or top5, default top5) and, for
+    top5, `class_min_probability` (default search.class_min_probability)."""
+    rule = request.args.get("class_rule") or "top5"
+    if rule not in RULES:
+        raise ApiProblem(400, f"class_rule must be one of {', '.join(RULES)}, got {rule!r}", "invalid_parameter",
+                         parameter="class_rule")
+    raw = request.args.get("class_min_probability")
+    if raw is None or raw == "":
+        return ClassRule(rule, settings.class_min_probability)
+    if rule == "top1":
+        raise ApiProblem(400, "class_min_probability applies only to class_rule=top5 (top1 ignores probabilities)",
+                         "invalid_parameter", parameter="class_min_probability")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise ApiProblem(400, f"class_min_probability must be a number from 0 to 1, got {raw!r}",
+                         "invalid_parameter", parameter="class_min_probability")
+    return ClassRule(rule, value)
+
+
+def parse_int(name: str, default: int, low: int, high: int) -> int:
+    """An integer parameter from `low` to `high`; `default` when absent or blank."""
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiProblem(400, f"{name} must be an integer from {low} to {high}, got {raw!r}", "invalid_parameter",
+                         parameter=name) from None
+    if not low <= value <= high:
+        raise ApiProblem(400, f"{name} must be from {low} to {high}, got {value}", "invalid_parameter",
+                         parameter=name)
+    return value

@@ -1,4 +1,4 @@
-"""Indexed images: metadata, the original file, and the classes present in the catalog."""
+"""Indexed images: metadata, the original file, and catalog statistics."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from flask import Blueprint, current_app, jsonify, send_file
 from flask.typing import ResponseReturnValue
 
 from indexer.images import ImageRejected
-from indexer.labels import class_name
 from indexer.thumbnails import DEFAULT_THUMBNAIL_SIZE, ensure_thumbnail
 from search_api import schemas
 from search_api.openapi import operation
@@ -84,15 +83,6 @@ def image_thumbnail(image_id: int) -> ResponseReturnValue:
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response
     raise ApiProblem(404, f"the file of image {image_id} is no longer in the library", "file_missing")
-
-
-@bp.get("/classes")
-@operation(summary="ImageNet classes present in the catalog, with image counts", response=schemas.ClassesResponse,
-           tags=("images",))
-def classes() -> ResponseReturnValue:
-    svc = service()
-    counts = svc.catalog.class_counts(svc.settings.search.class_min_probability)
-    return jsonify({"classes": [{"class_id": c, "name": class_name(c), "count": n} for c, n in counts]})
 
 
 @bp.get("/stats")

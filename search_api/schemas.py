@@ -7,6 +7,8 @@ against these schemas, so the description cannot drift from what is served.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -20,9 +22,15 @@ class SearchParams(BaseModel):
                         json_schema_extra={"x-setting-maximum": "search.max_offset"})
     class_: list[str] = Field(
         default_factory=list, alias="class",
-        description="Keep only images of these ImageNet classes (id, name or WordNet id; repeat for any of several). "
-                    "An image matches a class that is its top-1 prediction, or in its top-5 with probability at "
-                    "least search.class_min_probability.")
+        description="Keep only images of these ImageNet classes or WordNet concepts (class id, class name, concept "
+                    "name such as dog or vehicle, or WordNet id; repeat for any of several). See class_rule.")
+    class_rule: Literal["top1", "top5"] = Field(
+        "top5", description="top5: an image matches a class that is its top-1 prediction, or in its top-5 with "
+                            "probability >= class_min_probability; top1: only its top-1 prediction counts.")
+    class_min_probability: float = Field(
+        None, ge=0.0, le=1.0,  # type: ignore[assignment]
+        description="Minimum probability of a top-5 match (class_rule=top5 only).",
+        json_schema_extra={"x-setting-default": "search.class_min_probability"})
     min_score: float = Field(None, ge=-1.0, le=1.0,  # type: ignore[assignment]
                              description="Drop results whose cosine similarity is below this.")
     dedupe: bool = Field(False, description="Collapse near-duplicates (cosine >= search.dedupe_threshold) into the "
@@ -124,13 +132,53 @@ class ImageDetails(BaseModel):
 
 
 class ClassCount(BaseModel):
-    class_id: int
-    name: str
-    count: int
+    kind: Literal["class", "concept"]
+    class_id: int | None = Field(description="ImageNet class index; null for a concept.")
+    name: str = Field(description="A value for the class parameter that selects exactly this entry.")
+    count: int = Field(description="Images matching it under the class rule.")
+    concept_id: str | None = Field(None, description="Concepts: the WordNet id.")
+    names: list[str] | None = Field(None, description="Concepts: every WordNet name.")
+    classes: int | None = Field(None, description="Concepts: number of ImageNet classes below it.")
 
 
 class ClassesResponse(BaseModel):
     classes: list[ClassCount]
+
+
+class ClassesParams(BaseModel):
+    q: str = Field(None, description="Autocomplete: classes and concepts whose names contain this text.")  # type: ignore[assignment]
+    limit: int = Field(None, ge=1, description="Most entries to return.")  # type: ignore[assignment]
+    class_rule: Literal["top1", "top5"] = Field("top5", description="How counts match images (see search).")
+    class_min_probability: float = Field(None, ge=0.0, le=1.0,  # type: ignore[assignment]
+                                         description="Minimum probability of a top-5 match.")
+
+
+class BrowseParams(BaseModel):
+    class_: list[str] = Field(default_factory=list, alias="class",
+                              description="Classes or concepts to list (repeatable); none: every image, newest first.")
+    class_rule: Literal["top1", "top5"] = Field("top5", description="When an image counts as showing a class.")
+    class_min_probability: float = Field(None, ge=0.0, le=1.0,  # type: ignore[assignment]
+                                         description="Minimum probability of a top-5 match.")
+    offset: int = Field(0, ge=0, description="Images to skip.")
+    limit: int = Field(50, ge=1, le=500, description="Images per page.")
+
+
+class MatchedClass(BaseModel):
+    class_id: int
+    name: str
+
+
+class BrowseImage(ImageDetails):
+    probability: float = Field(description="Probability of the image's most probable matching class.")
+    matched_class: MatchedClass
+
+
+class BrowseResponse(BaseModel):
+    images: list[BrowseImage]
+    total: int
+    offset: int
+    limit: int
+    next_offset: int | None
 
 
 class ModelInfo(BaseModel):

@@ -21,6 +21,7 @@ from indexer.settings import Settings
 from search_api import metrics
 from search_api.dedupe import collapse_near_duplicates
 from storage.catalog import Catalog, ImageRecord
+from storage.class_rule import ClassRule
 from storage.sync import open_index
 from storage.vector_index import IndexStore, Manifest, VectorIndex
 
@@ -67,6 +68,7 @@ class QueryOptions:
     min_score: float | None = None
     offset: int = 0
     dedupe: bool = False
+    class_rule: ClassRule | None = None  # None: the configured rule
 
 
 def labels_json(predictions: Collection[tuple[int, float]]) -> list[dict[str, object]]:
@@ -171,10 +173,14 @@ class SearchService:
         metrics.EMBED_SECONDS.observe(time.perf_counter() - started)
         return results
 
-    def allowed_ids(self, class_ids: Collection[int] | None) -> np.ndarray | None:
+    def class_rule(self) -> ClassRule:
+        """The configured rule for when an image counts as showing a class."""
+        return ClassRule("top5", self.settings.search.class_min_probability)
+
+    def allowed_ids(self, class_ids: Collection[int] | None, rule: ClassRule | None = None) -> np.ndarray | None:
         if not class_ids:
             return None
-        return self.catalog.ids_matching_classes(class_ids, self.settings.search.class_min_probability)
+        return self.catalog.ids_matching_classes(class_ids, rule or self.class_rule())
 
     def search(
         self,
@@ -183,9 +189,10 @@ class SearchService:
         class_ids: Collection[int] | None = None,
         min_score: float | None = None,
         exclude_id: int | None = None,
+        class_rule: ClassRule | None = None,
     ) -> list[Hit]:
         """The k nearest indexed images, best first, filtered by class inside the search."""
-        return self.search_page(vector, QueryOptions(k, class_ids, min_score), exclude_id).hits
+        return self.search_page(vector, QueryOptions(k, class_ids, min_score, class_rule=class_rule), exclude_id).hits
 
     def search_page(self, vector: np.ndarray, options: QueryOptions, exclude_id: int | None = None) -> SearchPage:
         """One page of neighbours, best first; with dedupe, near-duplicate groups count as one result."""
@@ -202,7 +209,7 @@ class SearchService:
         index = self.index()
         if index is None:
             return []
-        allowed = self.allowed_ids(options.class_ids)
+        allowed = self.allowed_ids(options.class_ids, options.class_rule)
         if allowed is not None and exclude_id is not None:
             allowed = allowed[allowed != exclude_id]
         needed = options.offset + options.k + 1
@@ -225,9 +232,9 @@ class SearchService:
             fetch *= 2
 
     def similar(self, image_id: int, k: int, class_ids: Collection[int] | None = None,
-                min_score: float | None = None) -> list[Hit] | None:
+                min_score: float | None = None, class_rule: ClassRule | None = None) -> list[Hit] | None:
         """Neighbours of an indexed image (itself excluded); None when the id is unknown."""
-        page = self.similar_page(image_id, QueryOptions(k, class_ids, min_score))
+        page = self.similar_page(image_id, QueryOptions(k, class_ids, min_score, class_rule=class_rule))
         return None if page is None else page.hits
 
     def similar_page(self, image_id: int, options: QueryOptions) -> SearchPage | None:

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-from sqlalchemy import Engine, create_engine, delete, event, func, or_, select
+from sqlalchemy import Engine, create_engine, delete, event, func, select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from storage import rejections
+from storage.class_rule import ClassRule
 from storage.rejections import Rejection
 from storage.schema import FileRow, ImageRow, PredictionRow, RejectedFileRow
 
@@ -207,26 +208,21 @@ class Catalog:
                 out.update({r.id: np.frombuffer(r.embedding, dtype="<f4") for r in rows})
         return out
 
-    def _match_clause(self, class_ids: Iterable[int], min_probability: float):  # type: ignore[no-untyped-def]
-        return (PredictionRow.class_id.in_(list(class_ids))) & (
-            or_(PredictionRow.rank == 0, PredictionRow.probability >= min_probability)
-        )
-
-    def ids_matching_classes(self, class_ids: Iterable[int], min_probability: float) -> np.ndarray:
-        """Image ids whose top-1 is one of `class_ids`, or whose top-5 holds one with >= min_probability."""
+    def ids_matching_classes(self, class_ids: Iterable[int], rule: ClassRule | float) -> np.ndarray:
+        """Image ids matching one of `class_ids` under `rule` (a bare number: top-5 with that minimum probability)."""
         with self.session() as s:
             ids = s.scalars(
-                select(PredictionRow.image_id).where(self._match_clause(class_ids, min_probability)).distinct()
+                select(PredictionRow.image_id).where(ClassRule.of(rule).matches(class_ids)).distinct()
             ).all()
         return np.asarray(sorted(ids), dtype=np.int64)
 
-    def class_counts(self, min_probability: float) -> list[tuple[int, int]]:
+    def class_counts(self, rule: ClassRule | float) -> list[tuple[int, int]]:
         """(class_id, number of images matching it), most common first."""
         with self.session() as s:
             count = func.count(PredictionRow.image_id.distinct())
             rows = s.execute(
                 select(PredictionRow.class_id, count)
-                .where(or_(PredictionRow.rank == 0, PredictionRow.probability >= min_probability))
+                .where(ClassRule.of(rule).prediction_matches())
                 .group_by(PredictionRow.class_id)
                 .order_by(count.desc(), PredictionRow.class_id)
             ).all()

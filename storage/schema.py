@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import BigInteger, DateTime, Float, ForeignKey, Integer, LargeBinary, SmallInteger, String, Text
+from sqlalchemy import BigInteger, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, SmallInteger, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -54,10 +54,12 @@ class FileRow(Base):
 
 class PredictionRow(Base):
     __tablename__ = "predictions"
+    # Class filters, browsing and counts read only these columns: the index alone answers them.
+    __table_args__ = (Index("ix_predictions_class_probability", "class_id", "probability", "rank", "image_id"),)
 
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
     rank: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
-    class_id: Mapped[int] = mapped_column(SmallInteger, index=True)
+    class_id: Mapped[int] = mapped_column(SmallInteger)
     probability: Mapped[float] = mapped_column(Float)
 
     image: Mapped[ImageRow] = relationship(back_populates="predictions")

@@ -87,7 +87,11 @@ def write_image(path: Path, image: Image.Image, **save_args: object) -> Path:
 @pytest.fixture
 def colour_library(tmp_path: Path) -> Path:
     """14 images: 6 red (goldfish), 5 blue (jellyfish), 3 green (tree frog), in nested folders and formats."""
-    root = tmp_path / "library"
+    return make_colour_library(tmp_path / "library")
+
+
+def make_colour_library(root: Path) -> Path:
+    """The `colour_library` fixture's files, written under `root` (for fixtures of a wider scope)."""
     for i in range(6):
         accent = (min(255, 220 + 5 * i), 30 + 10 * i, 30)
         write_image(root / "red" / f"red{i}.jpg", colour_image(RED, seed=i, accent=accent), quality=95)

@@ -165,7 +165,7 @@ def test_file_outside_the_indexed_roots_is_never_served(client: FlaskClient, app
 def test_classes_lists_present_classes_with_counts(client: FlaskClient) -> None:
     classes = client.get("/api/v1/classes").get_json()["classes"]
     by_id = {c["class_id"]: c for c in classes}
-    assert by_id[RED_CLASS] == {"class_id": RED_CLASS, "name": "goldfish", "count": 6}
+    assert by_id[RED_CLASS] == {"kind": "class", "class_id": RED_CLASS, "name": "goldfish", "count": 6}
     assert by_id[BLUE_CLASS]["count"] == 5 and by_id[GREEN_CLASS]["count"] == 3
     assert len(classes) == 3
 

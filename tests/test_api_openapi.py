@@ -67,7 +67,7 @@ def test_a_new_undecorated_route_is_caught(app: Flask) -> None:
 def test_parameters_bodies_and_problems_are_described(spec: dict[str, Any], indexed) -> None:  # type: ignore[no-untyped-def]
     search_op = spec["paths"]["/api/v1/search"]["post"]
     params = {p["name"]: p for p in search_op["parameters"]}
-    assert set(params) == {"k", "offset", "class", "min_score", "dedupe"}
+    assert set(params) == {"k", "offset", "class", "class_rule", "class_min_probability", "min_score", "dedupe"}
     assert params["k"]["schema"]["maximum"] == indexed.search.max_k
     assert params["k"]["schema"]["default"] == indexed.search.default_k
     assert params["offset"]["schema"]["maximum"] == indexed.search.max_offset

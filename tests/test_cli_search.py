@@ -72,7 +72,7 @@ def test_similar_by_id_and_path_and_contact_sheet(indexed_env: dict[str, str], c
     ("args", "message"),
     [
         (["search", "{missing}"], "no such file"),
-        (["search", "{query}", "--class", "unicorn"], "unknown ImageNet class 'unicorn'"),
+        (["search", "{query}", "--class", "unicorn"], "unknown class 'unicorn'"),
         (["search", "{notimage}"], "not an image"),
         (["similar", "99999"], "not an indexed image"),
         (["similar", "{missing}"], "not an indexed image"),

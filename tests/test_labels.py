@@ -24,7 +24,7 @@ def test_resolve_class(query: str, expected: set[int]) -> None:
     assert resolve_class(query) == expected
 
 
-@pytest.mark.parametrize("query", ["1000", "-1", "cat", "dog", ""])
+@pytest.mark.parametrize("query", ["1000", "-1", "dogz", "not a class", ""])
 def test_unknown_class(query: str) -> None:
     with pytest.raises(UnknownClassError):
         resolve_class(query)
