@@ -26,6 +26,7 @@ from werkzeug.routing import IntegerConverter, Rule
 from indexer.settings import Settings
 from search_api import schemas
 from search_api.problems import PROBLEM_JSON
+from storage.catalog import MAX_IMAGE_ID
 
 F = TypeVar("F", bound=Callable[..., Any])
 REF = "#/components/schemas/{model}"
@@ -114,7 +115,8 @@ def _path_parameters(rule: Rule, op: Operation | None) -> list[dict[str, Any]]:
     params = []
     for name in sorted(rule.arguments):
         converter = rule._converters.get(name)  # werkzeug keeps no public accessor for a rule's converters
-        schema = {"type": "integer", "minimum": 0} if isinstance(converter, IntegerConverter) else {"type": "string"}
+        schema = ({"type": "integer", "minimum": 0, "maximum": MAX_IMAGE_ID} if isinstance(converter, IntegerConverter)
+                  else {"type": "string"})
         description = (op.path_params.get(name) if op else None) or name.replace("_", " ")
         params.append({"name": name, "in": "path", "required": True, "description": description, "schema": schema})
     return params

@@ -86,7 +86,7 @@ def parse_query_options(settings: SearchSettings) -> QueryOptions:
 
 def parse_class_rule(settings: SearchSettings) -> ClassRule:
     """When an image counts as showing a class: `class_rule` (top1 or top5, default top5) and, for
-    top5, `class_min_probability` (default search.class_min_probability)."""
+    top5, `class_min_probability` (default search.class_min_probability; top1 ignores it)."""
     rule = request.args.get("class_rule") or "top5"
     if rule not in RULES:
         raise ApiProblem(400, f"class_rule must be one of {', '.join(RULES)}, got {rule!r}", "invalid_parameter",
@@ -94,9 +94,6 @@ def parse_class_rule(settings: SearchSettings) -> ClassRule:
     raw = request.args.get("class_min_probability")
     if raw is None or raw == "":
         return ClassRule(rule, settings.class_min_probability)
-    if rule == "top1":
-        raise ApiProblem(400, "class_min_probability applies only to class_rule=top5 (top1 ignores probabilities)",
-                         "invalid_parameter", parameter="class_min_probability")
     try:
         value = float(raw)
     except ValueError:

@@ -147,7 +147,7 @@ class ClassesResponse(BaseModel):
 
 class ClassesParams(BaseModel):
     q: str = Field(None, description="Autocomplete: classes and concepts whose names contain this text.")  # type: ignore[assignment]
-    limit: int = Field(None, ge=1, description="Most entries to return.")  # type: ignore[assignment]
+    limit: int = Field(None, ge=1, le=1000, description="Most entries to return (default 20 with q, else all).")  # type: ignore[assignment]
     class_rule: Literal["top1", "top5"] = Field("top5", description="How counts match images (see search).")
     class_min_probability: float = Field(None, ge=0.0, le=1.0,  # type: ignore[assignment]
                                          description="Minimum probability of a top-5 match.")

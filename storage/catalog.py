@@ -19,6 +19,9 @@ from storage.schema import FileRow, ImageRow, PredictionRow, RejectedFileRow
 
 log = logging.getLogger(__name__)
 
+# images.id is a 32-bit INTEGER on every database: larger ids cannot exist (and must not reach a driver).
+MAX_IMAGE_ID = 2**31 - 1
+
 T = TypeVar("T")
 
 
@@ -169,6 +172,7 @@ class Catalog:
 
     def get_images(self, ids: Sequence[int]) -> dict[int, ImageRecord]:
         """Records for the ids that exist (missing ids are left out)."""
+        ids = [i for i in ids if 0 < i <= MAX_IMAGE_ID]
         if not ids:
             return {}
         with self.session() as s:
@@ -195,6 +199,8 @@ class Catalog:
             yield ids, vectors
 
     def embedding(self, image_id: int) -> np.ndarray | None:
+        if not 0 < image_id <= MAX_IMAGE_ID:
+            return None
         with self.session() as s:
             blob = s.scalar(select(ImageRow.embedding).where(ImageRow.id == image_id))
         return None if blob is None else np.frombuffer(blob, dtype="<f4").copy()

@@ -201,7 +201,7 @@ def test_browse_follows_the_class_rule(client: FlaskClient, library: tuple[Setti
     ("offset=-1", "offset"), ("offset=x", "offset"), ("limit=0", "limit"), ("limit=501", "limit"),
     ("limit=ten", "limit"), ("class=dogz", "class"), ("class_rule=top3", "class_rule"),
     ("class_min_probability=2", "class_min_probability"),
-    ("class_rule=top1&class_min_probability=0.5", "class_min_probability"),
+    ("class_rule=top1&class_min_probability=-0.5", "class_min_probability"),
 ])
 def test_browse_rejects_bad_parameters(client: FlaskClient, query: str, parameter: str) -> None:
     body = assert_problem(client.get(f"/api/v1/images?{query}"), 400,
