@@ -1,0 +1,486 @@
+// lookalike web page: search by an image, by a result, filter and browse by class.
+// Talks only to this app's JSON API; every text from the server is set with textContent.
+"use strict";
+
+const API = "/api/v1";
+const SUGGESTION_LIMIT = 10;
+const BROWSE_PAGE = 50;
+const SUGGEST_DELAY_MS = 120;
+
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  filter: null,     // the chosen class or concept name, passed as class=<name>
+  view: null,       // {kind: "upload", file} | {kind: "similar", id, item} | {kind: "browse", name, nextOffset}
+  seq: 0,           // number of the newest request; answers to older ones are dropped
+  previewUrl: null, // object URL of the uploaded query image
+  lastUpload: null, // the last uploaded file, searched again when Back returns to it
+};
+
+// --- talking to the API ---------------------------------------------------------------------
+
+class ApiError extends Error {}
+
+async function api(path, options) {
+  let response;
+  try {
+    response = await fetch(API + path, options);
+  } catch (err) {
+    throw new ApiError("Could not reach the server. Check your connection and try again.");
+  }
+  const type = response.headers.get("Content-Type") || "";
+  const body = type.includes("json") ? await response.json().catch(() => null) : null;
+  if (!response.ok) {
+    const detail = body && (body.detail || body.title);
+    throw new ApiError(detail ? capitalise(detail) : `The server answered ${response.status} ${response.statusText}.`);
+  }
+  return body;
+}
+
+function withFilter(params) {
+  const query = new URLSearchParams(params);
+  if (state.filter) query.append("class", state.filter);
+  const text = query.toString();
+  return text ? `?${text}` : "";
+}
+
+function capitalise(text) {
+  return text.charAt(0).toUpperCase() + text.slice(1);
+}
+
+// --- status, errors, statistics ------------------------------------------------------------
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.hidden = false;
+}
+
+function clearError() {
+  $("error").hidden = true;
+  $("error").textContent = "";
+}
+
+function setStatus(text, busy = false) {
+  const status = $("status");
+  status.textContent = text;
+  status.classList.toggle("busy", busy);
+  $("results").setAttribute("aria-busy", busy ? "true" : "false");
+}
+
+function plural(n, one, many) {
+  return `${n.toLocaleString()} ${n === 1 ? one : many}`;
+}
+
+async function loadStats() {
+  try {
+    const stats = await api("/stats");
+    const model = stats.model || {};
+    const parts = [plural(stats.images, "image", "images") + " indexed",
+                   plural(stats.vectors, "vector", "vectors") + " searchable"];
+    $("stats").textContent = parts.join(" · ");
+    $("stats").title = `Model: ${model.id || stats.model_id || "unknown"}`;
+    if (model.note) {
+      $("model-note").textContent = `Stand-in model: ${model.note}.`;
+      $("model-note").hidden = false;
+    }
+    if (stats.images === 0) {
+      $("results-title").textContent = "The library is empty: index a folder with 'lookalike index PATH' first.";
+    }
+  } catch (err) {
+    $("stats").textContent = "Library statistics are not available.";
+    showError(err.message);
+  }
+}
+
+// --- results -------------------------------------------------------------------------------
+
+// Labels worth showing: the top one always, the others only when the model gives them some weight.
+const QUERY_LABEL_MIN = 0.01;
+const CARD_LABEL_MIN = 0.05;
+
+function percent(probability) {
+  const value = probability * 100;
+  if (value >= 10) return `${Math.round(value)}%`;
+  return value >= 0.1 ? `${value.toFixed(1)}%` : "<0.1%";
+}
+
+function notableLabels(labels, minimum, most) {
+  return (labels || []).filter((label, index) => index === 0 || label.probability >= minimum).slice(0, most);
+}
+
+function labelElement(label, tag) {
+  const el = document.createElement(tag);
+  el.className = "label";
+  el.append(label.name + " ");
+  const p = document.createElement("span");
+  p.className = "probability";
+  p.textContent = percent(label.probability);
+  el.append(p);
+  return el;
+}
+
+function fileName(path) {
+  return (path || "").split(/[\\/]/).pop();
+}
+
+function card(item, mode) {
+  const node = $("card-template").content.firstElementChild.cloneNode(true);
+  node.dataset.id = item.id;
+  const img = node.querySelector("img");
+  // Browsers show no TIFF and not every HEIC or AVIF; say so instead of a broken image.
+  img.addEventListener("error", () => node.classList.add("no-preview"), {once: true});
+  img.src = item.thumbnail_url || item.file_url;
+  img.alt = fileName(item.path);
+  const score = node.querySelector(".score");
+  if (mode === "score") {
+    score.textContent = Number(item.score).toFixed(3);
+    score.title = "Similarity (cosine, 1 = identical)";
+  } else if (typeof item.probability === "number") {
+    score.textContent = percent(item.probability);
+    score.title = `Probability of ${state.view.name}`;
+  }
+  node.querySelector(".card-id").textContent = `#${item.id}`;
+  const labels = node.querySelector(".card-labels");
+  for (const label of notableLabels(item.labels, CARD_LABEL_MIN, 2)) labels.append(labelElement(label, "span"));
+  const path = node.querySelector(".card-path");
+  path.textContent = fileName(item.path);
+  path.title = item.path || "";
+  const open = node.querySelector(".card-open");
+  open.href = item.file_url;
+  node.querySelector(".card-search").addEventListener("click", () => searchSimilar(item.id, item));
+  return node;
+}
+
+function renderResults(items, mode, append = false) {
+  const grid = $("results");
+  if (!append) grid.replaceChildren();
+  grid.append(...items.map((item) => card(item, mode)));
+}
+
+function showQuery(title, imageUrl, labels) {
+  $("query-title").textContent = title;
+  $("query-image").src = imageUrl || "";
+  $("query-image").hidden = !imageUrl;
+  $("query-labels").replaceChildren(...notableLabels(labels, QUERY_LABEL_MIN, 5).map((l) => labelElement(l, "li")));
+  $("query").hidden = false;
+}
+
+function filterPhrase() {
+  return state.filter ? `, only ${state.filter}` : "";
+}
+
+function searchSummary(count) {
+  if (count > 0) return plural(count, "lookalike", "lookalikes") + " · click one to search by it";
+  return state.filter ? `Nothing labelled ${state.filter} looks like this. Remove the filter to see all lookalikes.`
+    : "No lookalikes found.";
+}
+
+// --- searching -----------------------------------------------------------------------------
+
+function begin(view, busyText) {
+  state.view = view;
+  state.seq += 1;
+  clearError();
+  setStatus(busyText, true);
+  $("more-button").hidden = true;
+  return state.seq;
+}
+
+function failed(seq, err) {
+  if (seq !== state.seq) return;
+  setStatus("");
+  showError(err.message);
+}
+
+async function searchUpload(file, push = true) {
+  if (!file) return;
+  const seq = begin({kind: "upload", file}, "Searching…");
+  if (state.lastUpload !== file) {
+    if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
+    state.previewUrl = URL.createObjectURL(file);
+    state.lastUpload = file;
+  }
+  if (push) setHash({});
+  $("results-title").textContent = `Lookalikes of ${file.name || "your image"}${filterPhrase()}`;
+  showQuery(`Your image: ${file.name || "pasted image"}`, state.previewUrl, []);
+  const form = new FormData();
+  form.append("image", file, file.name || "image");
+  try {
+    const body = await api(`/search${withFilter({})}`, {method: "POST", body: form});
+    if (seq !== state.seq) return;
+    showQuery(`Your image: ${file.name || "pasted image"}`, state.previewUrl, body.query.labels);
+    renderResults(body.results, "score");
+    setStatus(searchSummary(body.results.length));
+  } catch (err) {
+    failed(seq, err);
+    $("results").replaceChildren();
+  }
+}
+
+async function searchSimilar(id, item = null, push = true) {
+  const seq = begin({kind: "similar", id, item}, "Searching…");
+  if (push) setHash({similar: id});
+  $("results-title").textContent = `Lookalikes of image #${id}${filterPhrase()}`;
+  window.scrollTo({top: 0, behavior: "smooth"});
+  try {
+    const [body, record] = await Promise.all([
+      api(`/images/${encodeURIComponent(id)}/similar${withFilter({})}`),
+      item ? Promise.resolve(item) : api(`/images/${encodeURIComponent(id)}`),
+    ]);
+    if (seq !== state.seq) return;
+    state.view.item = record;
+    showQuery(`Image #${id}: ${fileName(record.path)}`, record.thumbnail_url || record.file_url, body.query.labels);
+    renderResults(body.results, "score");
+    setStatus(searchSummary(body.results.length));
+  } catch (err) {
+    failed(seq, err);
+    $("results").replaceChildren();
+  }
+}
+
+async function browse(name, offset = 0, push = true) {
+  const append = offset > 0;
+  const seq = append ? ++state.seq : begin({kind: "browse", name, nextOffset: null}, "Loading…");
+  if (append) setStatus("Loading more…", true);
+  if (push && !append) setHash({browse: name});
+  $("query").hidden = true;
+  $("results-title").textContent = `Images labelled ${name}`;
+  const params = new URLSearchParams({class: name, offset: String(offset), limit: String(BROWSE_PAGE)});
+  try {
+    const body = await api(`/images?${params}`);
+    if (seq !== state.seq) return;
+    renderResults(body.images, "probability", append);
+    state.view.nextOffset = body.next_offset;
+    const shown = $("results").children.length;
+    setStatus(body.total === 0 ? `No image is labelled ${name}.`
+      : `Showing ${shown.toLocaleString()} of ${plural(body.total, "image", "images")} · click one to find its lookalikes`);
+    $("more-button").hidden = body.next_offset === null || body.next_offset === undefined;
+  } catch (err) {
+    failed(seq, err);
+    if (!append) $("results").replaceChildren();
+  }
+}
+
+function rerun() {
+  const view = state.view;
+  if (!view) {
+    if (state.filter) browse(state.filter);
+    return;
+  }
+  if (view.kind === "upload") searchUpload(view.file, false);
+  else if (view.kind === "similar") searchSimilar(view.id, view.item, false);
+  else if (view.kind === "browse" && state.filter) browse(state.filter);
+  updateHash();
+}
+
+// --- the address bar keeps the view, so Back works and links can be shared -------------------
+
+function setHash(params) {
+  const query = new URLSearchParams();
+  for (const [key, value] of Object.entries(params)) query.set(key, String(value));
+  if (state.filter && !params.browse) query.set("class", state.filter);
+  const hash = query.toString();
+  if (location.hash.slice(1) !== hash) history.pushState(null, "", hash ? `#${hash}` : location.pathname);
+}
+
+function updateHash() {
+  const view = state.view;
+  if (view && view.kind === "similar") setHash({similar: view.id});
+  else if (view && view.kind === "browse") setHash({browse: view.name});
+  else setHash({});
+}
+
+function applyHash() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  const browseName = params.get("browse");
+  setFilter(browseName || params.get("class"), false);
+  const similar = params.get("similar");
+  if (browseName) browse(browseName, 0, false);
+  else if (similar && /^\d+$/.test(similar)) searchSimilar(Number(similar), null, false);
+  else if (state.lastUpload) searchUpload(state.lastUpload, false);
+}
+
+// --- class filter with suggestions ---------------------------------------------------------
+
+const suggest = {timer: 0, seq: 0, items: [], active: -1};
+
+function setFilter(name, run = true) {
+  const value = name && name.trim() ? name.trim() : null;
+  state.filter = value;
+  $("filter-chip").hidden = !value;
+  $("filter-name").textContent = value || "";
+  $("browse-button").disabled = !value;
+  $("class-input").value = "";
+  closeSuggestions();
+  if (run) rerun();
+}
+
+function closeSuggestions() {
+  suggest.items = [];
+  suggest.active = -1;
+  $("class-options").hidden = true;
+  $("class-options").replaceChildren();
+  $("class-input").setAttribute("aria-expanded", "false");
+  $("class-input").removeAttribute("aria-activedescendant");
+}
+
+function renderSuggestions(items) {
+  const list = $("class-options");
+  suggest.items = items;
+  suggest.active = -1;
+  list.replaceChildren(...items.map((item, index) => {
+    const li = document.createElement("li");
+    li.id = `class-option-${index}`;
+    li.setAttribute("role", "option");
+    li.setAttribute("aria-selected", "false");
+    li.dataset.name = item.name;
+    const name = document.createElement("span");
+    name.className = "option-name";
+    name.textContent = item.name;
+    li.append(name);
+    if (item.kind === "concept") {
+      const kind = document.createElement("span");
+      kind.className = "kind";
+      kind.textContent = "concept";
+      kind.title = "A group of related classes";
+      li.append(kind);
+    }
+    if (typeof item.count === "number") {
+      const count = document.createElement("span");
+      count.className = "option-count";
+      count.textContent = plural(item.count, "image", "images");
+      li.append(count);
+    }
+    li.addEventListener("mousedown", (event) => event.preventDefault());
+    li.addEventListener("click", () => setFilter(item.name));
+    return li;
+  }));
+  if (!items.length) {
+    const li = document.createElement("li");
+    li.className = "empty";
+    li.textContent = "No class in the library matches. Press Enter to filter by what you typed.";
+    list.append(li);
+  }
+  list.hidden = false;
+  $("class-input").setAttribute("aria-expanded", "true");
+}
+
+function moveActive(step) {
+  if (!suggest.items.length) return;
+  const options = $("class-options").querySelectorAll("[role=option]");
+  suggest.active = (suggest.active + step + options.length) % options.length;
+  options.forEach((el, i) => el.setAttribute("aria-selected", i === suggest.active ? "true" : "false"));
+  const active = options[suggest.active];
+  active.scrollIntoView({block: "nearest"});
+  $("class-input").setAttribute("aria-activedescendant", active.id);
+}
+
+async function fetchSuggestions(text) {
+  const seq = ++suggest.seq;
+  try {
+    const params = new URLSearchParams({q: text, limit: String(SUGGESTION_LIMIT)});
+    const body = await api(`/classes?${params}`);
+    if (seq !== suggest.seq || $("class-input").value.trim() !== text) return;
+    renderSuggestions((body.classes || []).slice(0, SUGGESTION_LIMIT));
+  } catch (err) {
+    if (seq === suggest.seq) showError(err.message);
+  }
+}
+
+function initFilter() {
+  const input = $("class-input");
+  input.addEventListener("input", () => {
+    clearTimeout(suggest.timer);
+    const text = input.value.trim();
+    if (!text) {
+      suggest.seq += 1;
+      closeSuggestions();
+      return;
+    }
+    suggest.timer = setTimeout(() => fetchSuggestions(text), SUGGEST_DELAY_MS);
+  });
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "ArrowDown") { event.preventDefault(); moveActive(1); }
+    else if (event.key === "ArrowUp") { event.preventDefault(); moveActive(-1); }
+    else if (event.key === "Escape") { closeSuggestions(); }
+    else if (event.key === "Enter") {
+      event.preventDefault();
+      const chosen = suggest.items[suggest.active];
+      if (chosen) setFilter(chosen.name);
+      else if (input.value.trim()) setFilter(input.value);
+    }
+  });
+  input.addEventListener("blur", () => setTimeout(closeSuggestions, 150));
+  $("filter-clear").addEventListener("click", () => {
+    const browsing = state.view && state.view.kind === "browse";
+    setFilter(null, !browsing);
+    if (browsing) {
+      state.view = null;
+      $("results").replaceChildren();
+      $("more-button").hidden = true;
+      $("results-title").textContent = "Pick or drop an image to find the photos that look like it.";
+      setStatus("");
+      setHash({});
+    }
+  });
+  $("browse-button").addEventListener("click", () => state.filter && browse(state.filter));
+  $("more-button").addEventListener("click", () => {
+    const view = state.view;
+    if (view && view.kind === "browse" && view.nextOffset !== null) browse(view.name, view.nextOffset);
+  });
+}
+
+// --- choosing, dropping and pasting an image ------------------------------------------------
+
+function firstFile(list) {
+  const files = Array.from(list || []);
+  return files.find((f) => f.type.startsWith("image/")) || files[0] || null;
+}
+
+function initUpload() {
+  const input = $("file-input");
+  input.addEventListener("change", () => {
+    const file = firstFile(input.files);
+    input.value = "";
+    searchUpload(file);
+  });
+  const overlay = $("drop-overlay");
+  const zone = $("drop-zone");
+  let depth = 0;
+  const hasFiles = (event) => Array.from(event.dataTransfer ? event.dataTransfer.types : []).includes("Files");
+  window.addEventListener("dragenter", (event) => {
+    if (!hasFiles(event)) return;
+    depth += 1;
+    overlay.hidden = false;
+    zone.classList.add("active");
+  });
+  window.addEventListener("dragleave", () => {
+    depth = Math.max(0, depth - 1);
+    if (depth === 0) { overlay.hidden = true; zone.classList.remove("active"); }
+  });
+  window.addEventListener("dragover", (event) => {
+    if (hasFiles(event)) event.preventDefault();
+  });
+  window.addEventListener("drop", (event) => {
+    event.preventDefault();
+    depth = 0;
+    overlay.hidden = true;
+    zone.classList.remove("active");
+    const file = firstFile(event.dataTransfer && event.dataTransfer.files);
+    if (file) searchUpload(file);
+  });
+  window.addEventListener("paste", (event) => {
+    if (event.target === $("class-input")) return;
+    const file = firstFile(event.clipboardData && event.clipboardData.files);
+    if (file) searchUpload(file);
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  initUpload();
+  initFilter();
+  window.addEventListener("popstate", applyHash);
+  loadStats();
+  applyHash();
+});
