@@ -16,6 +16,7 @@ from test_indexer import run_index
 from web_fixtures import (
     PHONE,
     cards,
+    is_busy,
     is_hidden,
     screenshot,
     script_errors,
@@ -92,7 +93,7 @@ def upload(driver: WebDriver, path: Path) -> None:
 
 def wait_for_cards(driver: WebDriver, count: int, what: str) -> list[dict]:
     """Cards whose thumbnails have all loaded, or say there is no preview (TIFF: no browser shows it)."""
-    found = wait_for(driver, lambda d: (c := cards(d)) and len(c) == count
+    found = wait_for(driver, lambda d: not is_busy(d) and (c := cards(d)) and len(c) == count
                      and all(x["loaded"] or x["noPreview"] for x in c) and c,
                      f"{count} result cards with settled thumbnails ({what})")
     for card in found:
@@ -135,14 +136,14 @@ def test_class_filter_shows_only_that_class(page: WebDriver, queries: dict[str, 
     upload(page, queries["red"])
     wait_for_cards(page, 10, "unfiltered")
     choose_class(page, "jellyfish")
-    blue = wait_for(page, lambda d: (c := cards(d)) and all(folder_of(x) == "blue" for x in c) and c,
+    blue = wait_for(page, lambda d: not is_busy(d) and (c := cards(d)) and all(folder_of(x) == "blue" for x in c) and c,
                     "only jellyfish results")
     assert len(blue) == 5  # every jellyfish in the library, though the query is red
     assert all(c["labels"][0].startswith("jellyfish ") for c in blue)
     assert text_of(page, "filter-name") == "jellyfish" and not is_hidden(page, "filter-chip")
     assert text_of(page, "results-title") == "Lookalikes of red-query.jpg, only jellyfish"
     page.find_element(By.ID, "filter-clear").click()
-    again = wait_for(page, lambda d: (c := cards(d)) and all(folder_of(x) == "red" for x in c) and c,
+    again = wait_for(page, lambda d: not is_busy(d) and (c := cards(d)) and all(folder_of(x) == "red" for x in c) and c,
                      "unfiltered results again")
     assert len(again) == 10 and is_hidden(page, "filter-chip")
 

@@ -103,6 +103,11 @@ def is_hidden(driver: WebDriver, element_id: str) -> bool:
     return driver.execute_script(f"return document.getElementById('{element_id}').hidden")
 
 
+def is_busy(driver: WebDriver) -> bool:
+    """True while the page waits for an answer (it shows the previous results, dimmed)."""
+    return driver.execute_script("return document.getElementById('results').getAttribute('aria-busy') === 'true'")
+
+
 def script_errors(driver: WebDriver) -> list[str]:
     """Console errors other than the failed requests the tests cause on purpose (4xx answers)."""
     entries = driver.get_log("browser")
