@@ -85,6 +85,7 @@ return Array.from(document.querySelectorAll('#results .card')).map((card) => {
     src: img.getAttribute('src'),
     loaded: img.complete && img.naturalWidth > 0,
     noPreview: card.classList.contains('no-preview'),
+    inView: card.getBoundingClientRect().top < window.innerHeight,
     href: card.querySelector('.card-open').getAttribute('href'),
   };
 });

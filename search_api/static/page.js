@@ -1,11 +1,11 @@
 // lookalike web page: search by an image, by a result, filter and browse by class.
 // Talks only to this app's JSON API; every text from the server is set with textContent.
-"use strict";
+import {api, plural} from "./api.js";
+import {QUERY_LABEL_MIN, card, fileName, labelElement, notableLabels} from "./cards.js";
+import {attachSuggestions} from "./suggestions.js";
 
-const API = "/api/v1";
-const SUGGESTION_LIMIT = 10;
 const BROWSE_PAGE = 50;
-const SUGGEST_DELAY_MS = 120;
+const START_TITLE = "Pick or drop an image to find the photos that look like it.";
 
 const $ = (id) => document.getElementById(id);
 
@@ -17,35 +17,11 @@ const state = {
   lastUpload: null, // the last uploaded file, searched again when Back returns to it
 };
 
-// --- talking to the API ---------------------------------------------------------------------
-
-class ApiError extends Error {}
-
-async function api(path, options) {
-  let response;
-  try {
-    response = await fetch(API + path, options);
-  } catch (err) {
-    throw new ApiError("Could not reach the server. Check your connection and try again.");
-  }
-  const type = response.headers.get("Content-Type") || "";
-  const body = type.includes("json") ? await response.json().catch(() => null) : null;
-  if (!response.ok) {
-    const detail = body && (body.detail || body.title);
-    throw new ApiError(detail ? capitalise(detail) : `The server answered ${response.status} ${response.statusText}.`);
-  }
-  return body;
-}
-
 function withFilter(params) {
   const query = new URLSearchParams(params);
   if (state.filter) query.append("class", state.filter);
   const text = query.toString();
   return text ? `?${text}` : "";
-}
-
-function capitalise(text) {
-  return text.charAt(0).toUpperCase() + text.slice(1);
 }
 
 // --- status, errors, statistics ------------------------------------------------------------
@@ -66,10 +42,6 @@ function setStatus(text, busy = false) {
   status.textContent = text;
   status.classList.toggle("busy", busy);
   $("results").setAttribute("aria-busy", busy ? "true" : "false");
-}
-
-function plural(n, one, many) {
-  return `${n.toLocaleString()} ${n === 1 ? one : many}`;
 }
 
 async function loadStats() {
@@ -95,67 +67,11 @@ async function loadStats() {
 
 // --- results -------------------------------------------------------------------------------
 
-// Labels worth showing: the top one always, the others only when the model gives them some weight.
-const QUERY_LABEL_MIN = 0.01;
-const CARD_LABEL_MIN = 0.05;
-
-function percent(probability) {
-  const value = probability * 100;
-  if (value >= 10) return `${Math.round(value)}%`;
-  return value >= 0.1 ? `${value.toFixed(1)}%` : "<0.1%";
-}
-
-function notableLabels(labels, minimum, most) {
-  return (labels || []).filter((label, index) => index === 0 || label.probability >= minimum).slice(0, most);
-}
-
-function labelElement(label, tag) {
-  const el = document.createElement(tag);
-  el.className = "label";
-  el.append(label.name + " ");
-  const p = document.createElement("span");
-  p.className = "probability";
-  p.textContent = percent(label.probability);
-  el.append(p);
-  return el;
-}
-
-function fileName(path) {
-  return (path || "").split(/[\\/]/).pop();
-}
-
-function card(item, mode) {
-  const node = $("card-template").content.firstElementChild.cloneNode(true);
-  node.dataset.id = item.id;
-  const img = node.querySelector("img");
-  // Browsers show no TIFF and not every HEIC or AVIF; say so instead of a broken image.
-  img.addEventListener("error", () => node.classList.add("no-preview"), {once: true});
-  img.src = item.thumbnail_url || item.file_url;
-  img.alt = fileName(item.path);
-  const score = node.querySelector(".score");
-  if (mode === "score") {
-    score.textContent = Number(item.score).toFixed(3);
-    score.title = "Similarity (cosine, 1 = identical)";
-  } else if (typeof item.probability === "number") {
-    score.textContent = percent(item.probability);
-    score.title = `Probability of ${state.view.name}`;
-  }
-  node.querySelector(".card-id").textContent = `#${item.id}`;
-  const labels = node.querySelector(".card-labels");
-  for (const label of notableLabels(item.labels, CARD_LABEL_MIN, 2)) labels.append(labelElement(label, "span"));
-  const path = node.querySelector(".card-path");
-  path.textContent = fileName(item.path);
-  path.title = item.path || "";
-  const open = node.querySelector(".card-open");
-  open.href = item.file_url;
-  node.querySelector(".card-search").addEventListener("click", () => searchSimilar(item.id, item));
-  return node;
-}
-
 function renderResults(items, mode, append = false) {
   const grid = $("results");
   if (!append) grid.replaceChildren();
-  grid.append(...items.map((item) => card(item, mode)));
+  const className = state.view && state.view.name;
+  grid.append(...items.map((item) => card(item, {mode, className, onChoose: (hit) => searchSimilar(hit.id, hit)})));
 }
 
 function showQuery(title, imageUrl, labels) {
@@ -303,115 +219,20 @@ function applyHash() {
 
 // --- class filter with suggestions ---------------------------------------------------------
 
-const suggest = {timer: 0, seq: 0, items: [], active: -1};
-
 function setFilter(name, run = true) {
   const value = name && name.trim() ? name.trim() : null;
   state.filter = value;
   $("filter-chip").hidden = !value;
   $("filter-name").textContent = value || "";
   $("browse-button").disabled = !value;
-  $("class-input").value = "";
-  closeSuggestions();
   if (run) rerun();
 }
 
-function closeSuggestions() {
-  suggest.items = [];
-  suggest.active = -1;
-  $("class-options").hidden = true;
-  $("class-options").replaceChildren();
-  $("class-input").setAttribute("aria-expanded", "false");
-  $("class-input").removeAttribute("aria-activedescendant");
-}
-
-function renderSuggestions(items) {
-  const list = $("class-options");
-  suggest.items = items;
-  suggest.active = -1;
-  list.replaceChildren(...items.map((item, index) => {
-    const li = document.createElement("li");
-    li.id = `class-option-${index}`;
-    li.setAttribute("role", "option");
-    li.setAttribute("aria-selected", "false");
-    li.dataset.name = item.name;
-    const name = document.createElement("span");
-    name.className = "option-name";
-    name.textContent = item.name;
-    li.append(name);
-    if (item.kind === "concept") {
-      const kind = document.createElement("span");
-      kind.className = "kind";
-      kind.textContent = "concept";
-      kind.title = "A group of related classes";
-      li.append(kind);
-    }
-    if (typeof item.count === "number") {
-      const count = document.createElement("span");
-      count.className = "option-count";
-      count.textContent = plural(item.count, "image", "images");
-      li.append(count);
-    }
-    li.addEventListener("mousedown", (event) => event.preventDefault());
-    li.addEventListener("click", () => setFilter(item.name));
-    return li;
-  }));
-  if (!items.length) {
-    const li = document.createElement("li");
-    li.className = "empty";
-    li.textContent = "No class in the library matches. Press Enter to filter by what you typed.";
-    list.append(li);
-  }
-  list.hidden = false;
-  $("class-input").setAttribute("aria-expanded", "true");
-}
-
-function moveActive(step) {
-  if (!suggest.items.length) return;
-  const options = $("class-options").querySelectorAll("[role=option]");
-  suggest.active = (suggest.active + step + options.length) % options.length;
-  options.forEach((el, i) => el.setAttribute("aria-selected", i === suggest.active ? "true" : "false"));
-  const active = options[suggest.active];
-  active.scrollIntoView({block: "nearest"});
-  $("class-input").setAttribute("aria-activedescendant", active.id);
-}
-
-async function fetchSuggestions(text) {
-  const seq = ++suggest.seq;
-  try {
-    const params = new URLSearchParams({q: text, limit: String(SUGGESTION_LIMIT)});
-    const body = await api(`/classes?${params}`);
-    if (seq !== suggest.seq || $("class-input").value.trim() !== text) return;
-    renderSuggestions((body.classes || []).slice(0, SUGGESTION_LIMIT));
-  } catch (err) {
-    if (seq === suggest.seq) showError(err.message);
-  }
-}
-
 function initFilter() {
-  const input = $("class-input");
-  input.addEventListener("input", () => {
-    clearTimeout(suggest.timer);
-    const text = input.value.trim();
-    if (!text) {
-      suggest.seq += 1;
-      closeSuggestions();
-      return;
-    }
-    suggest.timer = setTimeout(() => fetchSuggestions(text), SUGGEST_DELAY_MS);
+  attachSuggestions($("class-input"), $("class-options"), {
+    onChoose: (name) => setFilter(name),
+    onError: (err) => showError(err.message),
   });
-  input.addEventListener("keydown", (event) => {
-    if (event.key === "ArrowDown") { event.preventDefault(); moveActive(1); }
-    else if (event.key === "ArrowUp") { event.preventDefault(); moveActive(-1); }
-    else if (event.key === "Escape") { closeSuggestions(); }
-    else if (event.key === "Enter") {
-      event.preventDefault();
-      const chosen = suggest.items[suggest.active];
-      if (chosen) setFilter(chosen.name);
-      else if (input.value.trim()) setFilter(input.value);
-    }
-  });
-  input.addEventListener("blur", () => setTimeout(closeSuggestions, 150));
   $("filter-clear").addEventListener("click", () => {
     const browsing = state.view && state.view.kind === "browse";
     setFilter(null, !browsing);
@@ -419,7 +240,7 @@ function initFilter() {
       state.view = null;
       $("results").replaceChildren();
       $("more-button").hidden = true;
-      $("results-title").textContent = "Pick or drop an image to find the photos that look like it.";
+      $("results-title").textContent = START_TITLE;
       setStatus("");
       setHash({});
     }
