@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -91,7 +92,7 @@ def upload(driver: WebDriver, path: Path) -> None:
 
 
 def wait_for_cards(driver: WebDriver, count: int, what: str, all_loaded: bool = True) -> list[dict]:
-    """Cards whose thumbnails have all loaded, or say there is no preview (TIFF: no browser shows it).
+    """Cards whose thumbnails have all loaded.
 
     With `all_loaded` False only the thumbnails in view must have loaded: the others of a long
     page load lazily, when scrolled near.
@@ -102,9 +103,7 @@ def wait_for_cards(driver: WebDriver, count: int, what: str, all_loaded: bool = 
     found = wait_for(driver, lambda d: not is_busy(d) and (c := cards(d)) and len(c) == count
                      and all(settled(x) for x in c) and c,
                      f"{count} result cards with settled thumbnails ({what})")
-    for card in found:
-        if card["loaded"] or card["noPreview"]:
-            assert card["noPreview"] == card["path"].endswith(".tiff"), card
+    assert not any(c["noPreview"] for c in found), found  # every image has a WebP thumbnail
     return found
 
 
@@ -129,7 +128,7 @@ def test_upload_shows_lookalikes_with_scores_and_labels(page: WebDriver, queries
     assert scores == sorted(scores, reverse=True) and scores[0] > 0.9
     for card in found:
         assert card["labels"][0].startswith("goldfish ") and card["labels"][0].endswith("%")
-        assert card["src"].startswith(f"/api/v1/images/{card['id']}/")
+        assert card["src"] == f"/api/v1/images/{card['id']}/thumbnail"
         assert card["href"] == f"/api/v1/images/{card['id']}/file"
     assert text_of(page, "results-title") == "Lookalikes of red-query.jpg"
     assert text_of(page, "query-title") == "Your image: red-query.jpg"
@@ -247,6 +246,28 @@ def test_phone_width_has_no_horizontal_overflow(browser: WebDriver, site: str, q
     finally:
         browser.execute_cdp_cmd("Emulation.setTouchEmulationEnabled", {"enabled": False})
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def test_a_result_whose_file_is_gone_says_no_preview(browser: WebDriver, tf1_module: Path, tmp_path: Path,
+                                                     queries: dict[str, Path]) -> None:
+    library = tmp_path / "library"
+    write_image(library / "red.jpg", colour_image(RED, seed=1), quality=95)
+    gone = write_image(library / "blue.png", colour_image(BLUE, seed=2))
+    settings = make_settings(tmp_path / "data", tf1_module)
+    assert run_index(settings, library)[0].indexed == 2
+    gone.unlink()  # neither a thumbnail nor the original can be served for it now
+    shutil.rmtree(settings.storage.data_dir / "thumbnails")
+    with serve(create_app(settings)) as url:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+        page = open_page(browser, url)
+        upload(page, queries["red"])
+        found = wait_for(page, lambda d: not is_busy(d) and len(c := cards(d)) == 2
+                         and all(x["loaded"] or x["noPreview"] for x in c) and c, "two settled cards")
+        assert [(Path(c["path"]).name, c["loaded"], c["noPreview"]) for c in found] == [
+            ("red.jpg", True, False), ("blue.png", False, True)]
+        assert page.execute_script(
+            "return getComputedStyle(document.querySelector('.no-preview .no-preview-text')).display") == "flex"
+        assert script_errors(page) == []
 
 
 def test_stand_in_model_is_announced(browser: WebDriver, tmp_path: Path) -> None:

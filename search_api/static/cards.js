@@ -34,9 +34,15 @@ export function card(item, {mode, className, onChoose}) {
   const node = document.getElementById("card-template").content.firstElementChild.cloneNode(true);
   node.dataset.id = item.id;
   const img = node.querySelector("img");
-  // Browsers show no TIFF and not every HEIC or AVIF; say so instead of a broken image.
-  img.addEventListener("error", () => node.classList.add("no-preview"), {once: true});
-  img.src = item.thumbnail_url || item.file_url;
+  // The WebP thumbnail, else the original (browsers show no TIFF and not every HEIC or AVIF),
+  // else say there is no preview instead of showing a broken image.
+  const sources = [item.thumbnail_url, item.file_url].filter(Boolean);
+  let tried = 0;
+  img.addEventListener("error", () => {
+    if (tried < sources.length) img.src = sources[tried++];
+    else node.classList.add("no-preview");
+  });
+  img.src = sources[tried++];
   img.alt = fileName(item.path);
   const score = node.querySelector(".score");
   if (mode === "score") {
