@@ -136,6 +136,11 @@ def test_upload_shows_lookalikes_with_scores_and_labels(page: WebDriver, queries
     assert "10 lookalikes" in text_of(page, "status")
     assert is_hidden(page, "error")
     screenshot(page, "web-page-desktop")
+    page.find_element(By.ID, "more-button").click()  # the next page of lookalikes
+    both = wait_for_cards(page, 20, "two pages", all_loaded=False)
+    assert [c["id"] for c in both[:10]] == [c["id"] for c in found] and len({c["id"] for c in both}) == 20
+    assert [float(c["score"]) for c in both] == sorted((float(c["score"]) for c in both), reverse=True)
+    assert "20 lookalikes" in text_of(page, "status")
 
 
 def test_class_filter_shows_only_that_class(page: WebDriver, queries: dict[str, Path]) -> None:

@@ -95,7 +95,7 @@ function searchSummary(count) {
 // --- searching -----------------------------------------------------------------------------
 
 function begin(view, busyText) {
-  state.view = view;
+  state.view = {...view, nextOffset: null};
   state.seq += 1;
   clearError();
   setStatus(busyText, true);
@@ -103,79 +103,106 @@ function begin(view, busyText) {
   return state.seq;
 }
 
-function failed(seq, err) {
+function beginMore() {
+  state.seq += 1;
+  clearError();
+  setStatus("Loading more…", true);
+  $("more-button").hidden = true;
+  return state.seq;
+}
+
+function failed(seq, err, append) {
   if (seq !== state.seq) return;
   setStatus("");
   showError(err.message);
+  if (!append) $("results").replaceChildren();
 }
 
-async function searchUpload(file, push = true) {
+// Show one page of results; "More" asks for the next one while the server says there is one.
+function showPage(items, mode, append, nextOffset) {
+  renderResults(items, mode, append);
+  state.view.nextOffset = nextOffset ?? null;
+  $("more-button").hidden = state.view.nextOffset === null;
+  return $("results").children.length;
+}
+
+async function searchUpload(file, push = true, offset = 0) {
   if (!file) return;
-  const seq = begin({kind: "upload", file}, "Searching…");
-  if (state.lastUpload !== file) {
-    if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
-    state.previewUrl = URL.createObjectURL(file);
-    state.lastUpload = file;
+  const append = offset > 0;
+  const name = file.name || "pasted image";
+  const seq = append ? beginMore() : begin({kind: "upload", file}, "Searching…");
+  if (!append) {
+    if (state.lastUpload !== file) {
+      if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
+      state.previewUrl = URL.createObjectURL(file);
+      state.lastUpload = file;
+    }
+    if (push) setHash({});
+    $("results-title").textContent = `Lookalikes of ${name}${filterPhrase()}`;
+    showQuery(`Your image: ${name}`, state.previewUrl, []);
   }
-  if (push) setHash({});
-  $("results-title").textContent = `Lookalikes of ${file.name || "your image"}${filterPhrase()}`;
-  showQuery(`Your image: ${file.name || "pasted image"}`, state.previewUrl, []);
   const form = new FormData();
   form.append("image", file, file.name || "image");
   try {
-    const body = await api(`/search${withFilter({})}`, {method: "POST", body: form});
+    const body = await api(`/search${withFilter(append ? {offset} : {})}`, {method: "POST", body: form});
     if (seq !== state.seq) return;
-    showQuery(`Your image: ${file.name || "pasted image"}`, state.previewUrl, body.query.labels);
-    renderResults(body.results, "score");
-    setStatus(searchSummary(body.results.length));
+    if (!append) showQuery(`Your image: ${name}`, state.previewUrl, body.query.labels);
+    setStatus(searchSummary(showPage(body.results, "score", append, body.next_offset)));
   } catch (err) {
-    failed(seq, err);
-    $("results").replaceChildren();
+    failed(seq, err, append);
   }
 }
 
-async function searchSimilar(id, item = null, push = true) {
-  const seq = begin({kind: "similar", id, item}, "Searching…");
-  if (push) setHash({similar: id});
-  $("results-title").textContent = `Lookalikes of image #${id}${filterPhrase()}`;
-  window.scrollTo({top: 0, behavior: "smooth"});
+async function searchSimilar(id, item = null, push = true, offset = 0) {
+  const append = offset > 0;
+  const seq = append ? beginMore() : begin({kind: "similar", id, item}, "Searching…");
+  if (!append) {
+    if (push) setHash({similar: id});
+    $("results-title").textContent = `Lookalikes of image #${id}${filterPhrase()}`;
+    window.scrollTo({top: 0, behavior: "smooth"});
+  }
   try {
     const [body, record] = await Promise.all([
-      api(`/images/${encodeURIComponent(id)}/similar${withFilter({})}`),
-      item ? Promise.resolve(item) : api(`/images/${encodeURIComponent(id)}`),
+      api(`/images/${encodeURIComponent(id)}/similar${withFilter(append ? {offset} : {})}`),
+      item || append ? Promise.resolve(item) : api(`/images/${encodeURIComponent(id)}`),
     ]);
     if (seq !== state.seq) return;
-    state.view.item = record;
-    showQuery(`Image #${id}: ${fileName(record.path)}`, record.thumbnail_url || record.file_url, body.query.labels);
-    renderResults(body.results, "score");
-    setStatus(searchSummary(body.results.length));
+    if (!append) {
+      state.view.item = record;
+      showQuery(`Image #${id}: ${fileName(record.path)}`, record.thumbnail_url || record.file_url, body.query.labels);
+    }
+    setStatus(searchSummary(showPage(body.results, "score", append, body.next_offset)));
   } catch (err) {
-    failed(seq, err);
-    $("results").replaceChildren();
+    failed(seq, err, append);
   }
 }
 
 async function browse(name, offset = 0, push = true) {
   const append = offset > 0;
-  const seq = append ? ++state.seq : begin({kind: "browse", name, nextOffset: null}, "Loading…");
-  if (append) setStatus("Loading more…", true);
-  if (push && !append) setHash({browse: name});
-  $("query").hidden = true;
-  $("results-title").textContent = `Images labelled ${name}`;
+  const seq = append ? beginMore() : begin({kind: "browse", name}, "Loading…");
+  if (!append) {
+    if (push) setHash({browse: name});
+    $("query").hidden = true;
+    $("results-title").textContent = `Images labelled ${name}`;
+  }
   const params = new URLSearchParams({class: name, offset: String(offset), limit: String(BROWSE_PAGE)});
   try {
     const body = await api(`/images?${params}`);
     if (seq !== state.seq) return;
-    renderResults(body.images, "probability", append);
-    state.view.nextOffset = body.next_offset;
-    const shown = $("results").children.length;
+    const shown = showPage(body.images, "probability", append, body.next_offset);
     setStatus(body.total === 0 ? `No image is labelled ${name}.`
       : `Showing ${shown.toLocaleString()} of ${plural(body.total, "image", "images")} · click one to find its lookalikes`);
-    $("more-button").hidden = body.next_offset === null || body.next_offset === undefined;
   } catch (err) {
-    failed(seq, err);
-    if (!append) $("results").replaceChildren();
+    failed(seq, err, append);
   }
+}
+
+function more() {
+  const view = state.view;
+  if (!view || view.nextOffset === null) return;
+  if (view.kind === "upload") searchUpload(view.file, false, view.nextOffset);
+  else if (view.kind === "similar") searchSimilar(view.id, view.item, false, view.nextOffset);
+  else if (view.kind === "browse") browse(view.name, view.nextOffset);
 }
 
 function rerun() {
@@ -246,10 +273,7 @@ function initFilter() {
     }
   });
   $("browse-button").addEventListener("click", () => state.filter && browse(state.filter));
-  $("more-button").addEventListener("click", () => {
-    const view = state.view;
-    if (view && view.kind === "browse" && view.nextOffset !== null) browse(view.name, view.nextOffset);
-  });
+  $("more-button").addEventListener("click", more);
 }
 
 // --- choosing, dropping and pasting an image ------------------------------------------------
