@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import BLUE, RED, colour_image, make_colour_library, make_settings, write_image
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from test_indexer import run_index
 from web_fixtures import (
@@ -115,7 +116,7 @@ def folder_of(card: dict) -> str:
 def choose_class(driver: WebDriver, name: str) -> None:
     box = driver.find_element(By.ID, "class-input")
     box.send_keys(name)
-    box.send_keys("\n")
+    box.send_keys(Keys.ENTER)
 
 
 def test_upload_shows_lookalikes_with_scores_and_labels(page: WebDriver, queries: dict[str, Path]) -> None:
@@ -285,3 +286,61 @@ def test_stand_in_model_is_announced(browser: WebDriver, tmp_path: Path) -> None
         assert text_of(page, "stats").startswith("0 images indexed")
         assert text_of(page, "results-title").startswith("The library is empty")
 
+
+SUGGESTIONS_SCRIPT = """
+const list = document.getElementById('class-options');
+if (list.hidden) return [];
+return Array.from(list.querySelectorAll('[role=option]')).map((li) => ({
+  name: li.dataset.name,
+  kind: (li.querySelector('.kind') || {textContent: 'class'}).textContent,
+  count: li.querySelector('.option-count').textContent,
+  active: li.getAttribute('aria-selected') === 'true',
+}));
+"""
+
+
+def suggestions(driver: WebDriver) -> list[dict]:
+    return driver.execute_script(SUGGESTIONS_SCRIPT)
+
+
+def test_suggestions_pick_a_class_to_browse_page_by_page(page: WebDriver) -> None:
+    box = page.find_element(By.ID, "class-input")
+    box.send_keys("gold")
+    options = wait_for(page, suggestions, "suggestions for 'gold'")
+    goldfish = {"name": "goldfish", "kind": "class", "count": f"{EXTRA_RED + 6} images", "active": False}
+    assert options[0] == goldfish, options
+    assert all("gold" in o["name"] for o in options) and len(options) <= 10
+    screenshot(page, "web-page-suggestions")
+    box.send_keys(Keys.ARROW_DOWN)
+    assert suggestions(page)[0]["active"]
+    box.send_keys(Keys.ENTER)
+    assert text_of(page, "filter-name") == "goldfish" and suggestions(page) == []
+    first = wait_for_cards(page, 50, "the first page of goldfish", all_loaded=False)
+    assert all(folder_of(c) == "red" and c["score"].endswith("%") for c in first)
+    total = EXTRA_RED + 6
+    assert text_of(page, "status").startswith(f"Showing 50 of {total} images")
+    assert text_of(page, "results-title") == "Images labelled goldfish"
+    assert page.execute_script("return location.hash") == "#browse=goldfish"
+    screenshot(page, "web-page-browse")
+    page.find_element(By.ID, "more-button").click()
+    everything = wait_for_cards(page, total, "every goldfish", all_loaded=False)
+    assert len({c["id"] for c in everything}) == total
+    assert is_hidden(page, "more-button")
+    assert text_of(page, "status").startswith(f"Showing {total} of {total} images")
+
+
+def test_a_concept_filters_search_and_browse(page: WebDriver, queries: dict[str, Path]) -> None:
+    box = page.find_element(By.ID, "class-input")
+    box.send_keys("fish")
+    options = wait_for(page, lambda d: (o := suggestions(d)) and any(x["kind"] == "concept" for x in o) and o,
+                       "concept suggestions for 'fish'")
+    fish = next(o for o in options if o["name"] == "fish")
+    assert fish["kind"] == "concept" and fish["count"] == f"{EXTRA_RED + 6} images"  # the goldfish, not jellyfish
+    page.find_element(By.CSS_SELECTOR, '#class-options [data-name="fish"]').click()
+    assert text_of(page, "filter-name") == "fish"
+    wait_for_cards(page, 50, "fish browsed", all_loaded=False)
+    upload(page, queries["blue"])
+    wait_for(page, lambda d: text_of(d, "results-title") == "Lookalikes of blue-query.png, only fish",
+             "the filtered search")
+    found = wait_for_cards(page, 10, "blue query, only fish")
+    assert all(folder_of(c) == "red" for c in found)
