@@ -200,6 +200,7 @@ def test_errors_show_the_servers_explanation(page: WebDriver, queries: dict[str,
     wait_for(page, lambda d: not is_hidden(d, "error"), "the unknown-class message")
     message = text_of(page, "error")
     assert message.startswith("Unknown ") and "class 'unicorn'" in message, message
+    screenshot(page, "web-page-error")
 
 
 def test_dropping_an_image_searches_by_it(page: WebDriver, queries: dict[str, Path]) -> None:
