@@ -6,7 +6,12 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= demo
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install demo test lint bench clean
+# The web page tests drive Debian's chromium through its matching chromium-driver.
+BROWSER_PACKAGES := chromium chromium-driver
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600
+
+.PHONY: install browser demo test lint bench clean
 
 $(BIN)/lookalike: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,10 +21,16 @@ $(BIN)/lookalike: pyproject.toml
 
 install: $(BIN)/lookalike
 
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		echo "Installing $(BROWSER_PACKAGES) for the web page tests"; \
+		$(APT) update -qq && $(APT) install -y -qq $(BROWSER_PACKAGES); \
+	fi
+
 demo: install
 	$(BIN)/lookalike demo --dir $(DEMO_DIR) --host 127.0.0.1 --port 8000
 
-test: install
+test: install browser
 	$(BIN)/ruff check indexer search_api storage lookalike tests bench tools
 	$(BIN)/python -m pytest --cov --cov-report=term:skip-covered
 

@@ -5,7 +5,16 @@ from __future__ import annotations
 from flask import Flask
 
 from indexer.settings import Settings, load_settings
-from search_api import metrics, problems, routes_browse, routes_docs, routes_health, routes_images, routes_search
+from search_api import (
+    metrics,
+    problems,
+    routes_browse,
+    routes_docs,
+    routes_health,
+    routes_images,
+    routes_page,
+    routes_search,
+)
 from search_api.class_counts import ClassCounts
 from search_api.service import SearchService
 
@@ -21,7 +30,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["lookalike.class_counts"] = ClassCounts(service)
     problems.init_app(app)
     metrics.init_app(app)
-    for bp in (routes_search.bp, routes_images.bp, routes_browse.bp, routes_health.bp):
+    for bp in (routes_search.bp, routes_images.bp, routes_browse.bp, routes_health.bp, routes_page.bp):
         app.register_blueprint(bp)
     routes_docs.init_app(app)
     return app

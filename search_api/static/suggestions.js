@@ -1,0 +1,119 @@
+// Class and concept suggestions under a text box (the ARIA combobox pattern): typing asks the
+// server, arrows move, Enter or a click chooses, Escape closes. Enter with no suggestion
+// highlighted chooses the typed text as it is.
+import {api, plural} from "./api.js";
+
+const LIMIT = 10;
+const DELAY_MS = 120;
+
+export function attachSuggestions(input, list, {onChoose, onError}) {
+  let timer = 0;
+  let seq = 0;        // number of the newest request; older answers are dropped
+  let items = [];
+  let active = -1;
+
+  function close() {
+    items = [];
+    active = -1;
+    list.hidden = true;
+    list.replaceChildren();
+    input.setAttribute("aria-expanded", "false");
+    input.removeAttribute("aria-activedescendant");
+  }
+
+  function choose(name) {
+    clearTimeout(timer);
+    seq += 1;
+    input.value = "";
+    close();
+    onChoose(name);
+  }
+
+  function option(item, index) {
+    const li = document.createElement("li");
+    li.id = `${list.id}-${index}`;
+    li.setAttribute("role", "option");
+    li.setAttribute("aria-selected", "false");
+    li.dataset.name = item.name;
+    if (item.count === 0) li.classList.add("none");
+    if (Array.isArray(item.names) && item.names.length) li.title = item.names.join(", ");
+    const name = document.createElement("span");
+    name.className = "option-name";
+    name.textContent = item.name;
+    li.append(name);
+    if (item.kind === "concept") {
+      const kind = document.createElement("span");
+      kind.className = "kind";
+      kind.textContent = "concept";
+      kind.title = "A group of related classes";
+      li.append(kind);
+    }
+    if (typeof item.count === "number") {
+      const count = document.createElement("span");
+      count.className = "option-count";
+      count.textContent = plural(item.count, "image", "images");
+      li.append(count);
+    }
+    li.addEventListener("mousedown", (event) => event.preventDefault());  // keep the focus in the box
+    li.addEventListener("click", () => choose(item.name));
+    return li;
+  }
+
+  function render(found) {
+    items = found;
+    active = -1;
+    list.replaceChildren(...found.map(option));
+    if (!found.length) {
+      const li = document.createElement("li");
+      li.className = "empty";
+      li.textContent = "No class or concept matches. Press Enter to filter by what you typed.";
+      list.append(li);
+    }
+    list.hidden = false;
+    input.setAttribute("aria-expanded", "true");
+  }
+
+  function move(step) {
+    if (!items.length) return;
+    const options = list.querySelectorAll("[role=option]");
+    active = (active + step + options.length) % options.length;
+    options.forEach((el, i) => el.setAttribute("aria-selected", i === active ? "true" : "false"));
+    options[active].scrollIntoView({block: "nearest"});
+    input.setAttribute("aria-activedescendant", options[active].id);
+  }
+
+  async function fetchFor(text) {
+    const mine = ++seq;
+    try {
+      const params = new URLSearchParams({q: text, limit: String(LIMIT)});
+      const body = await api(`/classes?${params}`);
+      if (mine !== seq || input.value.trim() !== text) return;
+      render((body.classes || []).slice(0, LIMIT));
+    } catch (err) {
+      if (mine === seq) onError(err);
+    }
+  }
+
+  input.addEventListener("input", () => {
+    clearTimeout(timer);
+    const text = input.value.trim();
+    if (!text) {
+      seq += 1;
+      close();
+      return;
+    }
+    timer = setTimeout(() => fetchFor(text), DELAY_MS);
+  });
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "ArrowDown") { event.preventDefault(); move(1); }
+    else if (event.key === "ArrowUp") { event.preventDefault(); move(-1); }
+    else if (event.key === "Escape") { close(); }
+    else if (event.key === "Enter") {
+      event.preventDefault();
+      if (items[active]) choose(items[active].name);
+      else if (input.value.trim()) choose(input.value.trim());
+    }
+  });
+  input.addEventListener("blur", () => setTimeout(close, 150));
+  return {close};
+}
