@@ -6,12 +6,13 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= demo
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-# The web page tests drive Debian's chromium through its matching chromium-driver.
-BROWSER_PACKAGES := chromium chromium-driver
+# The web page tests drive Debian's chromium through its matching chromium-driver; a test checks the
+# shipped class hierarchy against WordNet 3.0 from wordnet-base.
+SYSTEM_PACKAGES := chromium chromium-driver wordnet-base
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600
 
-.PHONY: install browser demo test lint bench clean
+.PHONY: install system-packages demo test lint bench clean
 
 $(BIN)/lookalike: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,16 +22,16 @@ $(BIN)/lookalike: pyproject.toml
 
 install: $(BIN)/lookalike
 
-browser:
-	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
-		echo "Installing $(BROWSER_PACKAGES) for the web page tests"; \
-		$(APT) update -qq && $(APT) install -y -qq $(BROWSER_PACKAGES); \
+system-packages:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ] || [ ! -f /usr/share/wordnet/data.noun ]; then \
+		echo "Installing $(SYSTEM_PACKAGES) for the tests"; \
+		$(APT) update -qq && $(APT) install -y -qq $(SYSTEM_PACKAGES); \
 	fi
 
 demo: install
 	$(BIN)/lookalike demo --dir $(DEMO_DIR) --host 127.0.0.1 --port 8000
 
-test: install browser
+test: install system-packages
 	$(BIN)/ruff check indexer search_api storage lookalike tests bench tools
 	$(BIN)/python -m pytest --cov --cov-report=term:skip-covered
 
