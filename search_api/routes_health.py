@@ -19,10 +19,15 @@ def healthz() -> ResponseReturnValue:
 
 
 @bp.get("/readyz")
-@operation(summary="Readiness: the model is loaded and warm, the index loaded (503 until then)",
-           response=schemas.Ready, problems=(503,), tags=("meta",))
+@operation(summary="Readiness: the model is loaded and warm, and an index of the catalog's vectors is loaded "
+                   "(503 until then)", response=schemas.Ready, problems=(503,), tags=("meta",))
 def readyz() -> ResponseReturnValue:
     svc = current_app.extensions["lookalike"]
     if not svc.is_ready():
         raise ApiProblem(503, "the model is still loading", "not_ready")
-    return jsonify({"status": "ready", **svc.stats()})
+    stats = svc.stats()
+    if stats["images"] and not stats["vectors"]:
+        raise ApiProblem(503, f"the catalog holds {stats['images']} images but no index of them is loaded yet",
+                         "index_not_loaded")
+    # While an indexer runs, the catalog may be a batch ahead of the published generation: still ready.
+    return jsonify({"status": "ready", "in_step": stats["images"] == stats["vectors"], **stats})

@@ -204,3 +204,5 @@ class Health(BaseModel):
 
 class Ready(Stats):
     status: str
+    in_step: bool = Field(description="The index holds exactly the catalog's images (false for a moment while an "
+                                      "indexer runs).")

@@ -175,7 +175,17 @@ def test_health(client: FlaskClient, app: Flask) -> None:
     assert_problem(client.get("/readyz"), 503, "not_ready")
     app.extensions["lookalike"].warm_up()
     ready = client.get("/readyz").get_json()
-    assert ready["status"] == "ready" and ready["vectors"] == 14
+    assert ready["status"] == "ready" and ready["vectors"] == 14 and ready["in_step"] is True
+
+
+def test_readyz_waits_for_an_index_of_the_catalog(indexed: Settings) -> None:
+    service = create_app(indexed).extensions["lookalike"]
+    service.warm_up()
+    service._index = None  # as in a server that could not load any index yet
+    service.index = lambda: None  # type: ignore[method-assign]
+    app = create_app(indexed)
+    app.extensions["lookalike"] = service
+    assert_problem(app.test_client().get("/readyz"), 503, "index_not_loaded", "14 images")
 
 
 TRUNCATED = jpeg(colour_image(RED))[:300]
