@@ -62,7 +62,7 @@ class Sampler:
         self.done = 0
         self.samples: list[tuple[int, float, float]] = []  # (files done, indexer MB, workers MB)
 
-    def start(self, total: int) -> None:
+    def start(self, total: int, found: int = 0) -> None:
         self.total = total
 
     def advance(self, outcome: str) -> None:

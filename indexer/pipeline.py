@@ -34,15 +34,15 @@ log = logging.getLogger(__name__)
 
 
 class Progress(Protocol):
-    """Receives the number of files to process, then one outcome per file: indexed, linked or failed."""
+    """Receives the number of files to process (of `found`), then one outcome per file: indexed, linked or failed."""
 
-    def start(self, total: int) -> None: ...
+    def start(self, total: int, found: int = 0) -> None: ...
 
     def advance(self, outcome: str) -> None: ...
 
 
 class _NoProgress:
-    def start(self, total: int) -> None:
+    def start(self, total: int, found: int = 0) -> None:
         pass
 
     def advance(self, outcome: str) -> None:
@@ -181,7 +181,7 @@ class LibraryIndexer:
                              found=len(plan.candidates) + plan.unchanged + plan.skipped)
         log.info("%d files to index, %d unchanged, %d rejected before and unchanged, %d gone",
                  len(plan.candidates), plan.unchanged, plan.skipped, len(plan.removed))
-        self.progress.start(len(plan.candidates))
+        self.progress.start(len(plan.candidates), report.found)
         self._process(plan.candidates, report, pool, prepare, workers)
         report.interrupted = self._stop.is_set()
         if plan.removed and not report.interrupted:

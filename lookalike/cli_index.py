@@ -22,11 +22,11 @@ class _ProgressBar:
         self.bar = None
         self.counts = {"embedded": 0, "linked": 0, "failed": 0}
 
-    def start(self, total: int) -> None:
+    def start(self, total: int, found: int = 0) -> None:
         from tqdm import tqdm
 
         self.bar = tqdm(total=total, unit="img", disable=not self.enabled, file=sys.stderr, dynamic_ncols=True,
-                        desc="indexing")
+                        desc=f"found {found:,}, to index")
 
     def advance(self, outcome: str) -> None:
         self.counts["embedded" if outcome == "indexed" else outcome] += 1

@@ -101,7 +101,7 @@ class _StopAfter:
         self.n = n
         self.seen = 0
 
-    def start(self, total: int) -> None:
+    def start(self, total: int, found: int = 0) -> None:
         self.total = total
 
     def advance(self, outcome: str) -> None:
