@@ -83,7 +83,7 @@ def test_parameters_bodies_and_problems_are_described(spec: dict[str, Any], inde
     similar = spec["paths"]["/api/v1/images/{image_id}/similar"]["get"]
     assert similar["parameters"][0] == {"name": "image_id", "in": "path", "required": True,
                                         "description": "catalog id of the query image",
-                                        "schema": {"type": "integer", "minimum": 0}}
+                                        "schema": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}}
     assert "image/*" in spec["paths"]["/api/v1/images/{image_id}/file"]["get"]["responses"]["200"]["content"]
     assert spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
 
