@@ -147,7 +147,7 @@ def demo(obj: CliContext, folder: Path, host: str | None, port: int | None, no_s
     note = stand_in_note(settings.model.handle)
     if note:
         banner(f"Serving with {note}.")
-    click.echo(f"open http://{host}:{port}/api/v1/classes, or search with: "
+    click.echo(f"open http://{host}:{port}/ in a browser, or search with: "
                f"curl -F image=@{folder}/library/photos/chelsea.jpg 'http://{host}:{port}/api/v1/search?k=5'")
     # Serve from a fresh process: TensorFlow, already running here, does not survive gunicorn's fork.
     env = {**os.environ,
