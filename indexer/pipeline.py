@@ -160,20 +160,27 @@ class LibraryIndexer:
         return plan
 
     def run(self, roots: Sequence[str], reindex: bool = False, allow_empty_roots: bool = False) -> IndexReport:
+        started = self._begin(reindex)
+        workers = self.settings.indexer.effective_decode_workers()
+        pool, prepare = decode_pool(self._prepare_config(), workers, self.settings.indexer.decode_in_processes)
+        try:
+            return self._run(roots, allow_empty_roots, started,
+                             lambda candidates, report: self._process(candidates, report, pool, prepare, workers))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _begin(self, reindex: bool) -> float:
+        """Forget everything when re-indexing, refuse a catalog of another model; returns the start time."""
         started = time.perf_counter()
         if reindex:
             log.warning("re-indexing: forgetting every image in the catalog")
             self.catalog.clear()
         check_model(self.catalog, self.model_id)
-        workers = self.settings.indexer.effective_decode_workers()
-        pool, prepare = decode_pool(self._prepare_config(), workers, self.settings.indexer.decode_in_processes)
-        try:
-            return self._run(roots, allow_empty_roots, started, pool, prepare, workers)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        return started
 
-    def _run(self, roots: Sequence[str], allow_empty_roots: bool, started: float, pool: Executor,
-             prepare: Callable[[FoundFile], Prepared], workers: int) -> IndexReport:
+    def _run(self, roots: Sequence[str], allow_empty_roots: bool, started: float,
+             process: Callable[[list[FoundFile], IndexReport], None]) -> IndexReport:
+        """Plan, hand the candidates to `process` (which commits them), remove what is gone, publish."""
         self.index, _ = open_index(self.catalog, self.store, self.model_id, publish_repairs=True,
                                    config=self.index_config)
         plan = self.plan(roots, allow_empty_roots)
@@ -182,7 +189,7 @@ class LibraryIndexer:
         log.info("%d files to index, %d unchanged, %d rejected before and unchanged, %d gone",
                  len(plan.candidates), plan.unchanged, plan.skipped, len(plan.removed))
         self.progress.start(len(plan.candidates), report.found)
-        self._process(plan.candidates, report, pool, prepare, workers)
+        process(plan.candidates, report)
         report.interrupted = self._stop.is_set()
         if plan.removed and not report.interrupted:
             _, orphans = self.catalog.apply(removed_paths=plan.removed)

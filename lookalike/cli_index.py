@@ -6,8 +6,8 @@ import json
 import signal
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from types import FrameType
+from contextlib import ExitStack, contextmanager
+from types import FrameType, SimpleNamespace
 
 import click
 
@@ -66,8 +66,12 @@ def _stop_on_interrupt(indexer) -> Iterator[None]:  # type: ignore[no-untyped-de
 @click.option("--reindex", is_flag=True, help="Forget all vectors and embed everything again (after a model change).")
 @click.option("--allow-empty-root", is_flag=True,
               help="Accept a folder with no images left although the catalog holds some from it, and remove them.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Read and embed on a Ray cluster: alone for a local Ray, or auto, ray://HOST:PORT, HOST:PORT "
+                   "(needs the `distributed` extra).")
 @click.pass_obj
-def index(obj: CliContext, paths: tuple[str, ...], as_json: bool, reindex: bool, allow_empty_root: bool) -> None:
+def index(obj: CliContext, paths: tuple[str, ...], as_json: bool, reindex: bool, allow_empty_root: bool,
+          ray_address: str | None) -> None:
     """Index the photos under PATHS (folders, searched recursively).
 
     New and changed images are embedded, moved or duplicated ones are linked to their
@@ -79,13 +83,18 @@ def index(obj: CliContext, paths: tuple[str, ...], as_json: bool, reindex: bool,
     Examples:
       lookalike index ~/Pictures /mnt/photos
       lookalike index --json ~/Pictures | tail -n 1
+      lookalike index ~/Pictures --ray                  # a local Ray (started, or the one running here)
+      lookalike index /mnt/photos --ray auto           # the cluster this machine is part of
     """
-    report_index_run(run_index(obj.settings, paths, reindex, allow_empty_root), as_json)
+    report_index_run(run_index(obj.settings, paths, reindex, allow_empty_root, ray_address), as_json)
 
 
 def run_index(settings, paths: Sequence[str], reindex: bool = False,  # type: ignore[no-untyped-def]
-              allow_empty_root: bool = False):
-    """One indexing run under the writer lock, with a progress bar on a terminal; errors become exit 1."""
+              allow_empty_root: bool = False, ray_address: str | None = None):
+    """One indexing run under the writer lock, with a progress bar on a terminal; errors become exit 1.
+
+    With `ray_address`, files are read and embedded on that Ray cluster (see indexer.distributed).
+    """
     from indexer.model import Embedder, ModelUnavailableError, model_id
     from indexer.pipeline import LibraryIndexer
     from indexer.scan import RootError
@@ -96,22 +105,44 @@ def run_index(settings, paths: Sequence[str], reindex: bool = False,  # type: ig
     data_dir = settings.storage.data_dir
     m = settings.model
     bar = _ProgressBar(enabled=sys.stderr.isatty())
+    errors: tuple[type[Exception], ...] = (RootError, ModelUnavailableError, LockedError, IndexMismatchError)
     try:
-        with writer_lock(data_dir):
+        with ExitStack() as stack:
+            if ray_address is not None:
+                distributed = _distributed_modules()
+                errors += (distributed.ClusterError, distributed.DistributedIndexError)
+                distributed.check_address(ray_address)  # a folder taken for the address stops here
+            stack.enter_context(writer_lock(data_dir))
             catalog = Catalog(settings.storage.resolved_database_url())
-            indexer = LibraryIndexer(
-                settings, catalog, IndexStore(data_dir / "index"), model_id(m.handle, m.image_size),
-                lambda: Embedder.from_settings(m), progress=bar,
-            )
-            try:
-                with _stop_on_interrupt(indexer):
-                    return indexer.run(paths, reindex=reindex, allow_empty_roots=allow_empty_root)
-            finally:
-                catalog.close()
-    except (RootError, ModelUnavailableError, LockedError, IndexMismatchError) as exc:
+            stack.callback(catalog.close)
+            store, mid = IndexStore(data_dir / "index"), model_id(m.handle, m.image_size)
+            if ray_address is None:
+                indexer = LibraryIndexer(settings, catalog, store, mid, lambda: Embedder.from_settings(m),
+                                         progress=bar)
+            else:
+                cluster = stack.enter_context(distributed.ray_cluster(ray_address))
+                indexer = distributed.RayIndexer(settings, catalog, store, mid, cluster, progress=bar)
+            with _stop_on_interrupt(indexer):
+                return indexer.run(paths, reindex=reindex, allow_empty_roots=allow_empty_root)
+    except errors as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         bar.close()
+
+
+def _distributed_modules() -> SimpleNamespace:
+    """The Ray-backed indexer, or a clear error when the `distributed` extra is not installed."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise click.ClickException(
+            "--ray needs Ray: install the distributed extra (pip install 'lookalike[distributed]')"
+        ) from None
+    from indexer.distributed import DistributedIndexError, RayIndexer
+    from indexer.ray_cluster import ClusterError, check_address, ray_cluster
+
+    return SimpleNamespace(ClusterError=ClusterError, DistributedIndexError=DistributedIndexError,
+                           RayIndexer=RayIndexer, check_address=check_address, ray_cluster=ray_cluster)
 
 
 def report_index_run(report, as_json: bool) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,257 @@
+"""The indexing run on a Ray cluster: the same plan and catalog writes, with reading and embedding spread out.
+
+The driver scans the library and compares it with the catalog exactly as the single-machine
+indexer does (`LibraryIndexer.plan`), so unchanged, moved, removed and rejected files are
+handled the same way. Ray Data then runs two stages over the candidate files:
+
+- read + hash + decode (`FilePreparer`) in CPU tasks: content already in the catalog is only
+  hashed, and thumbnails are written next to the catalog (`storage.data_dir`);
+- embed in a pool of actors, each loading the model once (one per GPU when the cluster has
+  GPUs, else one per node).
+
+The driver takes the results in batches and commits each in one transaction, then extends and
+publishes the FAISS index as the single-machine indexer does. Commits are idempotent: content
+that is already in the catalog (a retried batch whose rows landed, or another writer that got
+there first) is linked rather than inserted again.
+
+TensorFlow is imported only inside the embedding actors, never in the driver or decode tasks.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sqlalchemy.exc import IntegrityError
+
+from indexer.pipeline import IndexReport, LibraryIndexer, Progress, _BackgroundWriter
+from indexer.prepare import FilePreparer, PrepareConfig
+from indexer.ray_cluster import ClusterInfo, check_catalog_for_cluster
+from indexer.scan import FoundFile
+from indexer.settings import ModelSettings, Settings
+from indexer.tf_runtime import CPU_BATCH_SIZE, GPU_BATCH_SIZE
+from storage.catalog import Catalog, FileRef, NewImage
+from storage.rejections import Rejection
+from storage.vector_index import IndexStore
+
+log = logging.getLogger(__name__)
+
+TOP_K = 5  # predictions stored per image, as in the single-machine indexer
+DECODE_ROWS_PER_TASK = 16  # files per decode task: enough to hide the task overhead, small for retries
+MIN_EMBED_ROWS_PER_CALL = 32  # rows per actor call; the actor embeds them in model-sized batches
+COMMIT_ATTEMPTS = 3  # a batch racing another writer is re-checked and committed again
+
+
+class DistributedIndexError(RuntimeError):
+    """The Ray cluster could not run the pipeline (a model that does not load on a worker, a lost node...)."""
+
+
+class RayIndexer(LibraryIndexer):
+    """Brings the catalog and index in step with library roots, reading and embedding on a Ray cluster."""
+
+    def __init__(self, settings: Settings, catalog: Catalog, store: IndexStore, model_id: str,
+                 cluster: ClusterInfo, progress: Progress | None = None) -> None:
+        super().__init__(settings, catalog, store, model_id, _no_model_in_driver, progress)
+        self.cluster = cluster
+
+    def run(self, roots: Sequence[str], reindex: bool = False, allow_empty_roots: bool = False) -> IndexReport:
+        check_catalog_for_cluster(self.settings.storage.resolved_database_url(), self.cluster)
+        started = self._begin(reindex)
+        return self._run(roots, allow_empty_roots, started, self._process_on_ray)
+
+    # --- the pipeline ---------------------------------------------------------------------
+
+    def model_batch_size(self) -> int:
+        return self.settings.model.batch_size or (GPU_BATCH_SIZE if self.cluster.gpus >= 1 else CPU_BATCH_SIZE)
+
+    def embed_actors(self) -> int:
+        """One actor per GPU, or one per node on a CPU-only cluster (TensorFlow uses the node's cores)."""
+        return max(1, int(self.cluster.gpus)) if self.cluster.gpus >= 1 else max(1, self.cluster.nodes)
+
+    def dataset(self, candidates: Sequence[FoundFile]) -> Any:
+        """The lazy Ray dataset: candidate files -> decoded (tasks) -> embedded (actor pool)."""
+        import ray.data
+
+        rows = [{"path": f.path, "root": f.root, "size": f.size, "mtime_ns": f.mtime_ns} for f in candidates]
+        use_gpus = self.cluster.gpus >= 1
+        model_batch = self.model_batch_size()
+        call_rows = max(model_batch, MIN_EMBED_ROWS_PER_CALL)
+        return (
+            ray.data.from_items(rows)
+            .map_batches(prepare_batch, batch_size=DECODE_ROWS_PER_TASK, batch_format="numpy",
+                         fn_kwargs={"config": self._prepare_config()}, num_cpus=1,
+                         # Retried when a node is lost (Ray Data's default, stated): being a task
+                         # option, it also keeps decoding a stage of its own instead of fused into
+                         # the embedding actors, so decoding scales with CPUs, not with actors.
+                         max_retries=-1)
+            .map_batches(EmbedBatch, batch_size=call_rows, batch_format="numpy",
+                         fn_constructor_kwargs={"model": self.settings.model, "model_id": self.model_id,
+                                                "model_batch": model_batch},
+                         compute=ray.data.ActorPoolStrategy(size=self.embed_actors()),
+                         num_gpus=1 if use_gpus else 0, num_cpus=1)
+        )
+
+    def _process_on_ray(self, candidates: list[FoundFile], report: IndexReport) -> None:
+        if not candidates:
+            return
+        import ray.exceptions
+
+        commit_every = max(self.settings.indexer.commit_every, self.model_batch_size())
+        pending_hashes: set[str] = set()  # content embedded this run (committed or not)
+        writer = _BackgroundWriter(self._commit)
+        try:
+            batches = self.dataset(candidates).iter_batches(batch_size=commit_every, batch_format="numpy")
+            for batch in batches:
+                writer.submit(*self._outcomes(batch, report, pending_hashes))
+                if self._stop.is_set():
+                    log.warning("stopping on request; everything so far is committed")
+                    break
+        except ray.exceptions.RayError as exc:
+            raise DistributedIndexError(f"the Ray cluster could not finish the run: {_root_cause(exc)}") from exc
+        finally:
+            writer.close()
+
+    def _outcomes(self, batch: dict[str, np.ndarray], report: IndexReport,
+                  pending_hashes: set[str]) -> tuple[list[NewImage], list[FileRef], list[Rejection]]:
+        """The catalog changes of one batch of pipeline rows, counted in the report and the progress."""
+        new_images: list[NewImage] = []
+        files: list[FileRef] = []
+        rejected: list[Rejection] = []
+        for i in range(len(batch["path"])):
+            path, root, digest = str(batch["path"][i]), str(batch["root"][i]), str(batch["content_hash"][i])
+            size, mtime_ns = int(batch["size"][i]), int(batch["mtime_ns"][i])
+            kind, error = str(batch["error_kind"][i]), str(batch["error"][i])
+            if kind:
+                report.failed += 1
+                report.failures.append({"path": path, "kind": kind, "error": error})
+                rejected.append(Rejection(path, root, size, mtime_ns, kind, error))
+                log.info("rejected %s: %s", path, error)
+                self.progress.advance("failed")
+                continue
+            files.append(FileRef(path, root, size, mtime_ns, digest))
+            if not batch["decoded"][i] or digest in pending_hashes:
+                report.linked += 1
+                self.progress.advance("linked")
+                continue
+            pending_hashes.add(digest)
+            predictions = [(int(c), float(p)) for c, p in zip(batch["class_ids"][i], batch["probabilities"][i],
+                                                                strict=True) if c >= 0]
+            new_images.append(NewImage(digest, int(batch["width"][i]), int(batch["height"][i]),
+                                       str(batch["format"][i]), self.model_id,
+                                       np.asarray(batch["embedding"][i], dtype=np.float32), predictions))
+            report.indexed += 1
+            self.progress.advance("indexed")
+        return new_images, files, rejected
+
+    def _commit(self, new_images: list[NewImage], files: list[FileRef], rejected: list[Rejection]) -> None:
+        """Commit one batch, merging rows that are already in the catalog instead of failing on them."""
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            fresh = new_content(self.catalog, new_images)
+            try:
+                super()._commit(fresh, files, rejected)
+                return
+            except IntegrityError as exc:  # another writer inserted the same content or path meanwhile
+                if attempt == COMMIT_ATTEMPTS:
+                    raise
+                log.warning("batch collided with another writer (%s); merging and committing again",
+                            exc.orig if exc.orig is not None else exc)
+
+
+def new_content(catalog: Catalog, new_images: Sequence[NewImage]) -> list[NewImage]:
+    """The images whose content the catalog does not hold yet; the others are linked by their files."""
+    if not new_images:
+        return []
+    known = catalog.ids_for_hashes(img.content_hash for img in new_images)
+    if known:
+        log.info("%d image(s) already in the catalog (a retried batch, or another writer): linked, not inserted",
+                 len(known))
+    return [img for img in new_images if img.content_hash not in known]
+
+
+def _no_model_in_driver() -> Any:
+    raise RuntimeError("the distributed indexer embeds in Ray actors; the driver never loads the model")
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost error's message: Ray wraps a worker's exception in several layers of traceback."""
+    cause = getattr(exc, "cause", None) or exc.__cause__
+    while cause is not None and (getattr(cause, "cause", None) or cause.__cause__) is not None:
+        cause = getattr(cause, "cause", None) or cause.__cause__
+    text = str(cause or exc).strip()
+    return text.splitlines()[-1] if text else type(exc).__name__
+
+
+# --- what runs on the workers -------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4)
+def _preparer(config: PrepareConfig) -> FilePreparer:
+    """One FilePreparer (and catalog connection pool) per worker process, reused by every task it runs."""
+    return FilePreparer(config)
+
+
+def prepare_batch(batch: dict[str, np.ndarray], config: PrepareConfig) -> dict[str, np.ndarray]:
+    """Decode task: read, hash and decode each file; rows keep their order and carry any rejection."""
+    preparer = _preparer(config)
+    size = config.image_size
+    count = len(batch["path"])
+    pixels = np.zeros((count, size, size, 3), np.uint8)  # zeros where nothing is decoded
+    out: dict[str, list[Any]] = {key: [] for key in ("content_hash", "width", "height", "format", "error_kind",
+                                                     "error", "decoded")}
+    for i in range(count):
+        found = FoundFile(str(batch["path"][i]), str(batch["root"][i]), int(batch["size"][i]),
+                          int(batch["mtime_ns"][i]))
+        item = preparer(found)
+        decoded = item.decoded
+        if decoded is not None:
+            pixels[i] = decoded.pixels
+        out["content_hash"].append(item.content_hash)
+        out["width"].append(decoded.width if decoded else 0)
+        out["height"].append(decoded.height if decoded else 0)
+        out["format"].append(decoded.format if decoded else "")
+        out["error_kind"].append(item.error_kind or ("corrupt" if item.error else ""))
+        out["error"].append(item.error or "")
+        out["decoded"].append(decoded is not None)
+    result = {key: batch[key] for key in ("path", "root", "size", "mtime_ns")}
+    result.update({key: np.asarray(values, dtype=object) for key, values in out.items()
+                   if key not in ("width", "height", "decoded")})
+    result["width"] = np.asarray(out["width"], np.int64)
+    result["height"] = np.asarray(out["height"], np.int64)
+    result["decoded"] = np.asarray(out["decoded"], bool)
+    result["pixels"] = pixels
+    return result
+
+
+class EmbedBatch:
+    """Embedding actor: loads the model once, then embeds the decoded rows of each batch it is given."""
+
+    def __init__(self, model: ModelSettings, model_id: str, model_batch: int) -> None:
+        from indexer.model import Embedder
+
+        self.embedder = Embedder.from_settings(model)
+        if self.embedder.model_id != model_id:
+            raise RuntimeError(f"worker loaded model {self.embedder.model_id}, the driver expects {model_id}")
+        self.model_batch = max(1, model_batch)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from indexer.model import top_k
+
+        decoded = np.asarray(batch["decoded"], bool)
+        count = len(decoded)
+        embedding = np.zeros((count, self.embedder.feature_dim), np.float32)
+        class_ids = np.full((count, TOP_K), -1, np.int32)
+        probabilities = np.zeros((count, TOP_K), np.float32)
+        rows = np.flatnonzero(decoded)
+        for start in range(0, len(rows), self.model_batch):
+            chunk = rows[start:start + self.model_batch]
+            out = self.embedder.embed(np.asarray(batch["pixels"][chunk], np.uint8))
+            embedding[chunk] = out.features
+            for row, predictions in zip(chunk, top_k(out.probabilities, TOP_K), strict=True):
+                for rank, (class_id, probability) in enumerate(predictions):
+                    class_ids[row, rank], probabilities[row, rank] = class_id, probability
+        result = {key: value for key, value in batch.items() if key != "pixels"}  # pixels stop here
+        result.update(embedding=embedding, class_ids=class_ids, probabilities=probabilities)
+        return result
