@@ -61,7 +61,8 @@ def _stop_on_interrupt(indexer) -> Iterator[None]:  # type: ignore[no-untyped-de
 
 
 @click.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(file_okay=False))
+# Not `required`: `--ray FOLDER` takes the folder for the address, and the error should say so.
+@click.argument("paths", nargs=-1, type=click.Path(file_okay=False), metavar="PATHS...")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary as the last line of stdout.")
 @click.option("--reindex", is_flag=True, help="Forget all vectors and embed everything again (after a model change).")
 @click.option("--allow-empty-root", is_flag=True,
@@ -86,6 +87,10 @@ def index(obj: CliContext, paths: tuple[str, ...], as_json: bool, reindex: bool,
       lookalike index ~/Pictures --ray                  # a local Ray (started, or the one running here)
       lookalike index /mnt/photos --ray auto           # the cluster this machine is part of
     """
+    if not paths:
+        hint = f" (--ray took {ray_address!r} for the Ray address: put --ray after the folders)" \
+            if ray_address not in (None, "local", "auto") else ""
+        raise click.UsageError(f"Missing argument 'PATHS...'{hint}.")
     report_index_run(run_index(obj.settings, paths, reindex, allow_empty_root, ray_address), as_json)
 
 
