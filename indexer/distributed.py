@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,6 +44,7 @@ TOP_K = 5  # predictions stored per image, as in the single-machine indexer
 DECODE_ROWS_PER_TASK = 16  # files per decode task: enough to hide the task overhead, small for retries
 MIN_EMBED_ROWS_PER_CALL = 32  # rows per actor call; the actor embeds them in model-sized batches
 COMMIT_ATTEMPTS = 3  # a batch racing another writer is re-checked and committed again
+DECODE_TASK_BASE_MEMORY = 128 * 2**20  # a decode worker process with Pillow, NumPy and SQLAlchemy
 
 
 class DistributedIndexError(RuntimeError):
@@ -71,6 +73,10 @@ class RayIndexer(LibraryIndexer):
         """One actor per GPU, or one per node on a CPU-only cluster (TensorFlow uses the node's cores)."""
         return max(1, int(self.cluster.gpus)) if self.cluster.gpus >= 1 else max(1, self.cluster.nodes)
 
+    def decode_task_memory(self) -> int:
+        """Bytes a decode task may need: the largest accepted photo decoded to RGB, plus the process itself."""
+        return DECODE_TASK_BASE_MEMORY + 3 * self.settings.indexer.max_image_pixels
+
     def dataset(self, candidates: Sequence[FoundFile]) -> Any:
         """The lazy Ray dataset: candidate files -> decoded (tasks) -> embedded (actor pool)."""
         import ray.data
@@ -83,10 +89,10 @@ class RayIndexer(LibraryIndexer):
             ray.data.from_items(rows)
             .map_batches(prepare_batch, batch_size=DECODE_ROWS_PER_TASK, batch_format="numpy",
                          fn_kwargs={"config": self._prepare_config()}, num_cpus=1,
-                         # Retried when a node is lost (Ray Data's default, stated): being a task
-                         # option, it also keeps decoding a stage of its own instead of fused into
-                         # the embedding actors, so decoding scales with CPUs, not with actors.
-                         max_retries=-1)
+                         # Room for the largest photo accepted. A request the actors do not make,
+                         # it also keeps decoding a stage of its own instead of fused into the
+                         # embedding actors, so decoding scales with CPUs, not with actors.
+                         memory=self.decode_task_memory())
             .map_batches(EmbedBatch, batch_size=call_rows, batch_format="numpy",
                          fn_constructor_kwargs={"model": self.settings.model, "model_id": self.model_id,
                                                 "model_batch": model_batch},
@@ -176,12 +182,15 @@ def _no_model_in_driver() -> Any:
 
 
 def _root_cause(exc: BaseException) -> str:
-    """The innermost error's message: Ray wraps a worker's exception in several layers of traceback."""
-    cause = getattr(exc, "cause", None) or exc.__cause__
-    while cause is not None and (getattr(cause, "cause", None) or cause.__cause__) is not None:
-        cause = getattr(cause, "cause", None) or cause.__cause__
-    text = str(cause or exc).strip()
-    return text.splitlines()[-1] if text else type(exc).__name__
+    """The innermost error's last line: Ray wraps a worker's exception in layers of traceback text."""
+    chain = [exc]
+    while (inner := getattr(chain[-1], "cause", None) or chain[-1].__cause__) is not None and inner not in chain:
+        chain.append(inner)
+    for error in reversed(chain):
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        if lines:
+            return re.sub(r"^[\w.]+\.(\w+):", r"\1:", lines[-1])  # indexer.model.XError: ... -> XError: ...
+    return type(exc).__name__
 
 
 # --- what runs on the workers -------------------------------------------------------------------

@@ -21,6 +21,7 @@ from indexer.model import Embedder, model_id
 from indexer.pipeline import IndexReport, LibraryIndexer
 from indexer.prepare import PrepareConfig
 from indexer.ray_cluster import ClusterError, ClusterInfo, check_address, check_catalog_for_cluster, ray_cluster
+from indexer.scan import FoundFile
 from indexer.settings import Settings
 from lookalike.cli import cli
 from storage.catalog import Catalog, FileRef, NewImage
@@ -209,6 +210,21 @@ def test_ray_addresses_are_checked_before_anything_starts() -> None:
         check_address("/home/me/Pictures")
 
 
+def test_decoding_is_a_task_stage_of_its_own_before_the_embedding_actors(
+        local_ray: None, tmp_path: Path, tf1_module: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    settings = make_settings(tmp_path / "data", tf1_module)
+    catalog = Catalog(settings.storage.resolved_database_url())
+    try:
+        indexer = RayIndexer(settings, catalog, IndexStore(tmp_path / "index"), "m@64",
+                             ClusterInfo("local", nodes=1, cpus=2, gpus=0))
+        indexer.dataset([FoundFile(str(tmp_path / "a.jpg"), str(tmp_path), 1, 1)]).explain()
+    finally:
+        catalog.close()
+    physical = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
+    assert "ActorPoolMapOperator[MapBatches(EmbedBatch)]" in physical  # not fused with decoding
+    assert "TaskPoolMapOperator[MapBatches(prepare_batch)]" in physical  # CPU tasks
+
+
 def test_decode_tasks_do_not_load_tensorflow(local_ray: None, tmp_path: Path) -> None:
     photo = write_image(tmp_path / "lib" / "g.png", colour_image(GREEN))
     config = PrepareConfig(f"sqlite:///{tmp_path / 'catalog.db'}", 64, 10_000_000, tmp_path / "data", 0)
@@ -242,3 +258,15 @@ def test_cli_indexes_on_a_local_ray_with_sqlite(local_ray: None, runner, tmp_pat
     assert bad.exit_code == 2 and "put --ray after the folders" in bad.output
     bad = runner.invoke(cli, ["--config", str(config), "index", "--ray", str(library), str(library)])
     assert bad.exit_code == 1 and "is not a Ray address" in bad.output
+
+
+def test_a_model_that_does_not_load_on_the_workers_stops_the_run_with_its_reason(
+        local_ray: None, runner, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    write_image(tmp_path / "library" / "g.png", colour_image(GREEN))
+    config = tmp_path / "config.yaml"
+    config.write_text(f"model:\n  handle: {tmp_path / 'no-model'}\n  image_size: 64\n"
+                      f"storage:\n  data_dir: {tmp_path / 'data'}\n")
+    result = runner.invoke(cli, ["--config", str(config), "index", str(tmp_path / "library"), "--ray"])
+    assert result.exit_code == 1
+    assert "could not finish the run: ModelUnavailableError: model.handle" in result.output
+    assert "no-model" in result.output
