@@ -2,6 +2,7 @@
 
     python bench/index_throughput.py                       # B4-compute stand-in if built, else Lite0
     python bench/index_throughput.py --model ../shared/models/efficientnet_lite0_tf1 --image-size 224
+    python bench/index_throughput.py --ray ...   # Ray Data path vs single machine (bench/ray_throughput.py)
 
 The B4-compute stand-in (random weights, the real B4 graph at 380x380) is made with
     python ../shared/tools/make_tf1_hub_module.py --b4-random --seed 0 --out build/b4_random_tf1
@@ -71,6 +72,12 @@ def time_per_image(fn, batch: np.ndarray, repeats: int) -> float:  # type: ignor
 
 
 def main() -> None:
+    if "--ray" in sys.argv[1:]:  # the Ray Data path vs the single-machine pipeline: bench/ray_throughput.py
+        import runpy
+
+        sys.argv = [str(Path(__file__).with_name("ray_throughput.py"))] + [a for a in sys.argv[1:] if a != "--ray"]
+        runpy.run_path(sys.argv[0], run_name="__main__")
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     default_model = B4_STAND_IN if B4_STAND_IN.exists() else LITE0
     parser.add_argument("--model", default=str(default_model), help=f"module directory (default {default_model})")
