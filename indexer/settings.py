@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from storage.faults import ENV_VARS as FAULT_ENV_VARS
 from storage.index_factory import IndexConfig
 
 DEFAULT_HANDLE = "https://tfhub.dev/google/efficientnet/b4/classification/1"
@@ -121,7 +122,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
     """LOOKALIKE_MODEL__HANDLE=x becomes {"model": {"handle": "x"}}."""
     out: dict[str, dict[str, str]] = {}
     for key, value in environ.items():
-        if not key.startswith(ENV_PREFIX) or key == CONFIG_ENV:
+        if not key.startswith(ENV_PREFIX) or key == CONFIG_ENV or key in FAULT_ENV_VARS:
             continue
         parts = key[len(ENV_PREFIX):].lower().split("__")
         if len(parts) != 2:

@@ -105,12 +105,13 @@ def run_index(settings, paths: Sequence[str], reindex: bool = False,  # type: ig
     from indexer.scan import RootError
     from storage.catalog import Catalog
     from storage.lock import LockedError, writer_lock
-    from storage.vector_index import IndexMismatchError, IndexStore
+    from storage.vector_index import IndexMismatchError, IndexStore, IndexWriteError
 
     data_dir = settings.storage.data_dir
     m = settings.model
     bar = _ProgressBar(enabled=sys.stderr.isatty())
-    errors: tuple[type[Exception], ...] = (RootError, ModelUnavailableError, LockedError, IndexMismatchError)
+    errors: tuple[type[Exception], ...] = (RootError, ModelUnavailableError, LockedError, IndexMismatchError,
+                                           IndexWriteError)
     try:
         with ExitStack() as stack:
             if ray_address is not None:

@@ -25,7 +25,7 @@ def rebuild(obj: CliContext) -> None:
     from storage.catalog import Catalog
     from storage.lock import LockedError, writer_lock
     from storage.sync import build_from_catalog, check_model
-    from storage.vector_index import IndexMismatchError, IndexStore
+    from storage.vector_index import IndexMismatchError, IndexStore, IndexWriteError
 
     settings = obj.settings
     m = settings.model
@@ -41,7 +41,7 @@ def rebuild(obj: CliContext) -> None:
                 manifest = IndexStore(settings.storage.data_dir / "index").publish(index, catalog.max_image_id())
             finally:
                 catalog.close()
-    except (LockedError, IndexMismatchError, ValueError) as exc:
+    except (LockedError, IndexMismatchError, IndexWriteError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"rebuilt index generation {manifest.generation}: {manifest.count} vectors, {manifest.factory}")
 

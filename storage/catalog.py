@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from storage import rejections
 from storage.class_rule import ClassRule
+from storage.faults import fault_point
 from storage.rejections import Rejection
 from storage.schema import FileRow, ImageRow, PredictionRow, RejectedFileRow
 
@@ -279,6 +280,7 @@ class Catalog:
                     s.delete(row)
             s.flush()
             orphans = self._delete_orphans(s, touched)
+        fault_point("catalog-committed")
         return [row.id for row in rows], orphans
 
     @staticmethod

@@ -17,6 +17,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from storage.faults import fault_point
 from storage.index_factory import IndexConfig, new_index, search_parameters, stored_ids
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,10 @@ class Manifest:
     created_at: float
     factory: str = "Flat"
     trained_count: int = 0  # vectors the index was trained on (0: needs no training)
+
+
+class IndexWriteError(RuntimeError):
+    """A new generation could not be written (disk full, I/O error); the previous one stays current."""
 
 
 class RemoveUnsupportedError(RuntimeError):
@@ -147,13 +152,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def _write_atomic(path: Path, data: bytes, written_point: str = "") -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        fault_point(written_point)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -190,24 +196,51 @@ class IndexStore:
         return VectorIndex(manifest.dimension, manifest.model_id, index, manifest.factory, manifest.trained_count)
 
     def publish(self, index: VectorIndex, high_water: int) -> Manifest:
-        """Write `index` as the next generation and make it current; older generations are removed."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        """Write `index` as the next generation and make it current; older generations are removed.
+
+        Raises IndexWriteError when the files cannot be written; the previous generation then
+        stays current and loadable.
+        """
         previous = self.manifest()
         generation = (previous.generation if previous else 0) + 1
         name = f"vectors-{generation:06d}.faiss"
         data = faiss.serialize_index(index.index).tobytes()
-        _write_atomic(self.directory / name, data)
         manifest = Manifest(generation, name, index.count, index.dimension, index.model_id, high_water, time.time(),
                             index.factory, index.trained_count)
-        _write_atomic(self.directory / MANIFEST, json.dumps(asdict(manifest), indent=2).encode("utf-8"))
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            _write_atomic(self.directory / name, data, "index-temp-written")
+            fault_point("index-renamed")
+            _write_atomic(self.directory / MANIFEST, json.dumps(asdict(manifest), indent=2).encode("utf-8"))
+        except OSError as exc:
+            state = (f"Generation {generation} is current, but may not survive a power cut"
+                     if self._discard_unpublished(name) else "The previous generation stays current")
+            raise IndexWriteError(
+                f"cannot write index generation {generation} ({len(data):,} bytes) to {self.directory}: "
+                f"{exc.strerror or exc}. {state} and the catalog keeps every change; once the "
+                "cause is fixed, run the indexer (or `lookalike rebuild`) again."
+            ) from exc
+        fault_point("manifest-written")
         self.remove_stale(keep=name)
         log.info("published index generation %d (%d vectors)", generation, index.count)
         return manifest
 
+    def _discard_unpublished(self, name: str) -> bool:
+        """After a failed publish: True when the manifest already names `name`, else delete that file."""
+        try:
+            current = self.manifest()
+            if current is not None and current.file == name:
+                return True
+            (self.directory / name).unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("cannot clean up unpublished index file %s: %s", self.directory / name, exc)
+        return False
+
     def remove_stale(self, keep: str) -> None:
         """Delete generations other than `keep` and temp files left by a crashed writer."""
-        for path in self.directory.glob("vectors-*.faiss"):
-            if path.name != keep:
+        stale = [p for p in self.directory.glob("vectors-*.faiss") if p.name != keep]
+        for path in stale + list(self.directory.glob(".*.tmp")):
+            try:
                 path.unlink(missing_ok=True)
-        for path in self.directory.glob(".*.tmp"):
-            path.unlink(missing_ok=True)
+            except OSError as exc:  # a leftover file costs space, not correctness
+                log.warning("cannot delete stale index file %s: %s", path, exc)
