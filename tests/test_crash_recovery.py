@@ -1,0 +1,221 @@
+"""Kill `lookalike index` with SIGKILL at every named fault point and at random moments, then recover.
+
+Each round changes the library, starts a real `python -m lookalike index` subprocess that is
+killed part-way, runs the indexer again to completion, and proves: `lookalike verify` is clean,
+the catalog holds exactly the files on disk with their current content (nothing missing,
+nothing twice), and every image answers a similarity query.
+
+Rounds are of two kinds: "content" rounds add and rewrite images (the killed run embeds), and
+"reorganise" rounds move, copy and delete files (the killed run commits links and removals and
+publishes without loading the model, so many kills fit in a short test).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import colour_image, make_settings
+from flask.testing import FlaskClient
+from test_cli import env_for
+
+from indexer.settings import Settings
+from lookalike.cli import cli
+from search_api import create_app
+from storage.catalog import Catalog
+from storage.faults import AFTER_ENV, POINT_ENV, POINTS
+
+REPO = Path(__file__).resolve().parent.parent
+FIRST_LIBRARY = 200
+RANDOM_KILLS = 10
+# (kind of round, fault point or "random", the hit on which to die)
+PLAN = (
+    [("content", "catalog-committed", 2), ("content", "index-temp-written", 1), ("content", "manifest-written", 1)]
+    + [("content", "random", 0)] * 3
+    + [("reorganise", point, 1) for point in POINTS[1:] for _ in range(4)]
+    + [("reorganise", "catalog-committed", after) for after in (1, 2, 3, 4)]
+    + [("reorganise", "random", 0)] * 6
+)
+RUN_TIMEOUT = 60
+
+
+class Library:
+    """A folder of small generated images that changes a little every round."""
+
+    def __init__(self, root: Path, seed: int) -> None:
+        self.root = root
+        self.rng = np.random.default_rng(seed)
+        self.next_seed = 0
+
+    def _picture(self) -> tuple[object, str]:
+        self.next_seed += 1
+        colour = tuple(int(c) for c in self.rng.integers(0, 256, 3))
+        accent = tuple(int(c) for c in self.rng.integers(0, 256, 3))
+        ext = ("png", "jpg", "webp")[self.next_seed % 3]
+        return colour_image(colour, size=(40, 32), seed=self.next_seed, accent=accent), ext
+
+    def add(self, count: int) -> None:
+        for _ in range(count):
+            image, ext = self._picture()
+            path = self.root / f"d{self.next_seed % 7}" / f"img{self.next_seed:05d}.{ext}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            image.save(path)
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.root.rglob("*") if p.is_file())
+
+    def _pick(self, count: int) -> list[Path]:
+        files = self.files()
+        return [files[i] for i in self.rng.choice(len(files), count, replace=False)]
+
+    def change_content(self) -> None:
+        """New pixels: 14 new files, 3 rewritten in place, 4 deleted, 2 copies."""
+        self.add(14)
+        picked = self._pick(9)
+        for path in picked[:3]:
+            image, _ = self._picture()
+            image.save(path, format={"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}[path.suffix[1:]])
+        self._copy(picked[3:5])
+        for path in picked[5:]:
+            path.unlink()
+
+    def reorganise(self) -> None:
+        """No new pixels: 6 files moved to another folder, 3 copies, 5 deleted."""
+        picked = self._pick(14)
+        for path in picked[:6]:
+            target = self.root / "moved" / f"{self.next_seed}_{path.name}"
+            target.parent.mkdir(exist_ok=True)
+            path.rename(target)
+            self.next_seed += 1
+        self._copy(picked[6:9])
+        for path in picked[9:]:
+            path.unlink()
+
+    def _copy(self, paths: list[Path]) -> None:
+        for path in paths:
+            self.next_seed += 1
+            path.with_name(f"copy{self.next_seed}{path.suffix}").write_bytes(path.read_bytes())
+
+
+@pytest.fixture
+def setup(tmp_path: Path, tf1_module: Path) -> Iterator[tuple[Library, Settings, dict[str, str]]]:
+    library = Library(tmp_path / "library", seed=7)
+    library.add(FIRST_LIBRARY)
+    data = tmp_path / "data"
+    tuning = {"model": {"batch_size": 4}, "indexer": {"commit_every": 4, "decode_workers": 2}}
+    settings = make_settings(data, tf1_module, **tuning)
+    env = {**env_for(data, tf1_module), "LOOKALIKE_MODEL__BATCH_SIZE": "4", "LOOKALIKE_INDEXER__COMMIT_EVERY": "4",
+           "LOOKALIKE_INDEXER__DECODE_WORKERS": "2"}
+    yield library, settings, env
+
+
+def start_index(library: Library, env: dict[str, str], log: Path, fault: dict[str, str]) -> subprocess.Popen[bytes]:
+    full_env = {**os.environ, **env, **fault, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    with open(log, "wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "lookalike", "index", str(library.root)], env=full_env,
+                                stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+
+
+def kill_at_point(library: Library, env: dict[str, str], log: Path, point: str, after: int) -> int:
+    proc = start_index(library, env, log, {POINT_ENV: point, AFTER_ENV: str(after)})
+    return proc.wait(RUN_TIMEOUT)
+
+
+def kill_at_random(library: Library, env: dict[str, str], log: Path, rng: np.random.Generator, kind: str) -> int:
+    """SIGKILL at a random moment: for content rounds, while starting up or while embedding and
+    committing; a reorganise run is short, so anywhere in its first second."""
+    proc = start_index(library, env, log, {})
+    started = time.monotonic()
+    if kind == "reorganise":
+        time.sleep(rng.uniform(0.1, 1.0))
+    elif rng.random() < 0.3:
+        time.sleep(rng.uniform(0.2, 3.0))
+    else:
+        while proc.poll() is None and b"files to index" not in log.read_bytes():
+            assert time.monotonic() - started < RUN_TIMEOUT, log.read_text(errors="replace")
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 1.2))
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    return proc.wait(RUN_TIMEOUT)
+
+
+def complete_run(env: dict[str, str], library: Library) -> None:
+    runner = CliRunner()
+    result = runner.invoke(cli, ["index", "--json", str(library.root)], env=env)
+    assert result.exit_code == 0, result.output
+    checked = runner.invoke(cli, ["verify"], env=env)
+    assert checked.exit_code == 0 and checked.output.strip().endswith("ok"), checked.output
+
+
+def assert_catalog_matches_files(settings: Settings, library: Library) -> list[int]:
+    """Every file on disk is in the catalog once, pointing at an image of its current content."""
+    on_disk = {str(p.resolve()): hashlib.sha256(p.read_bytes()).hexdigest() for p in library.files()}
+    catalog = Catalog(settings.storage.resolved_database_url())
+    try:
+        images = catalog.get_images(list(range(1, catalog.max_image_id() + 1)))
+        in_catalog = {path: record.content_hash for record in images.values() for path in record.paths}
+        assert in_catalog == on_disk
+        assert catalog.count_files() == len(on_disk)
+        # one image per distinct content, and no image without a file
+        assert catalog.count_images() == len(images) == len(set(on_disk.values()))
+        return sorted(images)
+    finally:
+        catalog.close()
+
+
+def assert_every_query_answers(client: FlaskClient, ids: list[int], asked: list[int]) -> None:
+    existing = set(ids)
+    for image_id in asked:
+        response = client.get(f"/api/v1/images/{image_id}/similar?k=5")
+        assert response.status_code == 200, response.get_data(as_text=True)
+        found = [hit["id"] for hit in response.get_json()["results"]]
+        assert len(found) == 5 and set(found) <= existing - {image_id}
+
+
+def assert_index_dir_is_clean(settings: Settings) -> None:
+    names = sorted(p.name for p in (settings.storage.data_dir / "index").iterdir())
+    assert len([n for n in names if n.startswith("vectors-")]) == 1 and "manifest.json" in names, names
+    assert not [n for n in names if n.endswith(".tmp")], names
+
+
+def test_sigkill_anywhere_then_recover(setup: tuple[Library, Settings, dict[str, str]], tmp_path: Path) -> None:
+    library, settings, env = setup
+    complete_run(env, library)
+    rng = np.random.default_rng(11)
+    plan = [PLAN[i] for i in rng.permutation(len(PLAN))]
+    kills = 0
+    for round_no, (kind, point, after) in enumerate(plan):
+        library.change_content() if kind == "content" else library.reorganise()
+        log = tmp_path / f"run{round_no}.log"
+        if point == "random":
+            code = kill_at_random(library, env, log, rng, kind)
+            assert code in (0, -signal.SIGKILL), log.read_text(errors="replace")
+        else:
+            proc = start_index(library, env, log, {POINT_ENV: point, AFTER_ENV: str(after)})
+            code = proc.wait(RUN_TIMEOUT)
+            assert code == -signal.SIGKILL, f"{point}#{after} was not reached:\n{log.read_text(errors='replace')}"
+            assert f"fault point {point}" in log.read_text(errors="replace")
+        kills += code == -signal.SIGKILL
+        complete_run(env, library)
+        ids = assert_catalog_matches_files(settings, library)
+        assert_index_dir_is_clean(settings)
+        asked = ids if round_no == len(plan) - 1 else sorted(rng.choice(ids, 30, replace=False).tolist())
+        assert_every_query_answers(create_app(settings).test_client(), ids, asked)
+    assert kills >= 20
+    # Uploads answer too, with the model loaded in the server process.
+    client = create_app(settings).test_client()
+    path = library.files()[0]
+    with path.open("rb") as fh:
+        response = client.post("/api/v1/search?k=3", data={"image": (fh, path.name)},
+                               content_type="multipart/form-data")
+    assert response.status_code == 200 and response.get_json()["results"][0]["score"] > 0.99
