@@ -32,7 +32,7 @@ demo: install
 	$(BIN)/lookalike demo --dir $(DEMO_DIR) --host 127.0.0.1 --port 8000
 
 test: install system-packages
-	$(BIN)/ruff check indexer search_api storage lookalike tests bench tools
+	$(BIN)/ruff check indexer search_api storage lookalike tests bench tools fuzz
 	$(BIN)/python -m pytest --cov --cov-report=term:skip-covered
 
 bench: install

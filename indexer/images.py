@@ -47,14 +47,14 @@ class DecodedImage:
     format: str
 
 
-def _check_size(im: Image.Image, max_pixels: int) -> None:
+def _check_size(im: Image.Image, max_pixels: int, limit_setting: str) -> None:
     width, height = im.size
     if width < 1 or height < 1:
         raise ImageRejected(f"image has no pixels ({width}x{height})", "corrupt")
     if width * height > max_pixels:
         raise ImageRejected(
             f"image is {width}x{height} = {width * height:,} pixels, over the limit of "
-            f"{max_pixels:,} (possible decompression bomb; raise indexer.max_image_pixels to allow it)",
+            f"{max_pixels:,} (possible decompression bomb; raise {limit_setting} to allow it)",
             "too_many_pixels",
         )
 
@@ -96,35 +96,43 @@ class UprightImage:
     format: str
 
 
-def open_upright(data: bytes, min_side: int, max_pixels: int) -> UprightImage:
+def open_upright(data: bytes, min_side: int, max_pixels: int,
+                 limit_setting: str = "indexer.max_image_pixels") -> UprightImage:
     """Decode `data` to an upright RGB image whose shorter side still covers `min_side` when it can.
 
-    Raises ImageRejected for anything that is not a complete, allowed image within `max_pixels`.
+    Raises ImageRejected for anything that is not a complete, allowed image within `max_pixels`
+    (the setting named `limit_setting`, which the message tells people to raise).
     """
     if not data:
         raise ImageRejected("file is empty", "empty")
     try:
-        im = Image.open(io.BytesIO(data))
-        fmt = im.format or "unknown"
-        if fmt not in ALLOWED_FORMATS:
-            raise ImageRejected(
-                f"format {fmt} is not supported (allowed: {', '.join(sorted(ALLOWED_FORMATS))})", "unsupported_format"
-            )
-        _check_size(im, max_pixels)
-        if fmt in ("JPEG", "MPO"):
-            # Decode at the smallest DCT scale that still covers the model input.
-            im.draft("RGB", (min_side, min_side))
-        im.load()
-        im = ImageOps.exif_transpose(im)
-        im = _to_rgb(im)
+        return _open_upright(data, min_side, max_pixels, limit_setting)
     except ImageRejected:
         raise
     except UnidentifiedImageError:
         raise ImageRejected("not an image, or an image format lookalike cannot read", "not_image") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageRejected(f"cannot decode image: {exc}") from None
     except MemoryError:
         raise ImageRejected("image too large to decode in memory", "too_many_pixels") from None
+    except Exception as exc:
+        # Pillow's format plugins signal malformed input with many exception types (OSError,
+        # SyntaxError, struct.error, RuntimeError from the AVIF/HEIF decoders, ...); each is a rejection.
+        raise ImageRejected(f"cannot decode image: {exc or type(exc).__name__}") from None
+
+
+def _open_upright(data: bytes, min_side: int, max_pixels: int, limit_setting: str) -> UprightImage:
+    im = Image.open(io.BytesIO(data))
+    fmt = im.format or "unknown"
+    if fmt not in ALLOWED_FORMATS:
+        raise ImageRejected(
+            f"format {fmt} is not supported (allowed: {', '.join(sorted(ALLOWED_FORMATS))})", "unsupported_format"
+        )
+    _check_size(im, max_pixels, limit_setting)
+    if fmt in ("JPEG", "MPO"):
+        # Decode at the smallest DCT scale that still covers the model input.
+        im.draft("RGB", (min_side, min_side))
+    im.load()
+    im = ImageOps.exif_transpose(im)
+    im = _to_rgb(im)
     width, height = im.size
     if fmt in ("JPEG", "MPO"):
         # draft() may have shrunk the image: report the original dimensions.
@@ -138,12 +146,13 @@ def model_input(im: Image.Image, size: int) -> np.ndarray:
     return np.asarray(square, dtype=np.uint8)
 
 
-def decode_image(data: bytes, size: int, max_pixels: int) -> DecodedImage:
+def decode_image(data: bytes, size: int, max_pixels: int,
+                 limit_setting: str = "indexer.max_image_pixels") -> DecodedImage:
     """Decode `data` to a `size` x `size` RGB array (shorter side resized to `size`, centre crop).
 
     Raises ImageRejected for anything that is not a complete, allowed image within `max_pixels`.
     """
-    upright = open_upright(data, size, max_pixels)
+    upright = open_upright(data, size, max_pixels, limit_setting)
     return DecodedImage(model_input(upright.image, size), upright.width, upright.height, upright.format)
 
 
