@@ -92,6 +92,7 @@ class ApiSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     max_upload_mb: float = Field(32.0, gt=0)
+    max_upload_pixels: int = Field(50_000_000, ge=1)
     workers: int = Field(1, ge=1, le=64)
     threads: int = Field(4, ge=1, le=256)
     max_batch_images: int = Field(16, ge=1, le=1024)

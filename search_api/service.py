@@ -156,11 +156,14 @@ class SearchService:
     def embed_uploads(self, images: Sequence[bytes]) -> list[Embedded | ImageRejected]:
         """Per image, its vector and top-5 predictions, or why it was rejected; one model call for all."""
         started = time.perf_counter()
-        size, max_pixels = self.settings.model.image_size, self.settings.indexer.max_image_pixels
+        size = self.settings.model.image_size
+        # A small, highly compressed upload may claim hundreds of megapixels: uploads have their own cap.
+        max_pixels, setting = min((self.settings.api.max_upload_pixels, "api.max_upload_pixels"),
+                                  (self.settings.indexer.max_image_pixels, "indexer.max_image_pixels"))
         decoded: list[np.ndarray | ImageRejected] = []
         for data in images:
             try:
-                decoded.append(decode_image(data, size, max_pixels).pixels)
+                decoded.append(decode_image(data, size, max_pixels, setting).pixels)
             except ImageRejected as exc:
                 decoded.append(exc)
         good = [d for d in decoded if isinstance(d, np.ndarray)]
