@@ -198,7 +198,8 @@ def test_bombs_are_rejected_without_decoding(client: FlaskClient) -> None:
 
 def test_malformed_requests(client: FlaskClient) -> None:
     cases = [
-        (client.post("/api/v1/search", data=b'{"image": "x"}', content_type="application/json"), 400, "missing_image"),
+        (client.post("/api/v1/search", data=b'{"image": "x"}', content_type="application/json"), 415,
+         "unsupported_media_type"),
         (client.post("/api/v1/search", data=b"garbage", content_type="multipart/form-data; boundary=zz"), 400,
          "missing_image"),
         (client.post("/api/v1/search", data={"img": (io.BytesIO(A_JPEG), "q.jpg")},
