@@ -46,6 +46,7 @@ class StorageSettings(_Section):
     exact_max_vectors: int = Field(50_000, ge=0)
     nprobe: int = Field(16, ge=1)
     ef_search: int = Field(64, ge=1)
+    mmap_index: bool = True
 
     @field_validator("database_url")
     @classmethod

@@ -132,7 +132,7 @@ class SearchService:
             if manifest is not None and manifest.generation == current and self._index is not None:
                 return self._index
             if manifest is not None and manifest.model_id == self.model_id:
-                loaded = self.store.load(manifest)
+                loaded = self.store.load(manifest, mmap=self.settings.storage.mmap_index)
                 if loaded is not None:
                     self._index, self._manifest = loaded, manifest
                     log.info("serving index generation %d (%d vectors)", manifest.generation, loaded.count)

@@ -144,6 +144,12 @@ class VectorIndex:
         return out
 
 
+def _mmap_flags(factory: str) -> int:
+    """FAISS maps an IVF index's inverted lists with IO_FLAG_MMAP; other types need IO_FLAG_MMAP_IFC."""
+    mapped = faiss.IO_FLAG_MMAP if "IVF" in factory else faiss.IO_FLAG_MMAP_IFC
+    return mapped | faiss.IO_FLAG_READ_ONLY
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -182,11 +188,15 @@ class IndexStore:
             log.warning("index manifest %s is unreadable (%s); the index will be rebuilt", path, exc)
             return None
 
-    def load(self, manifest: Manifest) -> VectorIndex | None:
-        """The generation the manifest names, or None when its file is missing or damaged."""
+    def load(self, manifest: Manifest, mmap: bool = False) -> VectorIndex | None:
+        """The generation the manifest names, or None when its file is missing or damaged.
+
+        With `mmap`, the vectors stay in the file and are paged in on demand, shared by every
+        process that maps the same generation (read-only: for servers, never for the indexer).
+        """
         path = self.directory / manifest.file
         try:
-            index = faiss.read_index(str(path))
+            index = faiss.read_index(str(path), _mmap_flags(manifest.factory) if mmap else 0)
         except RuntimeError as exc:
             log.warning("index file %s cannot be read (%s); the index will be rebuilt", path, exc)
             return None

@@ -95,6 +95,23 @@ def test_search_and_filtered_search_for_every_type(factory: str, vectors: np.nda
 
 
 @pytest.mark.parametrize("factory", FACTORIES)
+def test_a_mapped_generation_answers_like_the_loaded_one(factory: str, vectors: np.ndarray, tmp_path: Path) -> None:
+    store = IndexStore(tmp_path / "index")
+    manifest = store.publish(built(factory, vectors), len(vectors))
+    config = IndexConfig(nprobe=8, ef_search=256)
+    queries = clustered(20, seed=3)
+    loaded, mapped = store.load(manifest), store.load(manifest, mmap=True)
+    assert loaded is not None and mapped is not None and mapped.count == len(vectors)
+    filtered = np.arange(1, 400)
+    assert mapped.search(queries, 10, None, config) == loaded.search(queries, 10, None, config)
+    assert mapped.search(queries, 10, filtered, config) == loaded.search(queries, 10, filtered, config)
+    # The indexer publishes the next generation and deletes this file: the mapping stays readable.
+    store.publish(built(factory, vectors[:1000]), 1000)
+    assert not (tmp_path / "index" / manifest.file).exists()
+    assert mapped.search(queries, 10, None, config) == loaded.search(queries, 10, None, config)
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
 def test_removal_or_a_clear_refusal(factory: str, vectors: np.ndarray, tmp_path: Path) -> None:
     index = built(factory, vectors[:500])
     if factory.startswith("HNSW"):
