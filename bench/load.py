@@ -63,14 +63,21 @@ def client(port: int, photos: list[bytes], ids: int, until: float, seed: int, ti
     conn.close()
 
 
-def server_rss_mb(proc: psutil.Process) -> float:
-    total = 0
+def server_rss_mb(proc: psutil.Process) -> tuple[float, float]:
+    """(resident, of which anonymous) MiB of the server and its workers.
+
+    The index file is memory-mapped: its pages count as resident once queries touch them, but they
+    are the page cache, shared and reclaimable. Anonymous memory is what a leak would grow.
+    """
+    total = anon = 0
     for p in [proc, *proc.children(recursive=True)]:
         try:
-            total += p.memory_info().rss
+            info = p.memory_info()
         except psutil.NoSuchProcess:
-            pass
-    return total / 2**20
+            continue
+        total += info.rss
+        anon += info.rss - info.shared
+    return total / 2**20, anon / 2**20
 
 
 def main() -> None:
@@ -93,7 +100,7 @@ def main() -> None:
     errors: list[str] = []
     try:
         watched = psutil.Process(server.pid)
-        print(f"server RSS at start: {server_rss_mb(watched):.0f} MiB; {args.concurrency} clients for "
+        print(f"server RSS at start: {server_rss_mb(watched)[0]:.0f} MiB; {args.concurrency} clients for "
               f"{args.seconds:.0f}s against http://{LOOPBACK}:{port}")
         started = time.monotonic()
         until = started + args.seconds
@@ -106,13 +113,18 @@ def main() -> None:
             time.sleep(1)
             rss.append(server_rss_mb(watched))
             print(f"  t={time.monotonic() - started:5.1f}s  done {len(times):6d}  errors {len(errors):4d}  "
-                  f"server RSS {rss[-1]:7.0f} MiB")
+                  f"server RSS {rss[-1][0]:7.0f} MiB, anonymous {rss[-1][1]:7.0f} MiB")
         elapsed = time.monotonic() - started
     finally:
         stop_server(server)
     p50, p99 = percentiles_ms(times) if times else (float("nan"), float("nan"))
     print(f"requests {len(times)} ok, {len(errors)} errors in {elapsed:.1f}s: {len(times) / elapsed:.1f} req/s")
-    print(f"latency p50 {p50:.1f} ms  p99 {p99:.1f} ms; server RSS min {min(rss):.0f} / max {max(rss):.0f} MiB")
+    anon = [a for _, a in rss]
+    tenth = anon[len(anon) // 10]
+    print(f"latency p50 {p50:.1f} ms  p99 {p99:.1f} ms; server RSS min {min(r for r, _ in rss):.0f} / "
+          f"max {max(r for r, _ in rss):.0f} MiB (the mapped index included)")
+    print(f"anonymous memory: {tenth:.0f} MiB at 10% of the run, {anon[-1]:.0f} MiB at the end "
+          f"({anon[-1] - tenth:+.0f} MiB), max {max(anon):.0f} MiB")
     if errors:
         print("first errors:", errors[:5])
 
