@@ -206,6 +206,11 @@ class Catalog:
             blob = s.scalar(select(ImageRow.embedding).where(ImageRow.id == image_id))
         return None if blob is None else np.frombuffer(blob, dtype="<f4").copy()
 
+    def image_ids(self) -> np.ndarray:
+        """Every image id, ascending."""
+        with self.session() as s:
+            return np.fromiter(s.scalars(select(ImageRow.id).order_by(ImageRow.id)), dtype=np.int64)
+
     def embeddings(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
         """Embeddings of the ids that exist, in one query per 500 ids."""
         out: dict[int, np.ndarray] = {}

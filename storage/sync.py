@@ -9,7 +9,7 @@ import numpy as np
 
 from storage.catalog import Catalog
 from storage.index_factory import IndexConfig, choose_index, ivf_of, nlist_for
-from storage.vector_index import IndexMismatchError, IndexStore, Manifest, VectorIndex
+from storage.vector_index import IndexMismatchError, IndexStore, Manifest, RemoveUnsupportedError, VectorIndex
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,41 @@ def is_consistent(manifest: Manifest, catalog: Catalog, model_id: str) -> bool:
     )
 
 
+def _catch_up(catalog: Catalog, store: IndexStore, manifest: Manifest, model_id: str) -> VectorIndex | None:
+    """The published generation brought level with the catalog, when only some images differ.
+
+    After a crash between catalog commits and the next publish, the catalog is a few batches
+    ahead: adding those vectors (and dropping any removed since) is far cheaper than rebuilding
+    the whole index. None when the generation cannot be used (other model, damaged file, an
+    index type that cannot remove): the caller rebuilds.
+    """
+    if manifest.model_id != model_id:
+        return None
+    index = store.load(manifest)
+    if index is None:
+        return None
+    try:
+        held = index.ids()
+    except TypeError:
+        return None
+    wanted = catalog.image_ids()
+    stale = np.setdiff1d(held, wanted, assume_unique=True)
+    missing = np.setdiff1d(wanted, held, assume_unique=True)
+    try:
+        index.remove(stale)
+    except RemoveUnsupportedError:
+        return None
+    for start in range(0, len(missing), 10_000):
+        chunk = missing[start:start + 10_000]
+        vectors = catalog.embeddings(chunk.tolist())
+        index.add(chunk, np.stack([vectors[int(i)] for i in chunk]))
+    if index.count != catalog.count_images():
+        return None
+    log.warning("index generation %d was out of step with the catalog: added %d vectors, removed %d",
+                manifest.generation, len(missing), len(stale))
+    return index
+
+
 def open_index(
     catalog: Catalog, store: IndexStore, model_id: str, *, publish_repairs: bool, config: IndexConfig | None = None
 ) -> tuple[VectorIndex | None, Manifest | None]:
@@ -103,6 +138,11 @@ def open_index(
             return index, manifest
     if manifest is None and catalog.count_images() == 0:
         return None, None
+    caught_up = _catch_up(catalog, store, manifest, model_id) if manifest is not None else None
+    if caught_up is not None:
+        if publish_repairs:
+            manifest = store.publish(caught_up, catalog.max_image_id())
+        return caught_up, manifest
     log.warning(
         "index in %s is missing or out of step with the catalog (manifest %s); rebuilding it from the "
         "catalog's %d embeddings",

@@ -194,6 +194,37 @@ def test_open_index_repairs_from_the_catalog(catalog: Catalog, tmp_path: Path) -
     assert hits[0][0] == ids[3]
 
 
+@pytest.mark.parametrize("factory", ["Flat", "IVF4,Flat", "HNSW8"])
+def test_a_crashed_run_is_caught_up_not_rebuilt(tmp_path: Path, factory: str,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
+    store = IndexStore(tmp_path / "index")
+    ids, _ = catalog.apply([new_image(i) for i in range(40)], [ref(f"/lib/{i}.jpg", i) for i in range(40)])
+    index = VectorIndex(DIM, MODEL, factory=factory)
+    vectors = np.stack([unit(i) for i in range(40)])
+    index.train(vectors)
+    index.add(np.asarray(ids), vectors)
+    published = store.publish(index, catalog.max_image_id())
+    # Then batches were committed, one image removed, and the process died before publishing.
+    new_ids, _ = catalog.apply([new_image(i) for i in range(40, 50)], [ref(f"/lib/{i}.jpg", i) for i in range(40, 50)])
+    removable = factory != "HNSW8"
+    if removable:
+        catalog.apply(removed_paths=["/lib/3.jpg"])
+    caplog.set_level("WARNING", logger="storage.sync")
+    repaired, manifest = open_index(catalog, store, MODEL, publish_repairs=True)
+    assert repaired is not None and manifest is not None and manifest.generation == published.generation + 1
+    assert sorted(repaired.ids()) == sorted(catalog.image_ids())
+    assert "added 10 vectors, removed 1" in caplog.text if removable else "added 10 vectors, removed 0" in caplog.text
+    assert "rebuilding" not in caplog.text
+    assert repaired.search(unit(45), 1)[0][0][0] == new_ids[5]
+    # An index type that cannot remove is rebuilt instead.
+    if not removable:
+        catalog.apply(removed_paths=["/lib/3.jpg"])
+        caplog.clear()
+        rebuilt, _ = open_index(catalog, store, MODEL, publish_repairs=True)
+        assert "rebuilding" in caplog.text and rebuilt is not None and rebuilt.count == 49
+
+
 def test_vectors_of_another_model_are_never_mixed(catalog: Catalog, tmp_path: Path) -> None:
     catalog.apply([new_image(1)], [ref("/lib/1.jpg", 1)])
     with pytest.raises(IndexMismatchError, match="--reindex"):
