@@ -29,6 +29,14 @@ def _engine(obj: CliContext):  # type: ignore[no-untyped-def]
     return service
 
 
+def _class_rule(obj: CliContext, rule: str, min_probability: float | None):  # type: ignore[no-untyped-def]
+    """The class rule of --class-rule/--class-min-probability, as the API's class_rule parameters."""
+    from storage.class_rule import ClassRule
+
+    default = obj.settings.search.class_min_probability
+    return ClassRule(rule, default if min_probability is None else min_probability)
+
+
 def _classes(values: tuple[str, ...]) -> frozenset[int] | None:
     from indexer.labels import UnknownClassError, resolve_classes
 
@@ -71,6 +79,11 @@ _common = [
     click.option("--class", "classes", multiple=True, metavar="CLASS",
                  help="Only images of this ImageNet class (id, name or WordNet id) or concept "
                       "(dog, bird, vehicle, ...); repeat for several."),
+    click.option("--class-rule", type=click.Choice(["top5", "top1"]), default="top5", show_default=True,
+                 help="When an image shows a class: its top-1 prediction, or (top5) also within its top 5 with "
+                      "at least --class-min-probability."),
+    click.option("--class-min-probability", type=click.FloatRange(0, 1), default=None,
+                 help="For --class-rule top5 (default: search.class_min_probability)."),
     click.option("--min-score", type=click.FloatRange(-1, 1), default=None, help="Lowest cosine similarity to show."),
     click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table."),
     click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -88,14 +101,15 @@ def _with_common(fn):  # type: ignore[no-untyped-def]
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @_with_common
 @click.pass_obj
-def search(obj: CliContext, images: tuple[Path, ...], k: int | None, classes: tuple[str, ...],
-           min_score: float | None, as_json: bool, html_path: Path | None) -> None:
+def search(obj: CliContext, images: tuple[Path, ...], k: int | None, classes: tuple[str, ...], class_rule: str,
+           class_min_probability: float | None, min_score: float | None, as_json: bool, html_path: Path | None) -> None:
     """Find indexed images that look like IMAGES.
 
     \b
     Examples:
       lookalike search cat.jpg
       lookalike search --k 20 --class "tiger cat" --class tabby cat.jpg
+      lookalike search --class dog --class-rule top1 puppy.jpg
       lookalike search --json a.jpg b.jpg | jq '.queries[0].results[0].path'
       lookalike search --html sheet.html holiday/*.jpg
     """
@@ -105,6 +119,7 @@ def search(obj: CliContext, images: tuple[Path, ...], k: int | None, classes: tu
         if not image.is_file():
             raise click.ClickException(f"{image}: no such file")
     class_ids = _classes(classes)
+    rule = _class_rule(obj, class_rule, class_min_probability)
     service = _engine(obj)
     k = k or obj.settings.search.default_k
     queries = []
@@ -115,7 +130,7 @@ def search(obj: CliContext, images: tuple[Path, ...], k: int | None, classes: tu
             raise click.ClickException(f"{image}: {exc}") from None
         from search_api.service import labels_json
 
-        hits = service.search(vector, k, class_ids, min_score)
+        hits = service.search(vector, k, class_ids, min_score, class_rule=rule)
         queries.append({"image": str(image), "labels": labels_json(predictions),
                         "results": [h.to_json() for h in hits]})
     _output(queries, as_json, html_path)
@@ -125,8 +140,9 @@ def search(obj: CliContext, images: tuple[Path, ...], k: int | None, classes: tu
 @click.argument("image")
 @_with_common
 @click.pass_obj
-def similar(obj: CliContext, image: str, k: int | None, classes: tuple[str, ...], min_score: float | None,
-            as_json: bool, html_path: Path | None) -> None:
+def similar(obj: CliContext, image: str, k: int | None, classes: tuple[str, ...], class_rule: str,
+            class_min_probability: float | None, min_score: float | None, as_json: bool,
+            html_path: Path | None) -> None:
     """Neighbours of an indexed IMAGE, given by its id or its path (the image itself is left out).
 
     \b
@@ -137,6 +153,7 @@ def similar(obj: CliContext, image: str, k: int | None, classes: tuple[str, ...]
     from search_api.service import labels_json
 
     class_ids = _classes(classes)
+    rule = _class_rule(obj, class_rule, class_min_probability)
     service = _engine(obj)
     if image.isdigit():
         image_id: int | None = int(image)
@@ -145,7 +162,7 @@ def similar(obj: CliContext, image: str, k: int | None, classes: tuple[str, ...]
     record = service.image(image_id) if image_id is not None else None
     if record is None:
         raise click.ClickException(f"{image}: not an indexed image (give an image id or the path of an indexed file)")
-    hits = service.similar(record.id, k or obj.settings.search.default_k, class_ids, min_score) or []
+    hits = service.similar(record.id, k or obj.settings.search.default_k, class_ids, min_score, rule) or []
     query = {"image": record.path, "id": record.id, "labels": labels_json(record.predictions),
              "results": [h.to_json() for h in hits]}
     _output([query], as_json, html_path)

@@ -48,6 +48,20 @@ def test_search_table_json_and_filters(indexed_env: dict[str, str], query_image:
     assert all(r["score"] >= 0.999 for r in strict)
 
 
+def test_class_rule_options(indexed_env: dict[str, str], query_image: Path) -> None:
+    def found(*options: str) -> list[dict]:
+        out = CliRunner().invoke(cli, ["search", str(query_image), "--json", "--k", "20", "--class", "goldfish",
+                                       *options], env=indexed_env)
+        assert out.exit_code == 0, out.output
+        return json.loads(out.stdout)["queries"][0]["results"]
+
+    top1 = found("--class-rule", "top1")
+    assert len(top1) == 6 and all(r["labels"][0]["class_id"] == RED_CLASS for r in top1)
+    anywhere = found("--class-min-probability", "0")  # goldfish anywhere in the top 5
+    assert len(anywhere) > len(top1)
+    assert {r["id"] for r in top1} < {r["id"] for r in anywhere}
+
+
 def test_similar_by_id_and_path_and_contact_sheet(indexed_env: dict[str, str], colour_library: Path,
                                                   tmp_path: Path) -> None:
     runner = CliRunner()
