@@ -152,3 +152,12 @@ def test_queries_keep_succeeding_while_a_generation_is_published(
             thread.join(timeout=60)
     assert {status for status, _ in answers} == {200}
     assert {count for _, count in answers} == {14, 17, 16}
+
+
+def test_serve_caps_malloc_arenas_unless_the_operator_chose(monkeypatch: pytest.MonkeyPatch) -> None:
+    from search_api.serve import limit_malloc_arenas
+
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert limit_malloc_arenas() is True  # glibc on Linux
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
+    assert limit_malloc_arenas() is False
