@@ -19,6 +19,19 @@ from indexer.settings import Settings, load_settings  # noqa: E402
 
 TEST_IMAGE_SIZE = 64
 
+POSTGRES_URL = os.environ.get("LOOKALIKE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def postgres_answers() -> bool:
+    """Whether the PostgreSQL server of the tests answers (its cases are skipped, saying so, when not)."""
+    import sqlalchemy as sa
+
+    try:
+        with sa.create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3}).connect():
+            return True
+    except Exception:
+        return False
+
 RED = (220, 30, 30)
 GREEN = (30, 200, 40)
 BLUE = (30, 40, 220)

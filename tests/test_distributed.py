@@ -13,7 +13,15 @@ import numpy as np
 import pytest
 import ray
 import sqlalchemy as sa
-from conftest import GREEN, colour_image, make_colour_library, make_settings, write_image
+from conftest import (
+    GREEN,
+    POSTGRES_URL,
+    colour_image,
+    make_colour_library,
+    make_settings,
+    postgres_answers,
+    write_image,
+)
 from sqlalchemy.exc import IntegrityError
 
 from indexer.distributed import RayIndexer, prepare_batch
@@ -28,16 +36,8 @@ from storage.catalog import Catalog, FileRef, NewImage
 from storage.vector_index import IndexStore
 from storage.verify import verify
 
-POSTGRES_URL = os.environ.get("LOOKALIKE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 VECTOR_TOLERANCE = 1e-5
 
-
-def _postgres_answers() -> bool:
-    try:
-        with sa.create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3}).connect():
-            return True
-    except Exception:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def local_ray() -> Iterator[None]:
 @pytest.fixture
 def new_database() -> Iterator[Callable[[], str]]:
     """Makes empty PostgreSQL databases of their own (other suites clear the shared one), dropped after."""
-    if not _postgres_answers():
+    if not postgres_answers():
         pytest.skip(f"no PostgreSQL server answers at {POSTGRES_URL}")
     admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
     made: list[str] = []

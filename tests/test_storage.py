@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from conftest import POSTGRES_URL, postgres_answers
 
 from storage.catalog import Catalog, FileRef, NewImage
 from storage.schema import Base
@@ -14,17 +14,9 @@ from storage.schema_migrations import upgrade
 from storage.sync import check_model, open_index
 from storage.vector_index import MANIFEST, IndexMismatchError, IndexStore, VectorIndex
 
-POSTGRES_URL = os.environ.get("LOOKALIKE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 MODEL = "test-model@64"
 DIM = 8
 
-
-def _postgres_available() -> bool:
-    try:
-        with sa.create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3}).connect():
-            return True
-    except Exception:
-        return False
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -32,7 +24,7 @@ def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Catalog]
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'catalog.db'}"
     else:
-        if not _postgres_available():
+        if not postgres_answers():
             pytest.skip(f"no PostgreSQL server answers at {POSTGRES_URL}")
         url = POSTGRES_URL
         drop_everything(url)
