@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from storage.class_rule import ClassRule
 from storage.faults import ENV_VARS as FAULT_ENV_VARS
 from storage.index_factory import IndexConfig
 
@@ -87,6 +88,10 @@ class SearchSettings(_Section):
     class_min_probability: float = Field(0.2, ge=0.0, le=1.0)
     max_offset: int = Field(10_000, ge=0)
     dedupe_threshold: float = Field(0.95, ge=-1.0, le=1.0)
+
+    def class_rule(self, rule: str = "top5", min_probability: float | None = None) -> ClassRule:
+        """When an image counts as showing a class; top-5 matches need `class_min_probability` unless given."""
+        return ClassRule(rule, self.class_min_probability if min_probability is None else min_probability)
 
 
 class ApiSettings(_Section):

@@ -29,14 +29,6 @@ def _engine(obj: CliContext):  # type: ignore[no-untyped-def]
     return service
 
 
-def _class_rule(obj: CliContext, rule: str, min_probability: float | None):  # type: ignore[no-untyped-def]
-    """The class rule of --class-rule/--class-min-probability, as the API's class_rule parameters."""
-    from storage.class_rule import ClassRule
-
-    default = obj.settings.search.class_min_probability
-    return ClassRule(rule, default if min_probability is None else min_probability)
-
-
 def _classes(values: tuple[str, ...]) -> frozenset[int] | None:
     from indexer.labels import UnknownClassError, resolve_classes
 
@@ -119,7 +111,7 @@ def search(obj: CliContext, images: tuple[Path, ...], k: int | None, classes: tu
         if not image.is_file():
             raise click.ClickException(f"{image}: no such file")
     class_ids = _classes(classes)
-    rule = _class_rule(obj, class_rule, class_min_probability)
+    rule = obj.settings.search.class_rule(class_rule, class_min_probability)
     service = _engine(obj)
     k = k or obj.settings.search.default_k
     queries = []
@@ -153,7 +145,7 @@ def similar(obj: CliContext, image: str, k: int | None, classes: tuple[str, ...]
     from search_api.service import labels_json
 
     class_ids = _classes(classes)
-    rule = _class_rule(obj, class_rule, class_min_probability)
+    rule = obj.settings.search.class_rule(class_rule, class_min_probability)
     service = _engine(obj)
     if image.isdigit():
         image_id: int | None = int(image)

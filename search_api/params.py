@@ -14,17 +14,7 @@ from storage.class_rule import RULES, ClassRule
 
 
 def parse_k(settings: SearchSettings) -> int:
-    raw = request.args.get("k")
-    if raw is None or raw == "":
-        return settings.default_k
-    try:
-        k = int(raw)
-    except ValueError:
-        raise ApiProblem(400, f"k must be an integer from 1 to {settings.max_k}, got {raw!r}", "invalid_parameter",
-                         parameter="k") from None
-    if not 1 <= k <= settings.max_k:
-        raise ApiProblem(400, f"k must be from 1 to {settings.max_k}, got {k}", "invalid_parameter", parameter="k")
-    return k
+    return parse_int("k", settings.default_k, 1, settings.max_k)
 
 
 def parse_min_score() -> float | None:
@@ -93,7 +83,7 @@ def parse_class_rule(settings: SearchSettings) -> ClassRule:
                          parameter="class_rule")
     raw = request.args.get("class_min_probability")
     if raw is None or raw == "":
-        return ClassRule(rule, settings.class_min_probability)
+        return settings.class_rule(rule)
     try:
         value = float(raw)
     except ValueError:
@@ -101,7 +91,7 @@ def parse_class_rule(settings: SearchSettings) -> ClassRule:
     if not 0.0 <= value <= 1.0:
         raise ApiProblem(400, f"class_min_probability must be a number from 0 to 1, got {raw!r}",
                          "invalid_parameter", parameter="class_min_probability")
-    return ClassRule(rule, value)
+    return settings.class_rule(rule, value)
 
 
 def parse_int(name: str, default: int, low: int, high: int) -> int:

@@ -170,20 +170,16 @@ class SearchService:
         embedded: list[Embedded] = []
         if good:
             out = self.embedder.embed(np.stack(good))
-            embedded = list(zip(out.features, top_k(out.probabilities, 5), strict=True))
+            embedded = list(zip(out.features, top_k(out.probabilities), strict=True))
         rows = iter(embedded)
         results = [item if isinstance(item, ImageRejected) else next(rows) for item in decoded]
         metrics.EMBED_SECONDS.observe(time.perf_counter() - started)
         return results
 
-    def class_rule(self) -> ClassRule:
-        """The configured rule for when an image counts as showing a class."""
-        return ClassRule("top5", self.settings.search.class_min_probability)
-
     def allowed_ids(self, class_ids: Collection[int] | None, rule: ClassRule | None = None) -> np.ndarray | None:
         if not class_ids:
             return None
-        return self.catalog.ids_matching_classes(class_ids, rule or self.class_rule())
+        return self.catalog.ids_matching_classes(class_ids, rule or self.settings.search.class_rule())
 
     def search(
         self,
