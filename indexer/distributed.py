@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.exc import IntegrityError
 
+from indexer.model import STORED_PREDICTIONS
 from indexer.pipeline import IndexReport, LibraryIndexer, Progress, _BackgroundWriter
 from indexer.prepare import FilePreparer, PrepareConfig
 from indexer.ray_cluster import ClusterInfo, check_catalog_for_cluster
@@ -40,7 +41,6 @@ from storage.vector_index import IndexStore
 
 log = logging.getLogger(__name__)
 
-TOP_K = 5  # predictions stored per image, as in the single-machine indexer
 DECODE_ROWS_PER_TASK = 16  # files per decode task: enough to hide the task overhead, small for retries
 MIN_EMBED_ROWS_PER_CALL = 32  # rows per actor call; the actor embeds them in model-sized batches
 COMMIT_ATTEMPTS = 3  # a batch racing another writer is re-checked and committed again
@@ -131,18 +131,11 @@ class RayIndexer(LibraryIndexer):
             size, mtime_ns = int(batch["size"][i]), int(batch["mtime_ns"][i])
             kind, error = str(batch["error_kind"][i]), str(batch["error"][i])
             if kind:
-                report.failed += 1
-                report.failures.append({"path": path, "kind": kind, "error": error})
-                rejected.append(Rejection(path, root, size, mtime_ns, kind, error))
-                log.info("rejected %s: %s", path, error)
-                self.progress.advance("failed")
+                rejected.append(self._rejected(report, FoundFile(path, root, size, mtime_ns), kind, error))
                 continue
             files.append(FileRef(path, root, size, mtime_ns, digest))
-            if not batch["decoded"][i] or digest in pending_hashes:
-                report.linked += 1
-                self.progress.advance("linked")
+            if not self._needs_embedding(report, digest, bool(batch["decoded"][i]), pending_hashes):
                 continue
-            pending_hashes.add(digest)
             predictions = [(int(c), float(p)) for c, p in zip(batch["class_ids"][i], batch["probabilities"][i],
                                                                 strict=True) if c >= 0]
             new_images.append(NewImage(digest, int(batch["width"][i]), int(batch["height"][i]),
@@ -251,14 +244,14 @@ class EmbedBatch:
         decoded = np.asarray(batch["decoded"], bool)
         count = len(decoded)
         embedding = np.zeros((count, self.embedder.feature_dim), np.float32)
-        class_ids = np.full((count, TOP_K), -1, np.int32)
-        probabilities = np.zeros((count, TOP_K), np.float32)
+        class_ids = np.full((count, STORED_PREDICTIONS), -1, np.int32)
+        probabilities = np.zeros((count, STORED_PREDICTIONS), np.float32)
         rows = np.flatnonzero(decoded)
         for start in range(0, len(rows), self.model_batch):
             chunk = rows[start:start + self.model_batch]
             out = self.embedder.embed(np.asarray(batch["pixels"][chunk], np.uint8))
             embedding[chunk] = out.features
-            for row, predictions in zip(chunk, top_k(out.probabilities, TOP_K), strict=True):
+            for row, predictions in zip(chunk, top_k(out.probabilities, STORED_PREDICTIONS), strict=True):
                 for rank, (class_id, probability) in enumerate(predictions):
                     class_ids[row, rank], probabilities[row, rank] = class_id, probability
         result = {key: value for key, value in batch.items() if key != "pixels"}  # pixels stop here

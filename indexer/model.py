@@ -315,7 +315,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def top_k(probabilities: np.ndarray, k: int = 5) -> list[list[tuple[int, float]]]:
+# Predictions kept per image in the catalog and returned with every query.
+STORED_PREDICTIONS = 5
+
+
+def top_k(probabilities: np.ndarray, k: int = STORED_PREDICTIONS) -> list[list[tuple[int, float]]]:
     """Per row, the k most probable (class_id, probability), best first."""
     idx = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
     return [[(int(c), float(row[c])) for c in cols] for row, cols in zip(probabilities, idx, strict=True)]

@@ -233,20 +233,10 @@ class LibraryIndexer:
             for item in ordered_prefetch(pool, prepare, candidates, window=2 * batch_size + workers):
                 f = item.file
                 if item.error is not None:
-                    report.failed += 1
-                    report.failures.append({"path": f.path, "kind": item.error_kind or "corrupt",
-                                            "error": item.error})
-                    rejected.append(Rejection(f.path, f.root, f.size, f.mtime_ns, item.error_kind or "corrupt",
-                                              item.error))
-                    log.info("rejected %s: %s", f.path, item.error)
-                    self.progress.advance("failed")
+                    rejected.append(self._rejected(report, f, item.error_kind or "corrupt", item.error))
                 else:
                     files.append(FileRef(f.path, f.root, f.size, f.mtime_ns, item.content_hash))
-                    if item.decoded is None or item.content_hash in pending_hashes:
-                        report.linked += 1
-                        self.progress.advance("linked")
-                    else:
-                        pending_hashes.add(item.content_hash)
+                    if self._needs_embedding(report, item.content_hash, item.decoded is not None, pending_hashes):
                         to_embed.append(item)
                 if len(to_embed) >= batch_size:
                     new_images.extend(self._embed(to_embed, report))
@@ -264,12 +254,32 @@ class LibraryIndexer:
         finally:
             writer.close()
 
+    def _rejected(self, report: IndexReport, f: FoundFile, kind: str, error: str) -> Rejection:
+        """Count a file that cannot be indexed; its record for the catalog."""
+        report.failed += 1
+        report.failures.append({"path": f.path, "kind": kind, "error": error})
+        log.info("rejected %s: %s", f.path, error)
+        self.progress.advance("failed")
+        return Rejection(f.path, f.root, f.size, f.mtime_ns, kind, error)
+
+    def _needs_embedding(self, report: IndexReport, content_hash: str, decoded: bool, pending: set[str]) -> bool:
+        """Whether a readable file brings new content; files of known content are counted as linked.
+
+        `pending` holds the content embedded this run (committed or not) and grows with the answer.
+        """
+        if not decoded or content_hash in pending:
+            report.linked += 1
+            self.progress.advance("linked")
+            return False
+        pending.add(content_hash)
+        return True
+
     def _embed(self, items: list[Prepared], report: IndexReport) -> list[NewImage]:
         if not items:
             return []
         pixels = np.stack([item.decoded.pixels for item in items if item.decoded is not None])
         out = self.embedder.embed(pixels)
-        predictions = top_k(out.probabilities, 5)
+        predictions = top_k(out.probabilities)
         report.indexed += len(items)
         for _ in items:
             self.progress.advance("indexed")
