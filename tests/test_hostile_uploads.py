@@ -17,7 +17,7 @@ from conftest import BLUE, RED, colour_image, make_settings, write_image
 from flask.testing import FlaskClient
 from PIL import Image
 from test_api import assert_problem, jpeg
-from test_images import _png_header_only
+from test_images import _png_header_only, encode
 from test_indexer import run_index
 
 from indexer.settings import Settings
@@ -28,12 +28,6 @@ MAX_UPLOAD_MB = 1
 UPLOAD_PIXELS = 4_000_000
 # Decoding one of the bombs for real would take hundreds of megabytes; rejecting it, almost nothing.
 BOMB_MEMORY_MB = 60
-
-
-def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, fmt, **options)
-    return buf.getvalue()
 
 
 def gif_bomb(width: int, height: int) -> bytes:
