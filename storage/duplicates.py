@@ -93,10 +93,10 @@ def near_groups(catalog: Catalog, index: VectorIndex, threshold: float, config: 
     for root in sorted(components):
         members = sorted(set(components[root]) | {root})
         records = catalog.get_images(members)
-        vectors = {i: catalog.embedding(i) for i in members}
+        vectors = catalog.embeddings(members)
         first = vectors[members[0]]
         groups.append(NearGroup(tuple(
             NearMember(i, records[i].paths if i in records else (), float(np.dot(first, vectors[i])))
-            for i in members if vectors[i] is not None
+            for i in members if i in vectors
         )))
     return groups
