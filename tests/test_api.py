@@ -4,63 +4,19 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BLUE, GREEN, RED, colour_image
 from flask import Flask
 from flask.testing import FlaskClient
+from helpers import BLUE, GREEN, RED, assert_problem, colour_image, jpeg, png_header_only, run_index, search
 from model_fixtures import BLUE_CLASS, GREEN_CLASS, RED_CLASS
 from PIL import Image
-from test_images import _png_header_only
-from test_indexer import run_index
 
 from indexer.settings import Settings
 from search_api import create_app
 from storage.vector_index import IndexStore
-
-
-def jpeg(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, "JPEG", quality=95)
-    return buf.getvalue()
-
-
-@pytest.fixture
-def indexed(settings_for: Callable[..., Settings], colour_library: Path) -> Settings:
-    settings = settings_for(api={"max_upload_mb": 1})
-    report, _ = run_index(settings, colour_library)
-    assert report.indexed == 14
-    return settings
-
-
-@pytest.fixture
-def app(indexed: Settings) -> Flask:
-    app = create_app(indexed)
-    app.config["TESTING"] = True
-    return app
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
-
-
-def search(client: FlaskClient, data: bytes, query: str = "", name: str = "q.jpg"):  # type: ignore[no-untyped-def]
-    return client.post(f"/api/v1/search{query}", data={"image": (io.BytesIO(data), name)},
-                       content_type="multipart/form-data")
-
-
-def assert_problem(response, status: int, code: str, detail_part: str = "") -> dict:  # type: ignore[no-untyped-def]
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == "application/problem+json"
-    body = response.get_json(force=True)
-    assert body["status"] == status and body["code"] == code and body["title"] and body["type"] == "about:blank"
-    assert detail_part in body["detail"]
-    assert "Traceback" not in response.get_data(as_text=True)
-    return body
 
 
 def test_search_by_upload_returns_neighbours_with_labels(client: FlaskClient) -> None:
@@ -197,7 +153,7 @@ TRUNCATED = jpeg(colour_image(RED))[:300]
         (b"<html>hello</html>", "", 415, "not_image", "not an image"),
         (b"", "", 400, "empty_upload", "empty"),
         (TRUNCATED, "", 422, "corrupt", "cannot decode"),
-        (_png_header_only(60_000, 60_000), "", 422, "too_many_pixels", "decompression bomb"),
+        (png_header_only(60_000, 60_000), "", 422, "too_many_pixels", "decompression bomb"),
         (os.urandom(2 * 1024 * 1024), "", 413, "request_entity_too_large", "larger than the limit"),
         (b"x", "?k=0", 400, "invalid_parameter", "k must be"),
         (b"x", "?k=1001", 400, "invalid_parameter", "k must be"),

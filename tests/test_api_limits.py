@@ -1,5 +1,4 @@
 """Every request limit answers with its own RFC 9457 problem, names the setting, and changes nothing."""
-# ruff: noqa: F811  (the app/client fixtures are imported from test_api and requested by name)
 
 from __future__ import annotations
 
@@ -9,11 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import RED, colour_image
 from flask.testing import FlaskClient
-from test_api import app, assert_problem, client, indexed, jpeg, search  # noqa: F401
-from test_images import _png_header_only
-from test_indexer import run_index
+from helpers import RED, assert_problem, colour_image, jpeg, png_header_only, run_index, search
 
 from indexer.settings import Settings, SettingsError, load_settings
 from search_api import create_app
@@ -81,7 +77,7 @@ def test_body_size_limit_holds_for_every_way_to_send_images(small_limits: FlaskC
 
 
 def test_pixel_limit_in_raw_bodies_and_batches(client: FlaskClient) -> None:
-    bomb = _png_header_only(60_000, 60_000)
+    bomb = png_header_only(60_000, 60_000)
     assert_problem(client.post("/api/v1/search", data=bomb, content_type="image/png"), 422, "too_many_pixels",
                    "decompression bomb")
     item = parts(client, "/api/v1/search/batch", {"images": [(bomb, "bomb.png")]}).get_json()["results"][0]

@@ -1,14 +1,12 @@
 """Prometheus metrics change when queries are answered."""
-# ruff: noqa: F811  (the app/client fixtures are imported from test_api and requested by name)
 
 from __future__ import annotations
 
 import io
 
-from conftest import BLUE, RED, colour_image
 from flask.testing import FlaskClient
+from helpers import BLUE, RED, colour_image, jpeg, search
 from prometheus_client.parser import text_string_to_metric_families
-from test_api import app, client, indexed, jpeg, search  # noqa: F401
 
 from indexer.settings import Settings
 

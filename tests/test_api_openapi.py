@@ -1,5 +1,4 @@
 """The served OpenAPI description is valid, covers every route, and matches what the routes answer."""
-# ruff: noqa: F811  (the app/client fixtures are imported from test_api and requested by name)
 
 from __future__ import annotations
 
@@ -9,11 +8,10 @@ from typing import Any
 
 import jsonschema
 import pytest
-from conftest import GREEN, RED, colour_image
 from flask import Flask
 from flask.testing import FlaskClient
+from helpers import GREEN, RED, colour_image, jpeg, search
 from openapi_spec_validator import validate
-from test_api import app, client, indexed, jpeg, search  # noqa: F401
 
 from search_api.openapi import api_rules, openapi_path
 

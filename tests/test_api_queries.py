@@ -1,5 +1,4 @@
 """Query features of the search API: raw image bodies, pagination, dedupe and batch search."""
-# ruff: noqa: F811  (the app/client fixtures are imported from test_api and requested by name)
 
 from __future__ import annotations
 
@@ -9,12 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import BLUE, GREEN, RED, colour_image
 from flask import Flask
 from flask.testing import FlaskClient
+from helpers import BLUE, GREEN, RED, assert_problem, colour_image, jpeg, run_index, search
 from model_fixtures import BLUE_CLASS, RED_CLASS
-from test_api import app, assert_problem, client, indexed, jpeg, search  # noqa: F401
-from test_indexer import run_index
 
 from indexer.settings import Settings
 from search_api import create_app

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 import schemathesis
-from conftest import make_colour_library, make_settings
+from helpers import make_colour_library, make_settings, run_index
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
-from test_indexer import run_index
 
 from search_api import create_app
 

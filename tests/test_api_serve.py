@@ -1,5 +1,4 @@
 """Serving quality: CPU threads per worker, metrics across gunicorn workers, new index generations under load."""
-# ruff: noqa: F811  (the indexed fixture is imported from test_api and requested by name)
 
 from __future__ import annotations
 
@@ -10,22 +9,29 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import GREEN, RED, colour_image
-from test_api import indexed, jpeg, search  # noqa: F401
-from test_cli import _free_port, _search, _wait_ready, env_for
-from test_indexer import run_index
+from helpers import (
+    GREEN,
+    RED,
+    REPO,
+    colour_image,
+    env_for,
+    free_port,
+    http_search,
+    jpeg,
+    run_index,
+    search,
+    wait_for,
+    wait_ready,
+)
 
 import search_api.service as service_module
 from indexer.settings import Settings
 from search_api import create_app
 from search_api.worker_threads import available_cores, threads_per_worker
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def test_threads_per_worker_share_the_cores() -> None:
@@ -70,26 +76,19 @@ def _metric(base: str, name: str, **labels: str) -> float:
                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
-def _wait_for(condition, seconds: float = 120) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.3)
-
-
 def test_two_workers_share_cores_and_metrics(tmp_path: Path, colour_library: Path, tf1_module: Path) -> None:
     env = {**os.environ, **env_for(tmp_path / "data", tf1_module), "LOOKALIKE_API__THREADS": "2"}
     assert subprocess.run([sys.executable, "-m", "lookalike", "index", str(colour_library)], env=env,
                           capture_output=True, timeout=300).returncode == 0
-    port, log_path = _free_port(), tmp_path / "serve.log"
+    port, log_path = free_port(), tmp_path / "serve.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "lookalike", "serve", "--workers", "2", "--port", str(port)],
                                 env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(proc, base)
+        wait_ready(proc, base)
         pattern = r"worker (\d+) CPU threads: TensorFlow intra-op (\d+), inter-op \d+, FAISS OpenMP (\d+)"
-        _wait_for(lambda: len(re.findall(pattern, log_path.read_text())) == 2)
+        wait_for(lambda: len(re.findall(pattern, log_path.read_text())) == 2)
         workers = re.findall(pattern, log_path.read_text())
         expected = str(threads_per_worker(2))
         assert {(t, f) for _, t, f in workers} == {(expected, expected)}
@@ -97,7 +96,7 @@ def test_two_workers_share_cores_and_metrics(tmp_path: Path, colour_library: Pat
         assert metrics_dir.is_dir()
 
         for _ in range(6):
-            assert _search(base, colour_library / "red" / "red0.jpg", 2)["results"]
+            assert http_search(base, colour_library / "red" / "red0.jpg", 2)["results"]
         route = {"route": "/api/v1/search", "method": "POST", "status": "200"}
         # Whichever worker answers the scrape, it reports the requests of both.
         assert _metric(base, "lookalike_http_request_duration_seconds_count", **route) == 6
@@ -106,11 +105,11 @@ def test_two_workers_share_cores_and_metrics(tmp_path: Path, colour_library: Pat
         pids = {int(pid) for pid, _, _ in workers}
         assert {int(p.stem.rsplit("_", 1)[1]) for p in metrics_dir.glob("gauge_live*.db")} <= pids
         victim = pids.pop()
-        _wait_for(lambda: any(metrics_dir.glob(f"gauge_live*_{victim}.db")))
+        wait_for(lambda: any(metrics_dir.glob(f"gauge_live*_{victim}.db")))
         os.kill(victim, signal.SIGKILL)  # the arbiter's child_exit hook drops its live gauges
-        _wait_for(lambda: not any(metrics_dir.glob(f"gauge_live*_{victim}.db")))
-        _wait_for(lambda: len(re.findall(pattern, log_path.read_text())) == 3)  # a replacement started
-        assert _search(base, colour_library / "green" / "green0.webp", 1)["results"]
+        wait_for(lambda: not any(metrics_dir.glob(f"gauge_live*_{victim}.db")))
+        wait_for(lambda: len(re.findall(pattern, log_path.read_text())) == 3)  # a replacement started
+        assert http_search(base, colour_library / "green" / "green0.webp", 1)["results"]
         assert _metric(base, "lookalike_http_request_duration_seconds_count", **route) == 7
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -138,14 +137,14 @@ def test_queries_keep_succeeding_while_a_generation_is_published(
     for thread in threads:
         thread.start()
     try:
-        _wait_for(lambda: len(answers) >= 4)
+        wait_for(lambda: len(answers) >= 4)
         for i in range(3):
             colour_image(GREEN, seed=90 + i).save(colour_library / f"late{i}.png")
         assert run_index(indexed, colour_library)[0].indexed == 3  # publishes the next generation
-        _wait_for(lambda: answers[-1][1] == 17, seconds=60)
+        wait_for(lambda: answers[-1][1] == 17, seconds=60)
         (colour_library / "late0.png").unlink()
         run_index(indexed, colour_library)
-        _wait_for(lambda: answers[-1][1] == 16, seconds=60)
+        wait_for(lambda: answers[-1][1] == 16, seconds=60)
     finally:
         stop.set()
         for thread in threads:

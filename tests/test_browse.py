@@ -10,14 +10,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import RED, colour_image, make_colour_library, make_settings
 from flask import Flask
 from flask.testing import FlaskClient
+from helpers import (
+    RED,
+    assert_problem,
+    catalog_of,
+    colour_image,
+    env_for,
+    jpeg,
+    make_colour_library,
+    make_settings,
+    new_image,
+    ref,
+    run_index,
+)
 from model_fixtures import BLUE_CLASS, GREEN_CLASS, RED_CLASS
-from test_api import assert_problem, jpeg
-from test_cli import env_for
-from test_indexer import catalog_of, run_index
-from test_storage import catalog, new_image, ref  # noqa: F401  (catalog is a fixture)
 
 from indexer.settings import Settings
 from lookalike.cli import cli
@@ -33,7 +41,7 @@ TOP1 = ClassRule("top1")
 
 
 @pytest.fixture
-def five(catalog: Catalog) -> list[int]:  # noqa: F811
+def five(catalog: Catalog) -> list[int]:
     ids, _ = catalog.apply(
         [new_image(1, ((5, 0.5), (6, 0.3), (7, 0.1))), new_image(2, ((6, 0.15), (5, 0.12))),
          new_image(3, ((7, 0.9), (5, 0.25))), new_image(4, ((5, 0.7), (8, 0.2))), new_image(5, ((5, 0.5),))],
@@ -42,7 +50,7 @@ def five(catalog: Catalog) -> list[int]:  # noqa: F811
     return ids
 
 
-def test_browse_orders_by_best_matching_probability_then_id(catalog: Catalog, five: list[int]) -> None:  # noqa: F811
+def test_browse_orders_by_best_matching_probability_then_id(catalog: Catalog, five: list[int]) -> None:
     page = browse_images(catalog, {5}, TOP5, 0, 10)
     assert page.total == 4
     assert [(e.image_id, e.class_id, e.probability) for e in page.entries] == [
@@ -54,7 +62,7 @@ def test_browse_orders_by_best_matching_probability_then_id(catalog: Catalog, fi
     assert [e.image_id for e in browse_images(catalog, {5}, ClassRule("top5", 0.1), 0, 10).entries][-1] == five[1]
 
 
-def test_browse_pages(catalog: Catalog, five: list[int]) -> None:  # noqa: F811
+def test_browse_pages(catalog: Catalog, five: list[int]) -> None:
     pages = [browse_images(catalog, {5}, TOP5, offset, 3) for offset in (0, 3, 6)]
     assert [p.total for p in pages] == [4, 4, 4]
     assert [e.image_id for p in pages for e in p.entries] == [five[3], five[0], five[4], five[2]]
@@ -65,7 +73,7 @@ def test_browse_pages(catalog: Catalog, five: list[int]) -> None:  # noqa: F811
     assert browse_images(catalog, {999}, TOP5, 0, 5).total == 0
 
 
-def test_match_table_counts_images_once(catalog: Catalog, five: list[int]) -> None:  # noqa: F811
+def test_match_table_counts_images_once(catalog: Catalog, five: list[int]) -> None:
     table = MatchTable.load(catalog, TOP5)
     assert table.count({5}) == 4 and table.count({6}) == 2 and table.count({5, 6, 7}) == 5
     assert table.count({8}) == 1 and table.count({42}) == 0 and table.count({10_000}) == 0

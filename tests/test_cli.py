@@ -3,30 +3,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import TEST_IMAGE_SIZE
+from helpers import env_for, free_port, http_search, wait_ready
 
 from lookalike import __version__
 from lookalike.cli import cli
 from storage.lock import writer_lock
-
-
-def env_for(data_dir: Path, handle: Path | str) -> dict[str, str]:
-    return {
-        "LOOKALIKE_MODEL__HANDLE": str(handle),
-        "LOOKALIKE_MODEL__IMAGE_SIZE": str(TEST_IMAGE_SIZE),
-        "LOOKALIKE_STORAGE__DATA_DIR": str(data_dir),
-        "LOOKALIKE_CONFIG": "",
-    }
-
 
 COMMANDS = [["index"], ["errors"], ["duplicates"], ["search"], ["similar"], ["stats"], ["verify"], ["rebuild"],
             ["serve"], ["demo"], ["sample-library"], ["model", "info"], ["model", "fetch"], ["config", "show"]]
@@ -106,45 +93,17 @@ def test_busy_data_dir_and_model_change_are_refused(runner: CliRunner, colour_li
     assert redo.exit_code == 0 and json.loads(redo.stdout.splitlines()[-1])["indexed"] == 14
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_ready(proc: subprocess.Popen, base: str, seconds: float = 180) -> dict:  # type: ignore[type-arg]
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/readyz", timeout=5) as r:
-                return json.load(r)
-        except OSError:
-            assert proc.poll() is None, proc.stdout.read().decode()  # type: ignore[union-attr]
-            assert time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.5)
-
-
-def _search(base: str, image: Path, k: int) -> dict:  # type: ignore[type-arg]
-    boundary = "lookalikeboundary"
-    payload = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"q.jpg\"\r\n"
-               "Content-Type: image/jpeg\r\n\r\n").encode() + image.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
-    request = urllib.request.Request(f"{base}/api/v1/search?k={k}", data=payload, method="POST",
-                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
-    with urllib.request.urlopen(request, timeout=60) as r:
-        return json.load(r)
-
-
 def test_serve_answers_queries_over_http(runner: CliRunner, colour_library: Path, tmp_path: Path,
                                          tf1_module: Path) -> None:
     env = env_for(tmp_path / "data", tf1_module)
     assert runner.invoke(cli, ["index", str(colour_library)], env=env).exit_code == 0
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "lookalike", "serve", "--port", str(port)],
                             env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         base = f"http://127.0.0.1:{port}"
-        assert _wait_ready(proc, base)["vectors"] == 14
-        results = _search(base, colour_library / "red" / "red0.jpg", 2)["results"]
+        assert wait_ready(proc, base)["vectors"] == 14
+        results = http_search(base, colour_library / "red" / "red0.jpg", 2)["results"]
         assert Path(results[0]["path"]).name == "red0.jpg" and results[0]["score"] > 0.999
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -153,16 +112,16 @@ def test_serve_answers_queries_over_http(runner: CliRunner, colour_library: Path
 
 def test_demo_command_indexes_and_serves_offline(tmp_path: Path) -> None:
     """The README's main command, on a machine that cannot reach TF Hub."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "LOOKALIKE_CONFIG": "", "TFHUB_CACHE_DIR": str(tmp_path / "cache"),
-           "LOOKALIKE_MODEL__HANDLE": f"http://127.0.0.1:{_free_port()}/b4.tar.gz"}
+           "LOOKALIKE_MODEL__HANDLE": f"http://127.0.0.1:{free_port()}/b4.tar.gz"}
     proc = subprocess.Popen([sys.executable, "-m", "lookalike", "demo", "--dir", str(tmp_path / "demo"),
                              "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         base = f"http://127.0.0.1:{port}"
-        ready = _wait_ready(proc, base)
+        ready = wait_ready(proc, base)
         assert ready["vectors"] == 42 and ready["model"]["stand_in"] is True
-        body = _search(base, tmp_path / "demo" / "library" / "photos" / "coffee.jpg", 3)
+        body = http_search(base, tmp_path / "demo" / "library" / "photos" / "coffee.jpg", 3)
         assert body["query"]["labels"][0]["name"] == "espresso"
         assert {Path(r["path"]).name.split("-")[0].split(".")[0] for r in body["results"]} == {"coffee"}
     finally:
@@ -173,7 +132,7 @@ def test_demo_command_indexes_and_serves_offline(tmp_path: Path) -> None:
 def test_demo_falls_back_loudly_only_when_the_hub_is_unreachable(runner: CliRunner, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "cache"))
-    env = env_for(tmp_path / "unused", f"http://127.0.0.1:{_free_port()}/b4.tar.gz")
+    env = env_for(tmp_path / "unused", f"http://127.0.0.1:{free_port()}/b4.tar.gz")
     result = runner.invoke(cli, ["demo", "--dir", str(tmp_path / "demo"), "--no-serve"], env=env)
     assert result.exit_code == 0, result.output
     assert "cannot download model" in result.stderr and "NOT EfficientNet-B4" in result.stderr

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import RED, colour_image
+from helpers import RED, colour_image, env_for, free_port
 from model_fixtures import BLUE_CLASS, FEATURE_DIM, GREEN_CLASS, RED_CLASS
-from test_cli import _free_port, env_for
 
 from indexer.settings import Settings
 from lookalike.cli import cli
@@ -139,7 +138,7 @@ def test_model_fetch_copies_a_module_and_fails_fast_offline(tmp_path: Path, tf1_
     assert result.exit_code == 0, result.output
     assert (tmp_path / "copy" / "saved_model.pb").is_file() and "model.handle:" in result.stdout
     monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "cache"))
-    offline = runner.invoke(cli, ["model", "fetch"], env=env_for(tmp_path / "d", f"http://127.0.0.1:{_free_port()}/m"))
+    offline = runner.invoke(cli, ["model", "fetch"], env=env_for(tmp_path / "d", f"http://127.0.0.1:{free_port()}/m"))
     assert offline.exit_code == 1 and "cannot download model" in offline.output
 
 

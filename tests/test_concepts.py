@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 from indexer.class_search import match_names
 from indexer.concepts import concepts, concepts_named, parse_id_ranges
@@ -19,8 +20,7 @@ from indexer.labels import (
     resolve_classes,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = ROOT / "indexer" / "data" / "imagenet1k_concepts.tsv"
+SHIPPED = REPO / "indexer" / "data" / "imagenet1k_concepts.tsv"
 WORDNET = Path("/usr/share/wordnet")
 
 
@@ -107,7 +107,7 @@ def test_shipped_concepts_are_consistent() -> None:
 def test_shipped_file_is_what_the_generator_writes(tmp_path: Path) -> None:
     assert (WORDNET / "data.noun").is_file(), "WordNet 3.0 is missing: `make test` installs wordnet-base"
     out = tmp_path / "concepts.tsv"
-    subprocess.run([sys.executable, str(ROOT / "tools" / "generate_imagenet_hierarchy.py"), "--wordnet",
+    subprocess.run([sys.executable, str(REPO / "tools" / "generate_imagenet_hierarchy.py"), "--wordnet",
                     str(WORDNET), "--output", str(out)], check=True)
     assert out.read_text("utf-8") == SHIPPED.read_text("utf-8")
 

@@ -16,10 +16,19 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from conftest import BLUE, GREEN, RED, colour_image, make_settings, write_image
-from test_cli import env_for
-from test_crash_recovery import REPO, Library, assert_catalog_matches_files
-from test_indexer import run_index
+from helpers import (
+    BLUE,
+    GREEN,
+    RED,
+    REPO,
+    Library,
+    assert_catalog_matches_files,
+    colour_image,
+    env_for,
+    make_settings,
+    run_index,
+    write_image,
+)
 from werkzeug.serving import make_server
 
 from indexer.model import model_id

@@ -12,7 +12,6 @@ publishes without loading the model, so many kills fit in a short test).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
@@ -24,17 +23,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import colour_image, make_settings
 from flask.testing import FlaskClient
-from test_cli import env_for
+from helpers import REPO, Library, assert_catalog_matches_files, env_for, make_settings
 
 from indexer.settings import Settings
 from lookalike.cli import cli
 from search_api import create_app
-from storage.catalog import Catalog
 from storage.faults import AFTER_ENV, POINT_ENV, POINTS
 
-REPO = Path(__file__).resolve().parent.parent
 FIRST_LIBRARY = 200
 RANDOM_KILLS = 10
 # (kind of round, fault point or "random", the hit on which to die)
@@ -46,64 +42,6 @@ PLAN = (
     + [("reorganise", "random", 0)] * 6
 )
 RUN_TIMEOUT = 60
-
-
-class Library:
-    """A folder of small generated images that changes a little every round."""
-
-    def __init__(self, root: Path, seed: int) -> None:
-        self.root = root
-        self.rng = np.random.default_rng(seed)
-        self.next_seed = 0
-
-    def _picture(self) -> tuple[object, str]:
-        self.next_seed += 1
-        colour = tuple(int(c) for c in self.rng.integers(0, 256, 3))
-        accent = tuple(int(c) for c in self.rng.integers(0, 256, 3))
-        ext = ("png", "jpg", "webp")[self.next_seed % 3]
-        return colour_image(colour, size=(40, 32), seed=self.next_seed, accent=accent), ext
-
-    def add(self, count: int) -> None:
-        for _ in range(count):
-            image, ext = self._picture()
-            path = self.root / f"d{self.next_seed % 7}" / f"img{self.next_seed:05d}.{ext}"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            image.save(path)
-
-    def files(self) -> list[Path]:
-        return sorted(p for p in self.root.rglob("*") if p.is_file())
-
-    def _pick(self, count: int) -> list[Path]:
-        files = self.files()
-        return [files[i] for i in self.rng.choice(len(files), count, replace=False)]
-
-    def change_content(self) -> None:
-        """New pixels: 14 new files, 3 rewritten in place, 4 deleted, 2 copies."""
-        self.add(14)
-        picked = self._pick(9)
-        for path in picked[:3]:
-            image, _ = self._picture()
-            image.save(path, format={"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}[path.suffix[1:]])
-        self._copy(picked[3:5])
-        for path in picked[5:]:
-            path.unlink()
-
-    def reorganise(self) -> None:
-        """No new pixels: 6 files moved to another folder, 3 copies, 5 deleted."""
-        picked = self._pick(14)
-        for path in picked[:6]:
-            target = self.root / "moved" / f"{self.next_seed}_{path.name}"
-            target.parent.mkdir(exist_ok=True)
-            path.rename(target)
-            self.next_seed += 1
-        self._copy(picked[6:9])
-        for path in picked[9:]:
-            path.unlink()
-
-    def _copy(self, paths: list[Path]) -> None:
-        for path in paths:
-            self.next_seed += 1
-            path.with_name(f"copy{self.next_seed}{path.suffix}").write_bytes(path.read_bytes())
 
 
 @pytest.fixture
@@ -123,11 +61,6 @@ def start_index(library: Library, env: dict[str, str], log: Path, fault: dict[st
     with open(log, "wb") as out:
         return subprocess.Popen([sys.executable, "-m", "lookalike", "index", str(library.root)], env=full_env,
                                 stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-
-
-def kill_at_point(library: Library, env: dict[str, str], log: Path, point: str, after: int) -> int:
-    proc = start_index(library, env, log, {POINT_ENV: point, AFTER_ENV: str(after)})
-    return proc.wait(RUN_TIMEOUT)
 
 
 def kill_at_random(library: Library, env: dict[str, str], log: Path, rng: np.random.Generator, kind: str) -> int:
@@ -155,22 +88,6 @@ def complete_run(env: dict[str, str], library: Library) -> None:
     assert result.exit_code == 0, result.output
     checked = runner.invoke(cli, ["verify"], env=env)
     assert checked.exit_code == 0 and checked.output.strip().endswith("ok"), checked.output
-
-
-def assert_catalog_matches_files(settings: Settings, library: Library) -> list[int]:
-    """Every file on disk is in the catalog once, pointing at an image of its current content."""
-    on_disk = {str(p.resolve()): hashlib.sha256(p.read_bytes()).hexdigest() for p in library.files()}
-    catalog = Catalog(settings.storage.resolved_database_url())
-    try:
-        images = catalog.get_images(list(range(1, catalog.max_image_id() + 1)))
-        in_catalog = {path: record.content_hash for record in images.values() for path in record.paths}
-        assert in_catalog == on_disk
-        assert catalog.count_files() == len(on_disk)
-        # one image per distinct content, and no image without a file
-        assert catalog.count_images() == len(images) == len(set(on_disk.values()))
-        return sorted(images)
-    finally:
-        catalog.close()
 
 
 def assert_every_query_answers(client: FlaskClient, ids: list[int], asked: list[int]) -> None:

@@ -13,15 +13,7 @@ import numpy as np
 import pytest
 import ray
 import sqlalchemy as sa
-from conftest import (
-    GREEN,
-    POSTGRES_URL,
-    colour_image,
-    make_colour_library,
-    make_settings,
-    postgres_answers,
-    write_image,
-)
+from helpers import GREEN, POSTGRES_URL, colour_image, make_colour_library, make_settings, postgres_answers, write_image
 from sqlalchemy.exc import IntegrityError
 
 from indexer.distributed import RayIndexer, prepare_batch

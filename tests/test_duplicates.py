@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import BLUE, GREEN, RED, colour_image, write_image
-from test_cli import env_for
+from helpers import BLUE, GREEN, RED, colour_image, env_for, write_image
 
 from lookalike.cli import cli
 from storage.catalog import Catalog, FileRef, NewImage

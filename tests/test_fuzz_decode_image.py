@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 from indexer.images import ImageRejected, decode_image
 
-FUZZ = Path(__file__).resolve().parent.parent / "fuzz"
+FUZZ = REPO / "fuzz"
 REGRESSIONS = sorted((FUZZ / "regressions").iterdir())
 RUNS = 3000
 

@@ -13,12 +13,20 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import BLUE, RED, colour_image, make_settings, write_image
 from flask.testing import FlaskClient
+from helpers import (
+    BLUE,
+    RED,
+    assert_problem,
+    colour_image,
+    encode,
+    jpeg,
+    make_settings,
+    png_header_only,
+    run_index,
+    write_image,
+)
 from PIL import Image
-from test_api import assert_problem, jpeg
-from test_images import _png_header_only, encode
-from test_indexer import run_index
 
 from indexer.settings import Settings
 from search_api import create_app
@@ -78,7 +86,7 @@ def zlib_png(width: int, height: int) -> bytes:
 
 
 BOMBS = {
-    "png-header": _png_header_only(100_000, 100_000),
+    "png-header": png_header_only(100_000, 100_000),
     "png-real-zlib": zlib_png(6000, 6000),  # 36 megapixels in about 100 kB
     "gif": gif_bomb(65_535, 65_535),
     "tiff": tiff_bomb(100_000, 100_000),

@@ -1,23 +1,16 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
+from helpers import encode, png_header_only
 from PIL import Image
 
 from indexer.images import ImageRejected, decode_image
 
 SIZE = 64
 LIMIT = 50_000_000
-
-
-def encode(image: Image.Image, fmt: str, **kwargs: object) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, fmt, **kwargs)
-    return buf.getvalue()
 
 
 def gradient(w: int = 120, h: int = 80) -> Image.Image:
@@ -132,14 +125,6 @@ def test_large_jpeg_reports_original_size_after_draft() -> None:
     assert out.pixels.shape == (SIZE, SIZE, 3)
 
 
-def _png_header_only(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b"")
-
-
 @pytest.mark.parametrize(
     ("data", "kind"),
     [
@@ -149,7 +134,7 @@ def _png_header_only(width: int, height: int) -> bytes:
         (b'<svg xmlns="http://www.w3.org/2000/svg"/>', "not_image"),
         (encode(gradient(), "JPEG")[:400], "corrupt"),
         (encode(gradient(), "PNG")[:200], "corrupt"),
-        (_png_header_only(100_000, 100_000), "too_many_pixels"),
+        (png_header_only(100_000, 100_000), "too_many_pixels"),
         (encode(Image.new("RGB", (16, 16)), "ICO"), "unsupported_format"),
     ],
     ids=["empty", "html", "pdf", "svg", "truncated-jpeg", "truncated-png", "png-bomb", "ico"],

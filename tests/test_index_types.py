@@ -9,9 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from test_cli import env_for
-from test_indexer import run_index
-from test_storage import MODEL, new_image, ref
+from helpers import CATALOG_MODEL, env_for, new_image, ref, run_index
 
 from indexer.settings import Settings
 from lookalike.cli import cli
@@ -52,7 +50,7 @@ def test_auto_choice_follows_size_and_budget(count: int, dim: int, budget_mb: in
 def test_explicit_factory_wins() -> None:
     assert choose_index(10, 8, IndexConfig(factory="HNSW32")).factory == "HNSW32"
     with pytest.raises(ValueError, match="not a FAISS factory string"):
-        VectorIndex(8, MODEL, factory="Nonsense42")
+        VectorIndex(8, CATALOG_MODEL, factory="Nonsense42")
 
 
 FACTORIES = ["Flat", "IVF32,Flat", "IVF32,SQ8", "HNSW16", "OPQ8,IVF32,PQ8"]
@@ -64,7 +62,7 @@ def vectors() -> np.ndarray:
 
 
 def built(factory: str, vectors: np.ndarray) -> VectorIndex:
-    index = VectorIndex(DIM, MODEL, factory=factory)
+    index = VectorIndex(DIM, CATALOG_MODEL, factory=factory)
     index.train(vectors)
     index.add(np.arange(1, len(vectors) + 1), vectors)
     return index
@@ -129,7 +127,7 @@ def test_removal_or_a_clear_refusal(factory: str, vectors: np.ndarray, tmp_path:
 
 
 def fill_catalog(catalog: Catalog, vectors: np.ndarray) -> list[int]:
-    images = [NewImage(f"{i:064x}", 1, 1, "PNG", MODEL, v, ((1, 0.9),)) for i, v in enumerate(vectors)]
+    images = [NewImage(f"{i:064x}", 1, 1, "PNG", CATALOG_MODEL, v, ((1, 0.9),)) for i, v in enumerate(vectors)]
     ids, _ = catalog.apply(images, [ref(f"/lib/{i}.png", i) for i in range(len(vectors))])
     return ids
 
@@ -138,11 +136,11 @@ def test_build_from_catalog_trains_and_retrains(tmp_path: Path, vectors: np.ndar
     catalog = Catalog(f"sqlite:///{tmp_path / 'c.db'}")
     fill_catalog(catalog, vectors[:2000])
     config = IndexConfig(exact_max_vectors=1000)
-    index = build_from_catalog(catalog, MODEL, config)
+    index = build_from_catalog(catalog, CATALOG_MODEL, config)
     assert index is not None and index.factory == "IVF51,Flat" and index.trained_count == 2000
     assert index.count == 2000 and needs_rebuild(index, 2000, config) is None
     assert "grown" in (needs_rebuild(index, 8001, config) or "")
-    flat = VectorIndex(DIM, MODEL)
+    flat = VectorIndex(DIM, CATALOG_MODEL)
     assert "call for a IVF" in (needs_rebuild(flat, 2000, config) or "")
 
 
@@ -201,6 +199,6 @@ def test_verify_flags_other_models_and_bad_vectors(tmp_path: Path) -> None:
     catalog = Catalog(f"sqlite:///{tmp_path / 'c.db'}")
     catalog.apply([new_image(1), NewImage(f"{15:064x}", 1, 1, "PNG", "other@1", np.full(8, 2, np.float32), ())],
                   [ref("/lib/1.jpg", 1), ref("/lib/2.jpg", 0xF)])
-    report = verify(catalog, IndexStore(tmp_path / "index"), MODEL)
+    report = verify(catalog, IndexStore(tmp_path / "index"), CATALOG_MODEL)
     text = " ".join(report.problems)
     assert "other models" in text and "not unit length" in text and "no index manifest" in text

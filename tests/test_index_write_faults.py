@@ -15,9 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import RED, colour_image, write_image
-from test_cli import env_for
-from test_indexer import catalog_of, run_index
+from helpers import RED, catalog_of, colour_image, env_for, run_index, write_image
 
 import storage.vector_index as vector_index
 from indexer.model import model_id

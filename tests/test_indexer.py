@@ -5,56 +5,15 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
-from conftest import BLUE, RED, colour_image, write_image
+from helpers import BLUE, RED, catalog_of, colour_image, run_index, write_image
 from model_fixtures import BLUE_CLASS, GREEN_CLASS, RED_CLASS
 
-from indexer.model import Embedder, model_id
-from indexer.pipeline import IndexReport, LibraryIndexer
+from indexer.model import model_id
 from indexer.scan import RootError, resolve_root, scan
 from indexer.settings import Settings
-from storage.catalog import Catalog
 from storage.lock import LockedError, writer_lock
 from storage.vector_index import IndexMismatchError, IndexStore
-
-
-class Counting:
-    """Loads the real embedder and counts the images it embeds."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.embedded = 0
-        self.loads = 0
-
-    def __call__(self) -> Embedder:
-        self.loads += 1
-        m = self.settings.model
-        embedder = Embedder(m.handle, m.image_size)
-        original = embedder.embed
-
-        def counted(pixels: np.ndarray):  # type: ignore[no-untyped-def]
-            self.embedded += len(pixels)
-            return original(pixels)
-
-        embedder.embed = counted  # type: ignore[method-assign]
-        return embedder
-
-
-def run_index(settings: Settings, *roots: Path, reindex: bool = False) -> tuple[IndexReport, Counting]:
-    counter = Counting(settings)
-    catalog = Catalog(settings.storage.resolved_database_url())
-    try:
-        indexer = LibraryIndexer(settings, catalog, IndexStore(settings.storage.data_dir / "index"),
-                                 model_id(settings.model.handle, settings.model.image_size), counter)
-        report = indexer.run([str(r) for r in roots], reindex=reindex)
-    finally:
-        catalog.close()
-    return report, counter
-
-
-def catalog_of(settings: Settings) -> Catalog:
-    return Catalog(settings.storage.resolved_database_url())
 
 
 def test_scan_finds_images_recursively_and_skips_the_rest(colour_library: Path, tmp_path: Path) -> None:

@@ -11,10 +11,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import BLUE, GREEN, RED, colour_image, write_image
+from helpers import BLUE, GREEN, RED, Counting, catalog_of, colour_image, env_for, run_index, write_image
 from PIL import Image
-from test_cli import env_for
-from test_indexer import Counting, catalog_of, run_index
 
 from indexer.model import model_id
 from indexer.pipeline import LibraryIndexer

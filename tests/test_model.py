@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TEST_IMAGE_SIZE
+from helpers import TEST_IMAGE_SIZE
 from model_fixtures import BLUE_CLASS, FEATURE_DIM, GREEN_CLASS, RED_CLASS, expected_features
 
 from indexer.model import Embedder, ModelUnavailableError, model_id, top_k

@@ -45,14 +45,15 @@ def _read_saved_model(path: pathlib.Path) -> saved_model_pb2.SavedModel:
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.Path]:
-    root = tmp_path_factory.mktemp("model_fixtures")
+def models(tmp_path_factory: pytest.TempPathFactory, tf1_module: pathlib.Path, tf1_module_1001: pathlib.Path,
+           tf2_module: pathlib.Path, tf2_module_1001: pathlib.Path) -> dict[str, pathlib.Path]:
+    """The session's models (conftest.py), plus a TF1 module without the train graph, which only these checks use."""
     return {
-        "tf1": build_tf1_hub_module(root / "tf1"),
-        "tf1_1001": build_tf1_hub_module(root / "tf1_1001", num_classes=1001),
-        "tf1_train": build_tf1_hub_module(root / "tf1_train", train_graph=True),
-        "tf2": build_tf2_saved_model(root / "tf2"),
-        "tf2_1001": build_tf2_saved_model(root / "tf2_1001", num_classes=1001),
+        "tf1": build_tf1_hub_module(tmp_path_factory.mktemp("model_fixtures") / "tf1"),
+        "tf1_1001": tf1_module_1001,
+        "tf1_train": tf1_module,
+        "tf2": tf2_module,
+        "tf2_1001": tf2_module_1001,
     }
 
 

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 from flask.testing import FlaskClient
-from test_indexer import run_index
+from helpers import REPO, run_index
 
 from indexer.packaged_model import PACKAGE_HANDLE, PACKAGE_NAME
 from indexer.sample_library import build_sample_library
 from indexer.settings import Settings
 from search_api import create_app
 
-MODELS = Path(__file__).resolve().parent.parent.parent / "shared" / "models"
+MODELS = REPO.parent / "shared" / "models"
 CAT_CLASSES = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
 ESPRESSO = 967
 

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import REPO
 
 from indexer.settings import DEFAULT_HANDLE, Settings, SettingsError, load_settings
 
-REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "config.yaml"
 
 

@@ -1,59 +1,17 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import sqlalchemy as sa
-from conftest import POSTGRES_URL, postgres_answers
+from helpers import CATALOG_DIM, CATALOG_MODEL, new_image, ref, unit
 
-from storage.catalog import Catalog, FileRef, NewImage
+from storage.catalog import Catalog
 from storage.schema import Base
 from storage.schema_migrations import upgrade
 from storage.sync import check_model, open_index
 from storage.vector_index import MANIFEST, IndexMismatchError, IndexStore, VectorIndex
-
-MODEL = "test-model@64"
-DIM = 8
-
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Catalog]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'catalog.db'}"
-    else:
-        if not postgres_answers():
-            pytest.skip(f"no PostgreSQL server answers at {POSTGRES_URL}")
-        url = POSTGRES_URL
-        drop_everything(url)
-    cat = Catalog(url)
-    yield cat
-    cat.close()
-    if request.param == "postgresql":
-        drop_everything(url)
-
-
-def drop_everything(url: str) -> None:
-    engine = sa.create_engine(url)
-    meta = sa.MetaData()
-    meta.reflect(engine)
-    meta.drop_all(engine)
-    engine.dispose()
-
-
-def unit(seed: int) -> np.ndarray:
-    v = np.random.default_rng(seed).normal(size=DIM).astype(np.float32)
-    return v / np.linalg.norm(v)
-
-
-def new_image(seed: int, classes: tuple[tuple[int, float], ...] = ((1, 0.9), (2, 0.05))) -> NewImage:
-    return NewImage(f"{seed:064x}", 10, 20, "JPEG", MODEL, unit(seed), classes)
-
-
-def ref(path: str, seed: int, size: int = 100) -> FileRef:
-    return FileRef(path, "/lib", size, 1, f"{seed:064x}")
 
 
 def test_catalog_roundtrip_and_duplicates(catalog: Catalog) -> None:
@@ -68,7 +26,7 @@ def test_catalog_roundtrip_and_duplicates(catalog: Catalog) -> None:
     np.testing.assert_array_equal(catalog.embedding(ids[1]), unit(2))
     assert set(catalog.files_under("/lib")) == {"/lib/a.jpg", "/lib/b.jpg", "/lib/copy-of-a.jpg"}
     assert catalog.files_under("/li") == {}
-    assert catalog.model_ids() == {MODEL}
+    assert catalog.model_ids() == {CATALOG_MODEL}
 
 
 def test_removing_the_last_file_deletes_the_image(catalog: Catalog) -> None:
@@ -110,7 +68,7 @@ def test_embeddings_stream_in_id_order(catalog: Catalog) -> None:
 
 
 def filled_index(n: int = 50) -> VectorIndex:
-    index = VectorIndex(DIM, MODEL)
+    index = VectorIndex(CATALOG_DIM, CATALOG_MODEL)
     index.add(np.arange(100, 100 + n), np.stack([unit(i) for i in range(n)]))
     return index
 
@@ -141,7 +99,7 @@ def test_remove_and_dimension_checks() -> None:
     assert index.remove(np.array([100, 105, 999])) == 2
     assert index.count == 8 and 105 not in index.ids()
     with pytest.raises(IndexMismatchError):
-        index.add(np.array([1]), np.zeros((1, DIM + 1), np.float32))
+        index.add(np.array([1]), np.zeros((1, CATALOG_DIM + 1), np.float32))
 
 
 def test_generations_are_published_atomically(tmp_path: Path) -> None:
@@ -152,7 +110,7 @@ def test_generations_are_published_atomically(tmp_path: Path) -> None:
     assert (first.generation, second.generation) == (1, 2)
     assert sorted(p.name for p in (tmp_path / "index").iterdir()) == [MANIFEST, "vectors-000002.faiss"]
     loaded = store.load(store.manifest())  # type: ignore[arg-type]
-    assert loaded is not None and loaded.count == 20 and loaded.model_id == MODEL
+    assert loaded is not None and loaded.count == 20 and loaded.model_id == CATALOG_MODEL
 
 
 def test_damaged_index_file_is_detected(tmp_path: Path) -> None:
@@ -169,18 +127,18 @@ def test_damaged_index_file_is_detected(tmp_path: Path) -> None:
 
 def test_open_index_repairs_from_the_catalog(catalog: Catalog, tmp_path: Path) -> None:
     store = IndexStore(tmp_path / "index")
-    assert open_index(catalog, store, MODEL, publish_repairs=True) == (None, None)
+    assert open_index(catalog, store, CATALOG_MODEL, publish_repairs=True) == (None, None)
     ids, _ = catalog.apply([new_image(i) for i in range(5)], [ref(f"/lib/{i}.jpg", i) for i in range(5)])
-    index, manifest = open_index(catalog, store, MODEL, publish_repairs=True)  # no index yet: built
+    index, manifest = open_index(catalog, store, CATALOG_MODEL, publish_repairs=True)  # no index yet: built
     assert index is not None and sorted(index.ids()) == sorted(ids) and manifest is not None
     (tmp_path / "index" / ".vectors-000009.faiss.123.tmp").write_bytes(b"half-written")  # a crashed writer
-    assert open_index(catalog, store, MODEL, publish_repairs=True)[1] == manifest
+    assert open_index(catalog, store, CATALOG_MODEL, publish_repairs=True)[1] == manifest
     assert not list((tmp_path / "index").glob(".*.tmp"))
     catalog.apply([new_image(9)], [ref("/lib/9.jpg", 9)])  # catalog moved on without the index
-    index, manifest2 = open_index(catalog, store, MODEL, publish_repairs=True)
+    index, manifest2 = open_index(catalog, store, CATALOG_MODEL, publish_repairs=True)
     assert index is not None and index.count == 6 and manifest2.generation == manifest.generation + 1  # type: ignore[union-attr]
     (tmp_path / "index" / manifest2.file).unlink()  # type: ignore[union-attr]
-    index, _ = open_index(catalog, store, MODEL, publish_repairs=False)
+    index, _ = open_index(catalog, store, CATALOG_MODEL, publish_repairs=False)
     assert index is not None and index.count == 6
     hits = index.search(unit(3), 1)[0]
     assert hits[0][0] == ids[3]
@@ -192,7 +150,7 @@ def test_a_crashed_run_is_caught_up_not_rebuilt(tmp_path: Path, factory: str,
     catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
     store = IndexStore(tmp_path / "index")
     ids, _ = catalog.apply([new_image(i) for i in range(40)], [ref(f"/lib/{i}.jpg", i) for i in range(40)])
-    index = VectorIndex(DIM, MODEL, factory=factory)
+    index = VectorIndex(CATALOG_DIM, CATALOG_MODEL, factory=factory)
     vectors = np.stack([unit(i) for i in range(40)])
     index.train(vectors)
     index.add(np.asarray(ids), vectors)
@@ -203,7 +161,7 @@ def test_a_crashed_run_is_caught_up_not_rebuilt(tmp_path: Path, factory: str,
     if removable:
         catalog.apply(removed_paths=["/lib/3.jpg"])
     caplog.set_level("WARNING", logger="storage.sync")
-    repaired, manifest = open_index(catalog, store, MODEL, publish_repairs=True)
+    repaired, manifest = open_index(catalog, store, CATALOG_MODEL, publish_repairs=True)
     assert repaired is not None and manifest is not None and manifest.generation == published.generation + 1
     assert sorted(repaired.ids()) == sorted(catalog.image_ids())
     assert "added 10 vectors, removed 1" in caplog.text if removable else "added 10 vectors, removed 0" in caplog.text
@@ -213,7 +171,7 @@ def test_a_crashed_run_is_caught_up_not_rebuilt(tmp_path: Path, factory: str,
     if not removable:
         catalog.apply(removed_paths=["/lib/3.jpg"])
         caplog.clear()
-        rebuilt, _ = open_index(catalog, store, MODEL, publish_repairs=True)
+        rebuilt, _ = open_index(catalog, store, CATALOG_MODEL, publish_repairs=True)
         assert "rebuilding" in caplog.text and rebuilt is not None and rebuilt.count == 49
 
 

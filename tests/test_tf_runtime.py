@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import TEST_IMAGE_SIZE
+from helpers import TEST_IMAGE_SIZE
 from model_fixtures import RED_CLASS
 
 from indexer.model import Embedder

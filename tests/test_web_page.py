@@ -9,11 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import BLUE, RED, colour_image, make_colour_library, make_settings, write_image
+from helpers import BLUE, RED, colour_image, make_colour_library, make_settings, run_index, write_image
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
-from test_indexer import run_index
 from web_fixtures import (
     PHONE,
     cards,

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask
+from helpers import REPO
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -18,7 +19,7 @@ from werkzeug.serving import make_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-ARTIFACTS = Path(__file__).resolve().parents[1] / "build" / "test-artifacts"
+ARTIFACTS = REPO / "build" / "test-artifacts"
 
 # Nothing leaves the machine: no first-run pages, no component or sync downloads, no QUIC probing.
 CHROMIUM_ARGS = (

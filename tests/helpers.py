@@ -1,0 +1,346 @@
+"""Test support shared by every test module: images, settings, index runs, HTTP helpers, catalog rows.
+
+Fixtures live in conftest.py; plain functions and constants live here, so no test module
+imports another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import socket
+import struct
+import subprocess
+import time
+import urllib.request
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from indexer.model import Embedder, model_id
+from indexer.pipeline import IndexReport, LibraryIndexer
+from indexer.settings import Settings, load_settings
+from storage.catalog import Catalog, FileRef, NewImage
+from storage.vector_index import IndexStore
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_IMAGE_SIZE = 64
+POSTGRES_URL = os.environ.get("LOOKALIKE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+RED = (220, 30, 30)
+GREEN = (30, 200, 40)
+BLUE = (30, 40, 220)
+
+
+def postgres_answers() -> bool:
+    """Whether the PostgreSQL server of the tests answers (its cases are skipped, saying so, when not)."""
+    import sqlalchemy as sa
+
+    try:
+        with sa.create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3}).connect():
+            return True
+    except Exception:
+        return False
+
+
+def drop_everything(url: str) -> None:
+    """Drop every table of a test database."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    meta = sa.MetaData()
+    meta.reflect(engine)
+    meta.drop_all(engine)
+    engine.dispose()
+
+
+# --- settings ---------------------------------------------------------------------------
+
+
+def make_settings(data_dir: Path, handle: Path | str, **sections: dict[str, object]) -> Settings:
+    """Settings for a test: the given model at 64x64, storage in `data_dir`, no config file or env."""
+    overrides: dict[str, dict[str, object]] = {
+        "model": {"handle": str(handle), "image_size": TEST_IMAGE_SIZE, "batch_size": 4},
+        "storage": {"data_dir": str(data_dir)},
+        # Threads start faster than worker processes; tests that need processes ask for them.
+        "indexer": {"decode_workers": 2, "commit_every": 4, "decode_in_processes": False},
+    }
+    for section, values in sections.items():
+        overrides[section] = {**overrides.get(section, {}), **values}
+    return load_settings(config_file=None, environ={}, overrides=overrides)
+
+
+def env_for(data_dir: Path, handle: Path | str) -> dict[str, str]:
+    """Environment variables that point a `lookalike` command at a test model and data dir (and no config file)."""
+    return {
+        "LOOKALIKE_MODEL__HANDLE": str(handle),
+        "LOOKALIKE_MODEL__IMAGE_SIZE": str(TEST_IMAGE_SIZE),
+        "LOOKALIKE_STORAGE__DATA_DIR": str(data_dir),
+        "LOOKALIKE_CONFIG": "",
+    }
+
+
+def subprocess_env(data_dir: Path, handle: Path | str, **extra: str) -> dict[str, str]:
+    """The whole environment for a `python -m lookalike` child process of a test."""
+    return {**os.environ, **env_for(data_dir, handle), "PYTHONPATH": str(REPO), **extra}
+
+
+# --- images -----------------------------------------------------------------------------
+
+
+def colour_image(colour: tuple[int, int, int], size: tuple[int, int] = (96, 80), seed: int = 0,
+                 accent: tuple[int, int, int] | None = None) -> Image.Image:
+    """A solid-colour photo stand-in with a little noise and an optional accent block (top-left)."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    arr = np.empty((h, w, 3), np.float64)
+    arr[:] = colour
+    if accent is not None:
+        arr[: h // 2, : w // 2] = accent
+    arr += rng.normal(0, 6, arr.shape)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+
+
+def write_image(path: Path, image: Image.Image, **save_args: object) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, **save_args)
+    return path
+
+
+def make_colour_library(root: Path) -> Path:
+    """14 images under `root`: 6 red (goldfish), 5 blue (jellyfish), 3 green (tree frog), in nested folders
+    and several formats, plus a text file."""
+    for i in range(6):
+        accent = (min(255, 220 + 5 * i), 30 + 10 * i, 30)
+        write_image(root / "red" / f"red{i}.jpg", colour_image(RED, seed=i, accent=accent), quality=95)
+    for i in range(5):
+        write_image(root / "blue" / "deep" / f"blue{i}.png", colour_image(BLUE, seed=10 + i,
+                    accent=(30, 40 + 10 * i, 200)))
+    for i, ext in enumerate(["webp", "bmp", "tiff"]):
+        write_image(root / "green" / f"green{i}.{ext}", colour_image(GREEN, seed=20 + i, accent=(40, 180 + 10 * i, 60)))
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def encode(image: Image.Image, fmt: str, **kwargs: object) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def jpeg(image: Image.Image) -> bytes:
+    return encode(image, "JPEG", quality=95)
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims `width` x `height` pixels but holds almost no data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b"")
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --- index runs -------------------------------------------------------------------------
+
+
+class Counting:
+    """Loads the real embedder and counts the images it embeds."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.embedded = 0
+        self.loads = 0
+
+    def __call__(self) -> Embedder:
+        self.loads += 1
+        m = self.settings.model
+        embedder = Embedder(m.handle, m.image_size)
+        original = embedder.embed
+
+        def counted(pixels: np.ndarray):  # type: ignore[no-untyped-def]
+            self.embedded += len(pixels)
+            return original(pixels)
+
+        embedder.embed = counted  # type: ignore[method-assign]
+        return embedder
+
+
+def run_index(settings: Settings, *roots: Path, reindex: bool = False) -> tuple[IndexReport, Counting]:
+    """One in-process indexing run of `roots`; returns its report and the embedding counter."""
+    counter = Counting(settings)
+    catalog = Catalog(settings.storage.resolved_database_url())
+    try:
+        indexer = LibraryIndexer(settings, catalog, IndexStore(settings.storage.data_dir / "index"),
+                                 model_id(settings.model.handle, settings.model.image_size), counter)
+        report = indexer.run([str(r) for r in roots], reindex=reindex)
+    finally:
+        catalog.close()
+    return report, counter
+
+
+def catalog_of(settings: Settings) -> Catalog:
+    return Catalog(settings.storage.resolved_database_url())
+
+
+# --- catalog rows without a model ---------------------------------------------------------
+
+CATALOG_MODEL = "test-model@64"
+CATALOG_DIM = 8
+
+
+def unit(seed: int, dim: int = CATALOG_DIM) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=dim).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def new_image(seed: int, classes: tuple[tuple[int, float], ...] = ((1, 0.9), (2, 0.05))) -> NewImage:
+    return NewImage(f"{seed:064x}", 10, 20, "JPEG", CATALOG_MODEL, unit(seed), classes)
+
+
+def ref(path: str, seed: int, size: int = 100) -> FileRef:
+    return FileRef(path, "/lib", size, 1, f"{seed:064x}")
+
+
+# --- HTTP -------------------------------------------------------------------------------
+
+
+def search(client: Any, data: bytes, query: str = "", name: str = "q.jpg") -> Any:
+    """POST one query image as multipart `image` through a Flask test client."""
+    return client.post(f"/api/v1/search{query}", data={"image": (io.BytesIO(data), name)},
+                       content_type="multipart/form-data")
+
+
+def assert_problem(response: Any, status: int, code: str, detail_part: str = "") -> dict[str, Any]:
+    """The response is an RFC 9457 problem with this status and code (and `detail_part` in its detail)."""
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/problem+json"
+    body = response.get_json(force=True)
+    assert body["status"] == status and body["code"] == code and body["title"] and body["type"] == "about:blank"
+    assert detail_part in body["detail"]
+    assert "Traceback" not in response.get_data(as_text=True)
+    return body
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(proc: subprocess.Popen[bytes], base: str, seconds: float = 180) -> dict[str, Any]:
+    """Poll `/readyz` of a server started as `proc` until it answers 200; fails if the process ends."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/readyz", timeout=5) as r:
+                return dict(json.load(r))
+        except OSError:
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else "server exited"
+            assert time.monotonic() < deadline, "server did not become ready"
+            time.sleep(0.5)
+
+
+def wait_for(condition: Callable[[], object], seconds: float = 120, what: str = "condition") -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)
+
+
+def http_search(base: str, image: Path, k: int) -> dict[str, Any]:
+    """POST a file to a running server's /api/v1/search as multipart `image`."""
+    boundary = "lookalikeboundary"
+    payload = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"q.jpg\"\r\n"
+               "Content-Type: image/jpeg\r\n\r\n").encode() + image.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(f"{base}/api/v1/search?k={k}", data=payload, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(request, timeout=60) as r:
+        return dict(json.load(r))
+
+
+# --- a library that changes ---------------------------------------------------------------
+
+
+class Library:
+    """A folder of small generated images that changes a little every round."""
+
+    def __init__(self, root: Path, seed: int) -> None:
+        self.root = root
+        self.rng = np.random.default_rng(seed)
+        self.next_seed = 0
+
+    def _picture(self) -> tuple[Image.Image, str]:
+        self.next_seed += 1
+        colour = tuple(int(c) for c in self.rng.integers(0, 256, 3))
+        accent = tuple(int(c) for c in self.rng.integers(0, 256, 3))
+        ext = ("png", "jpg", "webp")[self.next_seed % 3]
+        return colour_image(colour, size=(40, 32), seed=self.next_seed, accent=accent), ext  # type: ignore[arg-type]
+
+    def add(self, count: int) -> None:
+        for _ in range(count):
+            image, ext = self._picture()
+            path = self.root / f"d{self.next_seed % 7}" / f"img{self.next_seed:05d}.{ext}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            image.save(path)
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.root.rglob("*") if p.is_file())
+
+    def _pick(self, count: int) -> list[Path]:
+        files = self.files()
+        return [files[i] for i in self.rng.choice(len(files), count, replace=False)]
+
+    def change_content(self) -> None:
+        """New pixels: 14 new files, 3 rewritten in place, 4 deleted, 2 copies."""
+        self.add(14)
+        picked = self._pick(9)
+        for path in picked[:3]:
+            image, _ = self._picture()
+            image.save(path, format={"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}[path.suffix[1:]])
+        self._copy(picked[3:5])
+        for path in picked[5:]:
+            path.unlink()
+
+    def reorganise(self) -> None:
+        """No new pixels: 6 files moved to another folder, 3 copies, 5 deleted."""
+        picked = self._pick(14)
+        for path in picked[:6]:
+            target = self.root / "moved" / f"{self.next_seed}_{path.name}"
+            target.parent.mkdir(exist_ok=True)
+            path.rename(target)
+            self.next_seed += 1
+        self._copy(picked[6:9])
+        for path in picked[9:]:
+            path.unlink()
+
+    def _copy(self, paths: list[Path]) -> None:
+        for path in paths:
+            self.next_seed += 1
+            path.with_name(f"copy{self.next_seed}{path.suffix}").write_bytes(path.read_bytes())
+
+
+def assert_catalog_matches_files(settings: Settings, library: Library) -> list[int]:
+    """Every file on disk is in the catalog once, pointing at an image of its current content."""
+    on_disk = {str(p.resolve()): sha256_of(p) for p in library.files()}
+    catalog = catalog_of(settings)
+    try:
+        images = catalog.get_images(list(range(1, catalog.max_image_id() + 1)))
+        in_catalog = {path: record.content_hash for record in images.values() for path in record.paths}
+        assert in_catalog == on_disk
+        assert catalog.count_files() == len(on_disk)
+        # one image per distinct content, and no image without a file
+        assert catalog.count_images() == len(images) == len(set(on_disk.values()))
+        return sorted(images)
+    finally:
+        catalog.close()
