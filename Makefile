@@ -12,7 +12,7 @@ SYSTEM_PACKAGES := chromium chromium-driver wordnet-base
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600
 
-.PHONY: install system-packages demo test lint bench clean
+.PHONY: install system-packages demo test check lint bench clean
 
 $(BIN)/lookalike: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,9 +31,18 @@ system-packages:
 demo: install
 	$(BIN)/lookalike demo --dir $(DEMO_DIR) --host 127.0.0.1 --port 8000
 
+LINTED := indexer search_api storage lookalike tests bench tools fuzz
+# Tests that start processes, servers, browsers, Ray or fuzzers; `make check` leaves them to `make test`.
+SLOW_MARKERS := subprocess or gunicorn or browser or ray or fuzz
+
 test: install system-packages
-	$(BIN)/ruff check indexer search_api storage lookalike tests bench tools fuzz
-	$(BIN)/python -m pytest --cov --cov-report=term:skip-covered
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/python -m pytest --cov --cov-report=term:skip-covered --durations=15
+
+# The fast inner loop while changing the code: lint, then every in-process test.
+check: install
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/python -m pytest -q -m "not ($(SLOW_MARKERS))"
 
 bench: install
 	$(BIN)/python bench/index_throughput.py

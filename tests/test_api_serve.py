@@ -57,6 +57,7 @@ print(json.dumps({"intra": tf.config.threading.get_intra_op_parallelism_threads(
 """
 
 
+@pytest.mark.subprocess
 def test_worker_sizes_threads_before_the_model_loads(tmp_path: Path, tf1_module: Path) -> None:
     env = {**os.environ, **env_for(tmp_path / "data", tf1_module), "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-c", WORKER_SCRIPT, "3"], env=env, capture_output=True, text=True,
@@ -76,6 +77,7 @@ def _metric(base: str, name: str, **labels: str) -> float:
                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
+@pytest.mark.gunicorn
 def test_two_workers_share_cores_and_metrics(tmp_path: Path, colour_library: Path, tf1_module: Path) -> None:
     env = {**os.environ, **env_for(tmp_path / "data", tf1_module), "LOOKALIKE_API__THREADS": "2"}
     assert subprocess.run([sys.executable, "-m", "lookalike", "index", str(colour_library)], env=env,

@@ -93,6 +93,7 @@ def test_busy_data_dir_and_model_change_are_refused(runner: CliRunner, colour_li
     assert redo.exit_code == 0 and json.loads(redo.stdout.splitlines()[-1])["indexed"] == 14
 
 
+@pytest.mark.gunicorn
 def test_serve_answers_queries_over_http(runner: CliRunner, colour_library: Path, tmp_path: Path,
                                          tf1_module: Path) -> None:
     env = env_for(tmp_path / "data", tf1_module)
@@ -110,6 +111,7 @@ def test_serve_answers_queries_over_http(runner: CliRunner, colour_library: Path
         proc.wait(timeout=30)
 
 
+@pytest.mark.gunicorn
 def test_demo_command_indexes_and_serves_offline(tmp_path: Path) -> None:
     """The README's main command, on a machine that cannot reach TF Hub."""
     port = free_port()

@@ -104,6 +104,7 @@ def test_shipped_concepts_are_consistent() -> None:
     assert parse_id_ranges("151-153 160 7") == {7, 151, 152, 153, 160}
 
 
+@pytest.mark.subprocess
 def test_shipped_file_is_what_the_generator_writes(tmp_path: Path) -> None:
     assert (WORDNET / "data.noun").is_file(), "WordNet 3.0 is missing: `make test` installs wordnet-base"
     out = tmp_path / "concepts.tsv"

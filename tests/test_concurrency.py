@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import pytest
 from helpers import (
     BLUE,
     GREEN,
@@ -37,6 +38,8 @@ from search_api import create_app
 from storage.catalog import Catalog
 from storage.vector_index import IndexStore
 from storage.verify import verify
+
+pytestmark = pytest.mark.subprocess
 
 CLIENT_THREADS = 4
 INDEXER_RUNS = 6

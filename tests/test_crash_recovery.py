@@ -31,6 +31,8 @@ from lookalike.cli import cli
 from search_api import create_app
 from storage.faults import AFTER_ENV, POINT_ENV, POINTS
 
+pytestmark = pytest.mark.subprocess
+
 FIRST_LIBRARY = 200
 RANDOM_KILLS = 10
 # (kind of round, fault point or "random", the hit on which to die)

@@ -28,6 +28,8 @@ from storage.catalog import Catalog, FileRef, NewImage
 from storage.vector_index import IndexStore
 from storage.verify import verify
 
+pytestmark = pytest.mark.ray
+
 VECTOR_TOLERANCE = 1e-5
 
 

@@ -24,6 +24,7 @@ def test_inputs_that_once_escaped_are_rejected(path: Path) -> None:
     assert raised.value.kind in {"empty", "not_image", "unsupported_format", "corrupt", "too_many_pixels"}
 
 
+@pytest.mark.fuzz
 def test_short_fuzz_run_raises_only_image_rejected(tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
     result = subprocess.run(

@@ -28,6 +28,8 @@ from web_fixtures import (
 
 from search_api import create_app
 
+pytestmark = pytest.mark.browser
+
 # Extra goldfish beyond the colour library's six, so browsing that class needs a second page of 50.
 EXTRA_RED = 50
 LIBRARY_SIZE = 14 + EXTRA_RED
