@@ -8,7 +8,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 # The web page tests drive Debian's chromium through its matching chromium-driver; a test checks the
 # shipped class hierarchy against WordNet 3.0 from wordnet-base.
-SYSTEM_PACKAGES := chromium chromium-driver wordnet-base
+SYSTEM_PACKAGES := chromium chromium-driver fonts-liberation wordnet-base
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600
 
@@ -25,11 +25,12 @@ install: $(BIN)/lookalike
 system-packages:
 	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ] || [ ! -f /usr/share/wordnet/data.noun ]; then \
 		echo "Installing $(SYSTEM_PACKAGES) for the tests"; \
-		$(APT) update -qq && $(APT) install -y -qq $(SYSTEM_PACKAGES); \
+		$(APT) update -qq && $(APT) install -y -qq --no-install-recommends $(SYSTEM_PACKAGES); \
 	fi
 
+# The port and address come from the settings (api.port, LOOKALIKE_API__PORT), or `make demo PORT=8001`.
 demo: install
-	$(BIN)/lookalike demo --dir $(DEMO_DIR) --host 127.0.0.1 --port 8000
+	$(BIN)/lookalike demo --dir $(DEMO_DIR) $(if $(PORT),--port $(PORT))
 
 LINTED := indexer search_api storage lookalike tests bench tools fuzz
 # Tests that start processes, servers, browsers, Ray or fuzzers; `make check` leaves them to `make test`.

@@ -26,7 +26,7 @@ import numpy as np
 from indexer.labels import NUM_CLASSES
 from indexer.packaged_model import PACKAGE_HANDLE, PackagedModelError, ensure_packaged_module, package_version
 from indexer.settings import ModelSettings
-from indexer.tf_runtime import configure_tensorflow
+from indexer.tf_runtime import configure_tensorflow, load_tensorflow
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ def stand_in_note(handle: str) -> str | None:
 
 
 def _cache_dir() -> Path:
+    load_tensorflow()
     from tensorflow_hub import resolver
 
     return Path(resolver.tfhub_cache_dir(use_temp=True))
@@ -112,6 +113,7 @@ def resolve_handle(handle: str, timeout: float) -> Path:
             f"model.handle {handle!r}: no such module directory or .tar.gz file (relative paths are "
             "resolved against the current directory)"
         )
+    load_tensorflow()
     import tensorflow_hub as hub
 
     previous = socket.getdefaulttimeout()
@@ -157,6 +159,7 @@ def _proto_fields(buf: bytes) -> dict[int, list[int | bytes]]:
 
 def declared_image_size(module_dir: Path) -> tuple[int, int] | None:
     """(height, width) a TF1 Hub module declares in its `image_module_info` attachment, if any."""
+    load_tensorflow()
     from tensorflow.core.protobuf import saved_model_pb2
 
     saved = saved_model_pb2.SavedModel()
@@ -201,7 +204,7 @@ def _single_pass_tf1(module: Any) -> Callable[[Any], dict[str, Any]]:
 
 
 def _single_pass_tf2(module: Any) -> Callable[[Any], dict[str, Any]]:
-    import tensorflow as tf
+    tf = load_tensorflow()
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     fv = module.signatures[FEATURE_SIGNATURE]
@@ -257,6 +260,7 @@ class Embedder:
 
     @staticmethod
     def _load(path: Path) -> tuple[Any, str]:
+        load_tensorflow()
         import tensorflow_hub as hub
 
         fmt = "TF1 Hub format" if (path / "tfhub_module.pb").exists() else "TF2 SavedModel"
@@ -287,7 +291,7 @@ class Embedder:
         self.embed(np.zeros((batch_size, self.image_size, self.image_size, 3), np.uint8))
 
     def _forward(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        import tensorflow as tf
+        tf = load_tensorflow()
 
         out = self._run(tf.convert_to_tensor(images, dtype=tf.float32))
         return {key: value.numpy() for key, value in out.items()}

@@ -256,7 +256,9 @@ def build_lite0_module(state: dict[str, np.ndarray], out_dir: pathlib.Path) -> p
     Why this format: it is the product's default model's format, so the loading code (one
     pruned function for features + logits from a single forward pass) is exercised as is.
     """
-    import tensorflow as tf
+    from indexer.tf_runtime import load_tensorflow
+
+    tf = load_tensorflow()
     from tensorflow.core.protobuf import saved_model_pb2
 
     out_dir = pathlib.Path(out_dir)

@@ -10,9 +10,28 @@ support. Outputs stay float32, and features are normalised in float32 after the 
 from __future__ import annotations
 
 import logging
+import os
+import re
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
+from types import ModuleType
 
 log = logging.getLogger(__name__)
+
+# What TensorFlow's native runtime prints on every start, whatever TF_CPP_MIN_LOG_LEVEL says (it logs
+# before its logging is initialised): informational on a CPU-only machine, alarming to read. Kept for -v.
+START_UP_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|oneDNN custom operations are on"
+    r"|Could not find cuda drivers on your machine"
+    r"|This TensorFlow binary is optimized to use available CPU instructions"
+    r"|^To enable the following instructions:"
+    r"|failed call to cuInit"
+)
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 # Measured with bench/model_speed.py on 2 CPU cores (B4, 380x380): batch 1 ran 3.2-4.0 img/s, batch 8
@@ -22,16 +41,56 @@ CPU_BATCH_SIZE = 1
 GPU_BATCH_SIZE = 64
 
 
-@lru_cache(maxsize=1)
-def gpus() -> tuple[str, ...]:
-    import tensorflow as tf
+@contextmanager
+def _native_stderr_filtered() -> Iterator[None]:
+    """Capture what native code writes to file descriptor 2, then pass on all but the start-up noise."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode("utf-8", "replace").splitlines():
+                if START_UP_NOISE.search(line):
+                    log.debug("tensorflow: %s", line)
+                elif line.strip():
+                    sys.stderr.write(line + "\n")
+            sys.stderr.flush()
 
-    return tuple(device.name for device in tf.config.list_physical_devices("GPU"))
+
+@lru_cache(maxsize=1)
+def _quiet_tensorflow() -> tuple[ModuleType, tuple[str, ...]]:
+    with _native_stderr_filtered(), warnings.catch_warnings():
+        # tensorflow_hub 0.16 imports pkg_resources, which warns about its own deprecation.
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+        import tensorflow as tf
+        import tensorflow_hub  # noqa: F401  (imported here, quietly, once)
+
+        found = tuple(device.name for device in tf.config.list_physical_devices("GPU"))  # CUDA starts here
+    if found:
+        log.info("TensorFlow %s runs the model on %d GPU(s): %s", tf.__version__, len(found), ", ".join(found))
+    else:
+        log.info("TensorFlow %s runs the model on the CPU (no GPU visible)", tf.__version__)
+    return tf, found
+
+
+def load_tensorflow() -> ModuleType:
+    """TensorFlow (and tensorflow_hub), imported once without the native runtime's start-up noise."""
+    return _quiet_tensorflow()[0]
+
+
+def gpus() -> tuple[str, ...]:
+    return _quiet_tensorflow()[1]
 
 
 def configure_tensorflow(precision: str = "float32") -> None:
     """Apply memory growth and the precision policy; call before a model is loaded."""
-    import tensorflow as tf
+    tf = load_tensorflow()
 
     if precision not in PRECISIONS:
         raise ValueError(f"model.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")

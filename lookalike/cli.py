@@ -15,7 +15,7 @@ import click
 
 from lookalike import __version__
 from lookalike.cli_index import report_index_run, run_index
-from lookalike.context import CliContext, configure_logging, echo_mapping
+from lookalike.context import CliContext, check_port_free, configure_logging, echo_mapping
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -87,7 +87,9 @@ def serve(obj: CliContext, host: str | None, port: int | None, workers: int | No
     from search_api.serve import serve as run_server
 
     settings = obj.settings
-    run_server(settings, host or settings.api.host, port or settings.api.port, workers or settings.api.workers)
+    host, port = host or settings.api.host, port or settings.api.port
+    check_port_free(host, port)
+    run_server(settings, host, port, workers or settings.api.workers)
 
 
 @cli.command("sample-library")
@@ -104,10 +106,11 @@ def sample_library(obj: CliContext, target: Path) -> None:
 
     configure_logging("WARNING", obj.verbose)
     try:
-        written = build_sample_library(target)
+        files = build_sample_library(target)
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"wrote {len(written)} images to {target}")
+    click.echo(f"sample library in {target}: {len(files)} images ({len(files) // 3} photos, each also mirrored "
+               "and cropped)")
 
 
 @cli.command()
@@ -127,37 +130,43 @@ def demo(obj: CliContext, folder: Path, host: str | None, port: int | None, no_s
     Example:
       lookalike demo --dir demo --port 8000
     """
-    from indexer.model import ModelUnavailableError
+    from indexer.model import ModelUnavailableError, stand_in_note
     from indexer.sample_library import build_sample_library
-    from lookalike.demo import banner, demo_settings
+    from lookalike.demo import banner, demo_settings, usage_lines, write_demo_config
 
-    build_sample_library(folder / "library")
+    host, port = host or obj.settings.api.host, port or obj.settings.api.port
+    if not no_serve:
+        check_port_free(host, port)  # before minutes of work, not after
+    library = folder / "library"
     try:
+        build_sample_library(library)
         settings = demo_settings(obj.settings, folder)
-    except ModelUnavailableError as exc:
+    except (ModelUnavailableError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
+    api = settings.api.model_copy(update={"host": host, "port": port})
+    settings = settings.model_copy(update={"api": api})
+    config = write_demo_config(settings, folder)
     click.echo(f"model: {settings.model.handle} ({settings.model.image_size}x{settings.model.image_size}); "
-               f"data: {settings.storage.data_dir}")
-    report_index_run(run_index(settings, [str(folder / "library")]), as_json=False)
+               f"data: {settings.storage.data_dir}; settings: {config}")
+    report_index_run(run_index(settings, [str(library)]), as_json=False)
+    usage = usage_lines(config, library, host, port)
     if no_serve:
+        click.echo("\n".join(["use the demo's data with:", *usage[2:],
+                               f"  lookalike --config {config} serve"]))
         return
-    from indexer.model import stand_in_note
-
-    host, port = host or settings.api.host, port or settings.api.port
     note = stand_in_note(settings.model.handle)
     if note:
         banner(f"Serving with {note}.")
-    click.echo(f"open http://{host}:{port}/ in a browser, or search with: "
-               f"curl -F image=@{folder}/library/photos/chelsea.jpg 'http://{host}:{port}/api/v1/search?k=5'")
+    click.echo("\n".join(usage))
     # Serve from a fresh process: TensorFlow, already running here, does not survive gunicorn's fork.
     env = {**os.environ,
            "LOOKALIKE_MODEL__HANDLE": settings.model.handle,
            "LOOKALIKE_MODEL__IMAGE_SIZE": str(settings.model.image_size),
            "LOOKALIKE_STORAGE__DATA_DIR": str(settings.storage.data_dir)}
-    args = [sys.executable, "-m", "lookalike"] + (["--config", obj.config] if obj.config else [])
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [*args, "serve", "--host", host, "--port", str(port)], env)
+    os.execve(sys.executable, [sys.executable, "-m", "lookalike", "--config", str(config), "serve", "--host", host,
+                               "--port", str(port)], env)
 
 
 def _register() -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import socket
 import sys
 
 import click
@@ -46,3 +48,22 @@ class CliContext:
                 raise click.ClickException(str(exc)) from None
             configure_logging(self._settings.logging.level, self.verbose)
         return self._settings
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail at once, with one line naming the port, when nothing could listen on host:port."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise click.ClickException(f"cannot listen on {host}: {exc.strerror} (api.host or --host)") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise click.ClickException(
+                    f"port {port} on {host} is already in use: choose another with --port (api.port, "
+                    f"LOOKALIKE_API__PORT; `make demo PORT={port + 1}`)") from None
+            raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None

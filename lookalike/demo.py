@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import click
+import yaml
 
 from indexer.model import ModelUnavailableError, is_remote, model_id, resolve_handle, stand_in_note
 from indexer.packaged_model import IMAGE_SIZE as PACKAGE_IMAGE_SIZE
@@ -46,3 +47,28 @@ def demo_settings(settings: Settings, folder: Path) -> Settings:
     slug = re.sub(r"[^A-Za-z0-9]+", "-", model_id(chosen.model.handle, chosen.model.image_size)).strip("-")
     storage = chosen.storage.model_copy(update={"data_dir": folder / "data" / slug[-80:]})
     return chosen.model_copy(update={"storage": storage})
+
+
+def write_demo_config(settings: Settings, folder: Path) -> Path:
+    """`<folder>/config.yaml` holding every setting the demo used (data dir absolute), for the CLI and `serve`."""
+    path = folder / "config.yaml"
+    data = settings.model_dump(mode="json")
+    data["storage"]["data_dir"] = str(Path(settings.storage.data_dir).resolve())
+    header = ("# Settings of the lookalike demo in this folder, written by `lookalike demo`.\n"
+              f"# Use them with: lookalike --config {path} stats\n")
+    path.write_text(header + yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def usage_lines(config: Path, library: Path, host: str, port: int) -> list[str]:
+    """The commands a newcomer can copy to use the demo's data from another terminal."""
+    photo = library / "photos" / "chelsea.jpg"
+    lookalike = f"lookalike --config {config}"
+    return [
+        f"open http://{host}:{port}/ in a browser, or from another terminal (after `. .venv/bin/activate`):",
+        f"  curl -F image=@{photo} 'http://{host}:{port}/api/v1/search?k=5'",
+        f"  {lookalike} search {photo}",
+        f"  {lookalike} similar {photo}",
+        f"  {lookalike} stats",
+        f"  {lookalike} duplicates",
+    ]

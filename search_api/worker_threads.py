@@ -28,7 +28,10 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int:
 def configure_worker_threads(threads: int) -> dict[str, int]:
     """Size TensorFlow's intra/inter-op pools and FAISS's OpenMP pool; returns the values in force."""
     import faiss
-    import tensorflow as tf
+
+    from indexer.tf_runtime import load_tensorflow
+
+    tf = load_tensorflow()
 
     faiss.omp_set_num_threads(threads)
     try:

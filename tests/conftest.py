@@ -5,31 +5,60 @@ Plain helpers (images, settings, index runs, HTTP) are in helpers.py.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient
 from helpers import (
     POSTGRES_URL,
+    RUN_MARK,
     drop_everything,
     make_colour_library,
     make_settings,
     postgres_answers,
     run_index,
+    survivors,
 )
 
 from indexer.settings import Settings
 from search_api import create_app
 from storage.catalog import Catalog
 
+LEFTOVER = pytest.StashKey[list[str]]()
+
 
 def pytest_configure(config: pytest.Config) -> None:
     # Before any test module imports TensorFlow, which reads its log level when it loads.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Every process the tests start inherits this mark, so the ones that outlive the run can be found.
+    os.environ[RUN_MARK] = f"{os.getpid()}-{time.time_ns()}"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Nothing a test started may outlive the run: wait a little for stragglers, then fail and stop them."""
+    leftover = survivors(os.environ[RUN_MARK], grace_seconds=15)
+    if leftover:
+        lines = [f"{p.pid} {' '.join(p.cmdline())[:160]}" for p in leftover if p.is_running()]
+        for process in leftover:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        session.config.stash[LEFTOVER] = lines
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    lines = terminalreporter.config.stash.get(LEFTOVER, [])
+    if lines:
+        terminalreporter.section("processes left behind by the tests (now killed)", red=True)
+        for line in lines:
+            terminalreporter.line(line)
 
 
 @pytest.fixture(scope="session")

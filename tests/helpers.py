@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 from PIL import Image
 
 from indexer.model import Embedder, model_id
@@ -32,6 +33,9 @@ from storage.vector_index import IndexStore
 REPO = Path(__file__).resolve().parent.parent
 TEST_IMAGE_SIZE = 64
 POSTGRES_URL = os.environ.get("LOOKALIKE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+# Environment variable set for the whole test run; every process a test starts inherits it.
+RUN_MARK = "LOOKALIKE_TEST_RUN"
 
 RED = (220, 30, 30)
 GREEN = (30, 200, 40)
@@ -58,6 +62,24 @@ def drop_everything(url: str) -> None:
     meta.reflect(engine)
     meta.drop_all(engine)
     engine.dispose()
+
+
+def survivors(mark: str, grace_seconds: float = 0.0) -> list[psutil.Process]:
+    """Processes other than this one that carry RUN_MARK=`mark` in their environment (after a grace period)."""
+    deadline = time.monotonic() + grace_seconds
+    while True:
+        found = []
+        for process in psutil.process_iter():
+            if process.pid == os.getpid():
+                continue
+            try:
+                if process.environ().get(RUN_MARK) == mark and process.status() != psutil.STATUS_ZOMBIE:
+                    found.append(process)
+            except psutil.Error:
+                continue
+        if not found or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.5)
 
 
 # --- settings ---------------------------------------------------------------------------

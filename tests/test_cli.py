@@ -3,13 +3,15 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from helpers import env_for, free_port, http_search, wait_ready
+from helpers import REPO, env_for, free_port, http_search, wait_ready
 
 from lookalike import __version__
 from lookalike.cli import cli
@@ -146,3 +148,48 @@ def test_demo_falls_back_loudly_only_when_the_hub_is_unreachable(runner: CliRunn
                             env=env_for(tmp_path / "unused", tmp_path / "no-such-model"))
     assert missing.exit_code == 1 and "no such module directory" in missing.output
     assert "NOT EfficientNet-B4" not in missing.output
+
+    # The demo leaves its settings behind, and the commands it prints work as shown.
+    config = tmp_path / "demo" / "config.yaml"
+    assert f"lookalike --config {config} search" in result.stdout
+    no_env: dict[str, str | None] = {"LOOKALIKE_CONFIG": None, "LOOKALIKE_STORAGE__DATA_DIR": None,
+                                     "LOOKALIKE_MODEL__HANDLE": None, "LOOKALIKE_MODEL__IMAGE_SIZE": None}
+    stats = runner.invoke(cli, ["--config", str(config), "stats", "--json"], env=no_env)
+    assert stats.exit_code == 0, stats.output
+    assert json.loads(stats.stdout)["images"] == 42 and json.loads(stats.stdout)["vectors"] == 42
+    photo = tmp_path / "demo" / "library" / "photos" / "chelsea.jpg"
+    similar = runner.invoke(cli, ["--config", str(config), "similar", str(photo), "--json"], env=no_env)
+    assert similar.exit_code == 0, similar.output
+    assert Path(json.loads(similar.stdout)["queries"][0]["results"][0]["path"]).name.startswith("chelsea-")
+    # A second demo finds nothing to do: the library files are not rewritten.
+    again = runner.invoke(cli, ["demo", "--dir", str(tmp_path / "demo"), "--no-serve"], env=env)
+    assert again.exit_code == 0 and "indexed 0, linked 0, unchanged 42" in again.stdout, again.output
+
+
+def test_demo_refuses_a_busy_port_before_doing_any_work(runner: CliRunner, tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        started = time.monotonic()
+        result = runner.invoke(cli, ["demo", "--dir", str(tmp_path / "demo"), "--port", str(port)],
+                               env={"LOOKALIKE_CONFIG": ""})
+        served = runner.invoke(cli, ["serve", "--port", str(port)], env={"LOOKALIKE_CONFIG": ""})
+    assert result.exit_code == 1 and f"port {port} on 127.0.0.1 is already in use" in result.output
+    assert "PORT=" in result.output and time.monotonic() - started < 5
+    assert not (tmp_path / "demo").exists()
+    assert served.exit_code == 1 and f"port {port} on 127.0.0.1 is already in use" in served.output
+
+
+@pytest.mark.subprocess
+def test_a_cpu_only_start_says_so_in_one_line_and_nothing_alarming(colour_library: Path, tmp_path: Path,
+                                                                    tf1_module: Path) -> None:
+    env = {**os.environ, **env_for(tmp_path / "data", tf1_module), "PYTHONPATH": str(REPO)}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # what a user's shell has
+    done = subprocess.run([sys.executable, "-m", "lookalike", "index", str(colour_library)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "runs the model on the CPU" in done.stderr
+    for noise in ("cuInit", "absl::InitializeLog", "cuda drivers", "pkg_resources", "oneDNN custom operations",
+                  "Traceback", "E0000", "I0000"):
+        assert noise not in done.stderr, done.stderr
