@@ -12,7 +12,7 @@ SYSTEM_PACKAGES := chromium chromium-driver fonts-liberation wordnet-base
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600
 
-.PHONY: install system-packages demo test check lint bench clean
+.PHONY: install system-packages demo test check fuzz lint bench clean
 
 $(BIN)/lookalike: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,14 @@ test: install system-packages
 check: install
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/python -m pytest -q -m "not ($(SLOW_MARKERS))"
+
+# Open-ended fuzzing of image decoding, until Ctrl-C (or FUZZ_SECONDS). It starts from the fixed corpus the
+# tests replay and keeps what it finds in build/fuzz/corpus; a failing input is written to build/fuzz/.
+FUZZ_SECONDS ?= 0
+fuzz: install
+	mkdir -p build/fuzz/corpus
+	$(BIN)/python fuzz/fuzz_decode_image.py -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=10 \
+		-artifact_prefix=build/fuzz/ build/fuzz/corpus fuzz/corpus
 
 bench: install
 	$(BIN)/python bench/index_throughput.py

@@ -1,15 +1,14 @@
 """Fuzz target: `indexer.images.decode_image` may only ever raise ImageRejected.
 
 Every upload and every library file goes through decode_image, so any other exception (or a
-crash, or unbounded memory) on some byte string is a bug. Run a short session:
+crash, or unbounded memory) on some byte string is a bug. `make fuzz` runs an open-ended session
+starting from fuzz/corpus (seeds in every allowed format plus what earlier sessions found); the
+test suite replays fuzz/corpus and fuzz/regressions (inputs that once failed) deterministically.
 
-    python fuzz/fuzz_decode_image.py -runs=3000 build/fuzz-corpus
-
-The seed corpus (small images in every allowed format plus a few inputs that must be rejected)
-is written into the corpus directory when it is empty or missing, or into a temporary one when
-none is given; `--write-seeds DIR` only writes it. Options are libFuzzer's (-runs,
--max_total_time, -rss_limit_mb, -timeout, -artifact_prefix, ...). Inputs that once failed are
-kept in fuzz/regressions/ and replayed by the test suite.
+The seed images are written into the first corpus directory when it is empty or missing, or into
+a temporary one when none is given; `--write-seeds DIR` only writes them. Options are libFuzzer's
+(-runs, -max_total_time, -rss_limit_mb, -timeout, -artifact_prefix, ...). Once an input that made
+a session fail is fixed, keep it in fuzz/regressions/.
 """
 
 from __future__ import annotations
