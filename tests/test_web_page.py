@@ -9,7 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from flask import Flask
 from helpers import BLUE, RED, colour_image, make_colour_library, make_settings, run_index, write_image
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -25,6 +27,7 @@ from web_fixtures import (
     text_of,
     wait_for,
 )
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from search_api import create_app
 
@@ -200,7 +203,8 @@ def test_errors_show_the_servers_explanation(page: WebDriver, queries: dict[str,
     choose_class(page, "unicorn")
     wait_for(page, lambda d: not is_hidden(d, "error"), "the unknown-class message")
     message = text_of(page, "error")
-    assert message.startswith("Unknown ") and "class 'unicorn'" in message, message
+    assert message.startswith('No class or concept is called "unicorn"'), message
+    assert is_hidden(page, "filter-chip")  # an unknown name never leaves a filter behind
     screenshot(page, "web-page-error")
 
 
@@ -316,7 +320,8 @@ def test_suggestions_pick_a_class_to_browse_page_by_page(page: WebDriver) -> Non
     box.send_keys(Keys.ARROW_DOWN)
     assert suggestions(page)[0]["active"]
     box.send_keys(Keys.ENTER)
-    assert text_of(page, "filter-name") == "goldfish" and suggestions(page) == []
+    wait_for(page, lambda d: text_of(d, "filter-name") == "goldfish", "the chosen class")
+    assert suggestions(page) == []
     first = wait_for_cards(page, 50, "the first page of goldfish", all_loaded=False)
     assert all(folder_of(c) == "red" and c["score"].endswith("%") for c in first)
     total = EXTRA_RED + 6
@@ -339,10 +344,72 @@ def test_a_concept_filters_search_and_browse(page: WebDriver, queries: dict[str,
     fish = next(o for o in options if o["name"] == "fish")
     assert fish["kind"] == "concept" and fish["count"] == f"{EXTRA_RED + 6} images"  # the goldfish, not jellyfish
     page.find_element(By.CSS_SELECTOR, '#class-options [data-name="fish"]').click()
-    assert text_of(page, "filter-name") == "fish"
+    wait_for(page, lambda d: text_of(d, "filter-name") == "fish", "the chosen concept")
     wait_for_cards(page, 50, "fish browsed", all_loaded=False)
     upload(page, queries["blue"])
     wait_for(page, lambda d: text_of(d, "results-title") == "Lookalikes of blue-query.png, only fish",
              "the filtered search")
     found = wait_for_cards(page, 10, "blue query, only fish")
     assert all(folder_of(c) == "red" for c in found)
+
+
+def test_enter_takes_the_highlighted_suggestion_or_the_first(page: WebDriver) -> None:
+    box = page.find_element(By.ID, "class-input")
+    box.send_keys("fish")
+    options = wait_for(page, lambda d: len(o := suggestions(d)) >= 2 and o, "suggestions for 'fish'")
+    second = options[1]["name"]
+    ActionChains(page).move_to_element(
+        page.find_element(By.CSS_SELECTOR, f'#class-options [data-name="{second}"]')).perform()
+    assert suggestions(page)[1]["active"]  # the pointer highlights, as the arrows do
+    box.send_keys(Keys.ENTER)
+    wait_for(page, lambda d: text_of(d, "filter-name") == second, "the highlighted suggestion as the filter")
+    page.find_element(By.ID, "filter-clear").click()
+    box.send_keys("goldfi")
+    wait_for(page, lambda d: (o := suggestions(d)) and o[0]["name"] == "goldfish", "suggestions for 'goldfi'")
+    box.send_keys(Keys.ENTER)
+    wait_for(page, lambda d: text_of(d, "filter-name") == "goldfish", "the first suggestion as the filter")
+
+
+def test_a_link_with_an_unknown_class_leaves_no_chip(page: WebDriver, site: str) -> None:
+    page.get(f"{site}/#similar=1&class=unicorn")
+    wait_for(page, lambda d: not is_hidden(d, "error"), "the server's unknown-class message")
+    assert "unicorn" in text_of(page, "error")
+    wait_for(page, lambda d: is_hidden(d, "filter-chip"), "the refused filter removed")
+
+
+def test_the_placeholder_suggests_classes_of_this_library(page: WebDriver) -> None:
+    placeholder = wait_for(page, lambda d: (p := d.find_element(By.ID, "class-input").get_attribute("placeholder"))
+                           and "goldfish" in p and p, "a placeholder from the library")
+    assert placeholder == "e.g. goldfish, jellyfish, tree frog"
+
+
+def test_an_empty_filtered_search_says_why_and_offers_the_looser_rule(page: WebDriver,
+                                                                        queries: dict[str, Path]) -> None:
+    # Tench is among every image's top 5 (with a tiny probability) and no image's top 1.
+    choose_class(page, "tench")
+    wait_for(page, lambda d: text_of(d, "filter-name") == "tench", "the tench filter")
+    upload(page, queries["red"])
+    wait_for(page, lambda d: not is_hidden(d, "looser"), "the explanation of the empty result")
+    assert text_of(page, "status") == "No image is labelled tench."
+    assert text_of(page, "looser-text") == (f"No image shows tench with enough confidence; {LIBRARY_SIZE} images "
+                                            "have it among its top 5 predictions below that.")
+    screenshot(page, "web-page-empty-filter")
+    page.find_element(By.ID, "looser-button").click()
+    found = wait_for_cards(page, 10, "results under the looser rule")
+    assert all(folder_of(c) == "red" for c in found)
+    assert "anywhere in the top 5" in page.find_element(By.ID, "filter-chip").text
+    assert is_hidden(page, "looser")
+
+
+def test_the_page_works_under_a_url_prefix(browser: WebDriver, library: Path, tf1_module: Path,
+                                           tmp_path: Path, queries: dict[str, Path]) -> None:
+    settings = make_settings(tmp_path / "data", tf1_module)
+    run_index(settings, library)
+    behind_proxy = DispatcherMiddleware(Flask("elsewhere"), {"/photos": create_app(settings)})
+    with serve(behind_proxy) as url:
+        open_page(browser, f"{url}/photos")
+        assert text_of(browser, "stats").startswith(f"{LIBRARY_SIZE} images indexed")
+        upload(browser, queries["blue"])
+        found = wait_for_cards(browser, 10, "results served under /photos")
+        assert all(c["src"].startswith("/photos/api/v1/images/") for c in found), found[0]
+        assert script_errors(browser) == []

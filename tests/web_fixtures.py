@@ -9,7 +9,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from flask import Flask
 from helpers import REPO
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -34,7 +33,7 @@ WAIT_SECONDS = 60
 
 
 @contextmanager
-def serve(app: Flask) -> Iterator[str]:
+def serve(app: Any) -> Iterator[str]:
     """Serve `app` from a thread on a free loopback port; yields its base URL."""
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, name="page-test-server", daemon=True)

@@ -1,8 +1,15 @@
 // The JSON API of this app, and the wording shared by the page's modules.
 
-const API = "/api/v1";
+// The page names its API base (it may be served under a URL prefix, behind a proxy).
+const API = document.querySelector('meta[name="lookalike-api"]')?.content || "/api/v1";
 
-export class ApiError extends Error {}
+// `code` is the problem's machine-readable code (e.g. unknown_class), when the server sent one.
+export class ApiError extends Error {
+  constructor(message, code = null) {
+    super(message);
+    this.code = code;
+  }
+}
 
 export function capitalise(text) {
   return text.charAt(0).toUpperCase() + text.slice(1);
@@ -24,7 +31,8 @@ export async function api(path, options) {
   const body = type.includes("json") ? await response.json().catch(() => null) : null;
   if (!response.ok) {
     const detail = body && (body.detail || body.title);
-    throw new ApiError(detail ? capitalise(detail) : `The server answered ${response.status} ${response.statusText}.`);
+    throw new ApiError(detail ? capitalise(detail) : `The server answered ${response.status} ${response.statusText}.`,
+                       (body && body.code) || null);
   }
   return body;
 }

@@ -4,23 +4,29 @@ import {api, plural} from "./api.js";
 import {QUERY_LABEL_MIN, card, fileName, labelElement, notableLabels} from "./cards.js";
 import {attachSuggestions} from "./suggestions.js";
 
-const BROWSE_PAGE = 50;
-const START_TITLE = "Pick or drop an image to find the photos that look like it.";
+// The page's first title, as the template wrote it: shown again when the view is cleared.
+let START_TITLE = "";
 
 const $ = (id) => document.getElementById(id);
 
 const state = {
   filter: null,     // the chosen class or concept name, passed as class=<name>
+  anyTop5: false,   // count an image as showing the class whenever it is among its top 5 predictions
   view: null,       // {kind: "upload", file} | {kind: "similar", id, item} | {kind: "browse", name, nextOffset}
   seq: 0,           // number of the newest request; answers to older ones are dropped
   previewUrl: null, // object URL of the uploaded query image
   lastUpload: null, // the last uploaded file, searched again when Back returns to it
 };
 
+function classParams(query) {
+  if (!state.filter) return query;
+  query.append("class", state.filter);
+  if (state.anyTop5) query.append("class_min_probability", "0");
+  return query;
+}
+
 function withFilter(params) {
-  const query = new URLSearchParams(params);
-  if (state.filter) query.append("class", state.filter);
-  const text = query.toString();
+  const text = classParams(new URLSearchParams(params)).toString();
   return text ? `?${text}` : "";
 }
 
@@ -58,10 +64,23 @@ async function loadStats() {
     }
     if (stats.images === 0) {
       $("results-title").textContent = "The library is empty: index a folder with 'lookalike index PATH' first.";
+    } else {
+      suggestClasses();
     }
   } catch (err) {
     $("stats").textContent = "Library statistics are not available.";
     showError(err.message);
+  }
+}
+
+// The filter box suggests what this library holds: its three most common classes.
+async function suggestClasses() {
+  try {
+    const body = await api("/classes?limit=3");
+    const names = (body.classes || []).map((c) => c.name);
+    if (names.length) $("class-input").placeholder = `e.g. ${names.join(", ")}`;
+  } catch (err) {
+    // the generic placeholder stays
   }
 }
 
@@ -71,7 +90,7 @@ function renderResults(items, mode, append = false) {
   const grid = $("results");
   if (!append) grid.replaceChildren();
   const className = state.view && state.view.name;
-  grid.append(...items.map((item) => card(item, {mode, className, onChoose: (hit) => searchSimilar(hit.id, hit)})));
+  grid.append(...items.map((item) => card(item, {mode, className, onChoose: (hit) => searchSimilar(hit.id, {item: hit})})));
 }
 
 function showQuery(title, imageUrl, labels) {
@@ -88,8 +107,36 @@ function filterPhrase() {
 
 function searchSummary(count) {
   if (count > 0) return plural(count, "lookalike", "lookalikes") + " · click one to search by it";
-  return state.filter ? `Nothing labelled ${state.filter} looks like this. Remove the filter to see all lookalikes.`
-    : "No lookalikes found.";
+  if (state.filter) explainEmptyFilter(state.seq);
+  return state.filter ? `No image is labelled ${state.filter}.` : "No lookalikes found.";
+}
+
+// A filter that matches nothing: say why, and offer the looser rule when it would find some.
+async function explainEmptyFilter(seq) {
+  const name = state.filter;
+  if (state.anyTop5) return;
+  try {
+    const [strict, loose] = await Promise.all([
+      classCount(name, {}),
+      classCount(name, {class_min_probability: "0"}),
+    ]);
+    if (seq !== state.seq || name !== state.filter) return;
+    if (loose > strict) {
+      $("looser-text").textContent = `No image shows ${name} with enough confidence; ` +
+        `${plural(loose, "image has", "images have")} it among its top 5 predictions below that.`;
+      $("looser").hidden = false;
+    }
+  } catch (err) {
+    // the plain summary stays
+  }
+}
+
+async function classCount(name, params) {
+  const query = new URLSearchParams({q: name, limit: "50", ...params});
+  const body = await api(`/classes?${query}`);
+  const lower = name.toLowerCase();
+  const match = (body.classes || []).find((c) => c.name.toLowerCase() === lower);
+  return match ? match.count : 0;
 }
 
 // --- searching -----------------------------------------------------------------------------
@@ -98,6 +145,7 @@ function begin(view, busyText) {
   state.view = {...view, nextOffset: null};
   state.seq += 1;
   clearError();
+  $("looser").hidden = true;
   setStatus(busyText, true);
   $("more-button").hidden = true;
   return state.seq;
@@ -115,6 +163,7 @@ function failed(seq, err, append) {
   if (seq !== state.seq) return;
   setStatus("");
   showError(err.message);
+  if (err.code === "unknown_class") setFilter(null, {run: false});  // never keep a chip the server refused
   if (!append) $("results").replaceChildren();
 }
 
@@ -126,7 +175,7 @@ function showPage(items, mode, append, nextOffset) {
   return $("results").children.length;
 }
 
-async function searchUpload(file, push = true, offset = 0) {
+async function searchUpload(file, {push = true, offset = 0} = {}) {
   if (!file) return;
   const append = offset > 0;
   const name = file.name || "pasted image";
@@ -153,7 +202,7 @@ async function searchUpload(file, push = true, offset = 0) {
   }
 }
 
-async function searchSimilar(id, item = null, push = true, offset = 0) {
+async function searchSimilar(id, {item = null, push = true, offset = 0} = {}) {
   const append = offset > 0;
   const seq = append ? beginMore() : begin({kind: "similar", id, item}, "Searching…");
   if (!append) {
@@ -177,7 +226,7 @@ async function searchSimilar(id, item = null, push = true, offset = 0) {
   }
 }
 
-async function browse(name, offset = 0, push = true) {
+async function browse(name, {offset = 0, push = true} = {}) {
   const append = offset > 0;
   const seq = append ? beginMore() : begin({kind: "browse", name}, "Loading…");
   if (!append) {
@@ -185,11 +234,14 @@ async function browse(name, offset = 0, push = true) {
     $("query").hidden = true;
     $("results-title").textContent = `Images labelled ${name}`;
   }
-  const params = new URLSearchParams({class: name, offset: String(offset), limit: String(BROWSE_PAGE)});
+  const params = new URLSearchParams({offset: String(offset)});  // the server's page size
+  params.append("class", name);
+  if (state.anyTop5 && name === state.filter) params.append("class_min_probability", "0");
   try {
     const body = await api(`/images?${params}`);
     if (seq !== state.seq) return;
     const shown = showPage(body.images, "probability", append, body.next_offset);
+    if (body.total === 0 && name === state.filter) explainEmptyFilter(seq);
     setStatus(body.total === 0 ? `No image is labelled ${name}.`
       : `Showing ${shown.toLocaleString()} of ${plural(body.total, "image", "images")} · click one to find its lookalikes`);
   } catch (err) {
@@ -200,9 +252,9 @@ async function browse(name, offset = 0, push = true) {
 function more() {
   const view = state.view;
   if (!view || view.nextOffset === null) return;
-  if (view.kind === "upload") searchUpload(view.file, false, view.nextOffset);
-  else if (view.kind === "similar") searchSimilar(view.id, view.item, false, view.nextOffset);
-  else if (view.kind === "browse") browse(view.name, view.nextOffset);
+  if (view.kind === "upload") searchUpload(view.file, {push: false, offset: view.nextOffset});
+  else if (view.kind === "similar") searchSimilar(view.id, {item: view.item, push: false, offset: view.nextOffset});
+  else if (view.kind === "browse") browse(view.name, {offset: view.nextOffset});
 }
 
 function rerun() {
@@ -211,8 +263,8 @@ function rerun() {
     if (state.filter) browse(state.filter);
     return;
   }
-  if (view.kind === "upload") searchUpload(view.file, false);
-  else if (view.kind === "similar") searchSimilar(view.id, view.item, false);
+  if (view.kind === "upload") searchUpload(view.file, {push: false});
+  else if (view.kind === "similar") searchSimilar(view.id, {item: view.item, push: false});
   else if (view.kind === "browse" && state.filter) browse(state.filter);
   updateHash();
 }
@@ -237,32 +289,54 @@ function updateHash() {
 function applyHash() {
   const params = new URLSearchParams(location.hash.slice(1));
   const browseName = params.get("browse");
-  setFilter(browseName || params.get("class"), false);
+  setFilter(browseName || params.get("class"), {run: false});
   const similar = params.get("similar");
-  if (browseName) browse(browseName, 0, false);
-  else if (similar && /^\d+$/.test(similar)) searchSimilar(Number(similar), null, false);
-  else if (state.lastUpload) searchUpload(state.lastUpload, false);
+  if (browseName) browse(browseName, {push: false});
+  else if (similar && /^\d+$/.test(similar)) searchSimilar(Number(similar), {push: false});
+  else if (state.lastUpload) searchUpload(state.lastUpload, {push: false});
 }
 
 // --- class filter with suggestions ---------------------------------------------------------
 
-function setFilter(name, run = true) {
+function setFilter(name, {run = true, anyTop5 = false} = {}) {
   const value = name && name.trim() ? name.trim() : null;
   state.filter = value;
+  state.anyTop5 = Boolean(value) && anyTop5;
   $("filter-chip").hidden = !value;
   $("filter-name").textContent = value || "";
+  $("filter-rule").textContent = state.anyTop5 ? " (anywhere in the top 5)" : "";
   $("browse-button").disabled = !value;
+  $("looser").hidden = true;
   if (run) rerun();
+}
+
+// A typed name becomes a filter only when the server knows it: a class or concept name, an id.
+async function chooseClass(text) {
+  clearError();
+  try {
+    const body = await api(`/classes?${new URLSearchParams({q: text, limit: "20"})}`);
+    const lower = text.toLowerCase();
+    const found = (body.classes || []).find((c) => c.name.toLowerCase() === lower
+      || String(c.class_id) === text || c.concept_id === text);
+    if (found) {
+      setFilter(found.name);
+      return;
+    }
+    const close = (body.classes || []).slice(0, 3).map((c) => c.name);
+    showError(`No class or concept is called "${text}".` + (close.length ? ` Did you mean ${close.join(", ")}?` : ""));
+  } catch (err) {
+    showError(err.message);
+  }
 }
 
 function initFilter() {
   attachSuggestions($("class-input"), $("class-options"), {
-    onChoose: (name) => setFilter(name),
+    onChoose: (name) => chooseClass(name),
     onError: (err) => showError(err.message),
   });
   $("filter-clear").addEventListener("click", () => {
     const browsing = state.view && state.view.kind === "browse";
-    setFilter(null, !browsing);
+    setFilter(null, {run: !browsing});
     if (browsing) {
       state.view = null;
       $("results").replaceChildren();
@@ -274,6 +348,7 @@ function initFilter() {
   });
   $("browse-button").addEventListener("click", () => state.filter && browse(state.filter));
   $("more-button").addEventListener("click", more);
+  $("looser-button").addEventListener("click", () => setFilter(state.filter, {anyTop5: true}));
 }
 
 // --- choosing, dropping and pasting an image ------------------------------------------------
@@ -323,6 +398,7 @@ function initUpload() {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  START_TITLE = $("results-title").textContent;
   initUpload();
   initFilter();
   window.addEventListener("popstate", applyHash);

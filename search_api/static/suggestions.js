@@ -1,6 +1,7 @@
 // Class and concept suggestions under a text box (the ARIA combobox pattern): typing asks the
-// server, arrows move, Enter or a click chooses, Escape closes. Enter with no suggestion
-// highlighted chooses the typed text as it is.
+// server, arrows or the pointer highlight, Enter or a click chooses, Escape closes. Enter chooses
+// the highlighted suggestion, else the first one shown; with none shown, the typed text is passed
+// on for the page to check.
 import {api, plural} from "./api.js";
 
 const LIMIT = 10;
@@ -55,6 +56,7 @@ export function attachSuggestions(input, list, {onChoose, onError}) {
       li.append(count);
     }
     li.addEventListener("mousedown", (event) => event.preventDefault());  // keep the focus in the box
+    li.addEventListener("mouseenter", () => highlight(index));  // what looks highlighted is what Enter takes
     li.addEventListener("click", () => choose(item.name));
     return li;
   }
@@ -66,20 +68,24 @@ export function attachSuggestions(input, list, {onChoose, onError}) {
     if (!found.length) {
       const li = document.createElement("li");
       li.className = "empty";
-      li.textContent = "No class or concept matches. Press Enter to filter by what you typed.";
+      li.textContent = "No class or concept of this library matches.";
       list.append(li);
     }
     list.hidden = false;
     input.setAttribute("aria-expanded", "true");
   }
 
-  function move(step) {
-    if (!items.length) return;
+  function highlight(index) {
     const options = list.querySelectorAll("[role=option]");
-    active = (active + step + options.length) % options.length;
+    active = index;
     options.forEach((el, i) => el.setAttribute("aria-selected", i === active ? "true" : "false"));
     options[active].scrollIntoView({block: "nearest"});
     input.setAttribute("aria-activedescendant", options[active].id);
+  }
+
+  function move(step) {
+    if (!items.length) return;
+    highlight((active + step + items.length) % items.length);
   }
 
   async function fetchFor(text) {
@@ -110,7 +116,9 @@ export function attachSuggestions(input, list, {onChoose, onError}) {
     else if (event.key === "Escape") { close(); }
     else if (event.key === "Enter") {
       event.preventDefault();
-      if (items[active]) choose(items[active].name);
+      const shown = list.hidden ? [] : items;
+      if (shown[active]) choose(shown[active].name);
+      else if (shown.length) choose(shown[0].name);
       else if (input.value.trim()) choose(input.value.trim());
     }
   });
