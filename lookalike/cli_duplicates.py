@@ -11,7 +11,8 @@ from lookalike.context import CliContext
 
 @click.command()
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=0.95, show_default=True,
-              help="Cosine similarity at or above which two images count as near-duplicates.")
+              help="Cosine similarity at or above which two images count as near-duplicates; a group holds "
+                   "images linked by such pairs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the groups as JSON.")
 @click.pass_obj
 def duplicates(obj: CliContext, threshold: float, as_json: bool) -> None:
@@ -54,8 +55,8 @@ def duplicates(obj: CliContext, threshold: float, as_json: bool) -> None:
         for path in group.paths:
             click.echo(f"  {path}")
     for group in near:
-        click.echo(f"similar (cosine >= {threshold}):")
+        click.echo(f"near-duplicates (each at cosine >= {threshold} to its closest in the group, shown):")
         for member in group.members:
             for path in member.paths[:1]:
-                click.echo(f"  {member.score:.3f}  {path}")
+                click.echo(f"  {member.link:.3f}  {path}")
     click.echo(f"{len(exact)} group(s) of identical files, {len(near)} group(s) of near-duplicates", err=True)

@@ -33,7 +33,8 @@ class ExactGroup:
 class NearMember:
     image_id: int
     paths: tuple[str, ...]
-    score: float  # cosine similarity to the group's first member
+    score: float  # cosine similarity to the group's first member (it may be below the threshold)
+    link: float = 1.0  # cosine similarity to its closest other member: at least the threshold
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,8 @@ class NearGroup:
     members: tuple[NearMember, ...]
 
     def to_json(self) -> dict[str, object]:
-        return {"images": [{"id": m.image_id, "paths": list(m.paths), "score": round(m.score, 6)}
-                           for m in self.members]}
+        return {"images": [{"id": m.image_id, "paths": list(m.paths), "score": round(m.score, 6),
+                            "link": round(m.link, 6)} for m in self.members]}
 
 
 def exact_groups(catalog: Catalog) -> list[ExactGroup]:
@@ -79,13 +80,19 @@ class _UnionFind:
 
 def near_groups(catalog: Catalog, index: VectorIndex, threshold: float, config: IndexConfig | None = None,
                 batch: int = 1024) -> list[NearGroup]:
-    """Groups of distinct images whose vectors are within cosine `threshold` of each other."""
+    """Groups of distinct images linked by chains of pairs with cosine similarity >= `threshold`.
+
+    Every member is at least `threshold` similar to another member (its `link`); two members of
+    one group may be less similar to each other than that, through the chain between them.
+    """
     links = _UnionFind()
+    closest: dict[int, float] = {}
     for ids, vectors in catalog.iter_embeddings(batch=batch):
         for query_id, hits in zip(ids.tolist(), index.range_search(vectors, threshold, config), strict=True):
-            for hit_id, _ in hits:
+            for hit_id, score in hits:
                 if hit_id != query_id:
                     links.union(query_id, hit_id)
+                    closest[query_id] = max(closest.get(query_id, -1.0), score)
     components: dict[int, list[int]] = {}
     for image_id in list(links.parent):
         components.setdefault(links.find(image_id), []).append(image_id)
@@ -96,7 +103,8 @@ def near_groups(catalog: Catalog, index: VectorIndex, threshold: float, config: 
         vectors = catalog.embeddings(members)
         first = vectors[members[0]]
         groups.append(NearGroup(tuple(
-            NearMember(i, records[i].paths if i in records else (), float(np.dot(first, vectors[i])))
+            NearMember(i, records[i].paths if i in records else (), float(np.dot(first, vectors[i])),
+                       closest.get(i, float(np.dot(first, vectors[i]))))
             for i in members if i in vectors
         )))
     return groups

@@ -35,7 +35,7 @@ TEST_IMAGE_SIZE = 64
 POSTGRES_URL = os.environ.get("LOOKALIKE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 # Environment variable set for the whole test run; every process a test starts inherits it.
-RUN_MARK = "LOOKALIKE_TEST_RUN"
+RUN_MARK = "PYTEST_LOOKALIKE_RUN"  # not LOOKALIKE_*: those are settings
 
 RED = (220, 30, 30)
 GREEN = (30, 200, 40)
@@ -73,8 +73,12 @@ def survivors(mark: str, grace_seconds: float = 0.0) -> list[psutil.Process]:
             if process.pid == os.getpid():
                 continue
             try:
-                if process.environ().get(RUN_MARK) == mark and process.status() != psutil.STATUS_ZOMBIE:
-                    found.append(process)
+                if process.environ().get(RUN_MARK) != mark or process.status() == psutil.STATUS_ZOMBIE:
+                    continue
+                # multiprocessing's resource tracker of this very process ends when this process ends.
+                if process.ppid() == os.getpid() and "multiprocessing.resource_tracker" in " ".join(process.cmdline()):
+                    continue
+                found.append(process)
             except psutil.Error:
                 continue
         if not found or time.monotonic() >= deadline:

@@ -28,7 +28,8 @@ def test_duplicates_command_finds_copies_and_resized_versions(runner: CliRunner,
     write_image(root / "other" / "forest.png", colour_image(GREEN, size=(320, 240), seed=2, accent=(20, 90, 20)))
     write_image(root / "other" / "sea.png", colour_image(BLUE, size=(320, 240), seed=3, accent=(200, 200, 250)))
     env = env_for(tmp_path / "data", tf1_module)
-    assert runner.invoke(cli, ["index", str(root)], env=env).exit_code == 0
+    indexed = runner.invoke(cli, ["index", str(root)], env=env)
+    assert indexed.exit_code == 0, indexed.output
 
     result = runner.invoke(cli, ["duplicates", "--threshold", "0.999", "--json"], env=env)
     assert result.exit_code == 0, result.output
@@ -41,7 +42,7 @@ def test_duplicates_command_finds_copies_and_resized_versions(runner: CliRunner,
     assert all(image["score"] >= 0.999 for image in near["images"])
 
     human = runner.invoke(cli, ["duplicates", "--threshold", "0.999"], env=env)
-    assert "same content" in human.stdout and "similar (cosine >= 0.999)" in human.stdout
+    assert "same content" in human.stdout and "near-duplicates (each at cosine >= 0.999" in human.stdout
     assert "1 group(s) of identical files, 1 group(s) of near-duplicates" in human.output
     assert runner.invoke(cli, ["duplicates", "--threshold", "1.5"], env=env).exit_code == 2
 
@@ -78,3 +79,23 @@ def test_near_groups_match_brute_force(tmp_path: Path, factory: str) -> None:
     assert expected and expected <= found_pairs
     assert len(groups) == len(expected)  # the twins are far apart from each other: one pair per group
     assert exact_groups(catalog) == []
+
+
+def test_a_chain_groups_members_whose_closest_link_meets_the_threshold(tmp_path: Path) -> None:
+    """a~b and b~c but not a~c: one group, and each member's shown similarity is its closest link."""
+    angles = np.radians([0.0, 15.0, 30.0])
+    vectors = np.zeros((3, 8), np.float32)
+    vectors[:, 0], vectors[:, 1] = np.cos(angles), np.sin(angles)
+    catalog = Catalog(f"sqlite:///{tmp_path / 'c.db'}")
+    images = [NewImage(f"{i:064x}", 1, 1, "PNG", "m", v, [(0, 1.0)]) for i, v in enumerate(vectors)]
+    ids, _ = catalog.apply(new_images=images, files=[FileRef(f"/lib/{i}.png", "/lib", 1, 1, f"{i:064x}")
+                                                    for i in range(3)])
+    index = VectorIndex(8, "m")
+    index.add(np.asarray(ids), vectors)
+    threshold = float(np.cos(np.radians(16.0)))
+    (group,) = near_groups(catalog, index, threshold)
+    assert [m.image_id for m in group.members] == ids
+    assert all(m.link >= threshold for m in group.members)
+    assert group.members[2].score == pytest.approx(np.cos(np.radians(30.0)), abs=1e-5)
+    assert group.members[2].score < threshold
+    assert group.to_json()["images"][2]["link"] == pytest.approx(np.cos(np.radians(15.0)), abs=1e-5)
