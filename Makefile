@@ -33,8 +33,9 @@ demo: install
 	$(BIN)/lookalike demo --dir $(DEMO_DIR) $(if $(PORT),--port $(PORT))
 
 LINTED := indexer search_api storage lookalike tests bench tools fuzz
-# Tests that start processes, servers, browsers, Ray or fuzzers; `make check` leaves them to `make test`.
-SLOW_MARKERS := subprocess or gunicorn or browser or ray or fuzz
+# Tests that start processes, servers, browsers, Ray or fuzzers, or train for tens of seconds:
+# `make check` leaves them to `make test`.
+SLOW_MARKERS := subprocess or gunicorn or browser or ray or fuzz or slow
 
 test: install system-packages
 	$(BIN)/ruff check $(LINTED)

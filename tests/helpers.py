@@ -103,11 +103,16 @@ def make_settings(data_dir: Path, handle: Path | str, **sections: dict[str, obje
 
 
 def env_for(data_dir: Path, handle: Path | str) -> dict[str, str]:
-    """Environment variables that point a `lookalike` command at a test model and data dir (and no config file)."""
+    """Environment variables that point a `lookalike` command at a test model and data dir (and no config file).
+
+    Decoding runs in threads, as with make_settings: worker processes take seconds to start, and the tests
+    that are about them ask for them (LOOKALIKE_INDEXER__DECODE_IN_PROCESSES=true).
+    """
     return {
         "LOOKALIKE_MODEL__HANDLE": str(handle),
         "LOOKALIKE_MODEL__IMAGE_SIZE": str(TEST_IMAGE_SIZE),
         "LOOKALIKE_STORAGE__DATA_DIR": str(data_dir),
+        "LOOKALIKE_INDEXER__DECODE_IN_PROCESSES": "false",
         "LOOKALIKE_CONFIG": "",
     }
 

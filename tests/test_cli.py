@@ -133,6 +133,7 @@ def test_demo_command_indexes_and_serves_offline(tmp_path: Path) -> None:
         proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_demo_falls_back_loudly_only_when_the_hub_is_unreachable(runner: CliRunner, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "cache"))

@@ -54,7 +54,8 @@ def setup(tmp_path: Path, tf1_module: Path) -> Iterator[tuple[Library, Settings,
     tuning = {"model": {"batch_size": 4}, "indexer": {"commit_every": 4, "decode_workers": 2}}
     settings = make_settings(data, tf1_module, **tuning)
     env = {**env_for(data, tf1_module), "LOOKALIKE_MODEL__BATCH_SIZE": "4", "LOOKALIKE_INDEXER__COMMIT_EVERY": "4",
-           "LOOKALIKE_INDEXER__DECODE_WORKERS": "2"}
+           "LOOKALIKE_INDEXER__DECODE_WORKERS": "2",
+           "LOOKALIKE_INDEXER__DECODE_IN_PROCESSES": "true"}
     yield library, settings, env
 
 

@@ -6,6 +6,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -53,7 +54,8 @@ def test_explicit_factory_wins() -> None:
         VectorIndex(8, CATALOG_MODEL, factory="Nonsense42")
 
 
-FACTORIES = ["Flat", "IVF32,Flat", "IVF32,SQ8", "HNSW16", "OPQ8,IVF32,PQ8"]
+# Training OPQ takes tens of seconds on two cores: those cases run in `make test`, not `make check`.
+FACTORIES = ["Flat", "IVF32,Flat", "IVF32,SQ8", "HNSW16", pytest.param("OPQ8,IVF32,PQ8", marks=pytest.mark.slow)]
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +63,18 @@ def vectors() -> np.ndarray:
     return clustered(4000)
 
 
+_TRAINED: dict[str, faiss.Index] = {}
+
+
 def built(factory: str, vectors: np.ndarray) -> VectorIndex:
-    index = VectorIndex(DIM, CATALOG_MODEL, factory=factory)
-    index.train(vectors)
+    """An index of `vectors` (ids 1..n); each type is trained once per module on the full set (OPQ and PQ
+    training take most of this module's time), then copied."""
+    if factory not in _TRAINED:
+        empty = VectorIndex(DIM, CATALOG_MODEL, factory=factory)
+        empty.train(clustered(4000))
+        _TRAINED[factory] = empty.index
+    index = VectorIndex(DIM, CATALOG_MODEL, faiss.clone_index(_TRAINED[factory]), factory=factory,
+                        trained_count=4000)
     index.add(np.arange(1, len(vectors) + 1), vectors)
     return index
 

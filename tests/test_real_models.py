@@ -44,6 +44,7 @@ def _handle(model: str) -> str:
     return str(MODELS / model)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["efficientnet_lite0_tf1", "efficientnet_lite0", PACKAGE_HANDLE])
 def test_real_photos_get_right_labels_and_neighbours(
     model: str, settings_for: Callable[..., Settings], sample_library: Path, tmp_path: Path,
