@@ -154,8 +154,3 @@ def read_library_file(root: str, path: str, limit: int | None = None) -> Library
     finally:
         os.close(fd)
 
-
-def root_of(path: str, roots: list[str]) -> str | None:
-    """The deepest of `roots` that `path` lies below, or None."""
-    below = [root for root in roots if path.startswith(root.rstrip(os.sep) + os.sep)]
-    return max(below, key=len) if below else None

@@ -192,9 +192,12 @@ def report_index_run(report, as_json: bool) -> None:  # type: ignore[no-untyped-
 @click.option("--root", default=None, help="Only files under this library folder.")
 @click.pass_obj
 def errors(obj: CliContext, as_json: bool, root: str | None) -> None:
-    """List the files the indexer rejected, and why.
+    """List the files the indexer rejected, and the folders and files it could not read, and why.
 
-    They are skipped by later runs until the file changes (new size or modification time).
+    Rejected files are skipped by later runs until they change (new size or modification time).
+    Folders that could not be listed (kind unreadable_folder) and files that could not be read
+    (kind unreadable) keep the images the catalog had for them; they are tried again on every run
+    and leave this list once they read again.
 
     \b
     Example:

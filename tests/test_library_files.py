@@ -16,7 +16,6 @@ from indexer.library_files import (
     LibraryFileError,
     open_beneath,
     read_library_file,
-    root_of,
 )
 
 
@@ -72,7 +71,3 @@ def test_missing_and_outside_paths(root: Path, tmp_path: Path) -> None:
                  str(root)):
         assert _refused(root, path).kind == OUTSIDE, path
 
-
-def test_root_of_picks_the_deepest_root() -> None:
-    assert root_of("/a/b/c.jpg", ["/a", "/a/b", "/ab"]) == "/a/b"
-    assert root_of("/abc/d.jpg", ["/a", "/ab"]) is None
