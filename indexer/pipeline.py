@@ -14,11 +14,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
+from indexer.batch_commit import Unstored
 from indexer.model import Embedder, top_k
 from indexer.prepare import PrepareConfig, Prepared, close_decode_pool, decode_pool, ordered_prefetch
 from indexer.scan import FoundFile, RootError, ScanProblems, resolve_root, scan
@@ -27,7 +28,7 @@ from indexer.tf_runtime import effective_batch_size
 from indexer.thumbnails import prune_thumbnails
 from storage.catalog import ROW_VALUE_ERRORS, Catalog, FileRef, NewImage
 from storage.paths import display_path, printable
-from storage.rejections import UNREADABLE, UNREADABLE_FOLDER, UNSTORABLE, Rejection
+from storage.rejections import UNREADABLE, UNREADABLE_FOLDER, Rejection
 from storage.sync import build_from_catalog, check_model, needs_rebuild, open_index
 from storage.vector_index import IndexStore, RemoveUnsupportedError, VectorIndex
 
@@ -132,9 +133,7 @@ class LibraryIndexer:
         self._stop = threading.Event()
         self._published_at = time.monotonic()
         self._pruned_content = False
-        # Files the catalog could not store (filled by the writer thread, counted after the run).
-        self._unstored: list[tuple[FileRef, str]] = []
-        self._unstored_images = 0
+        self._unstored = Unstored()  # filled by the writer thread, counted after the run
 
     @property
     def embedder(self) -> Embedder:
@@ -225,7 +224,7 @@ class LibraryIndexer:
                  len(plan.candidates), plan.unchanged, plan.skipped, len(plan.removed))
         self.progress.start(len(plan.candidates), report.found)
         process(plan.candidates, report)
-        self._count_unstored(report)
+        self._unstored.count_in(report)
         report.interrupted = self._stop.is_set()
         if plan.removed and not report.interrupted:
             _, orphans = self.catalog.apply(removed_paths=plan.removed)
@@ -358,61 +357,12 @@ class LibraryIndexer:
         except ROW_VALUE_ERRORS as exc:
             log.warning("the catalog refused a batch of %d files (%s: %s): committing them one at a time",
                         len(files) + len(rejected), type(exc).__name__, exc)
-            new_images, ids, orphans = self._commit_apart(new_images, files, rejected)
+            new_images, ids, orphans = self._unstored.commit_apart(self.catalog, new_images, files, rejected)
         vectors = np.stack([img.embedding for img in new_images]) if new_images else None
         self._index_changes(ids, vectors, orphans)
         interval = self.settings.indexer.publish_every_seconds
         if interval and time.monotonic() - self._published_at >= interval and self._rebuild_reason is None:
             self._publish()  # long runs become searchable as they go
-
-    def _commit_apart(self, new_images: list[NewImage], files: list[FileRef],
-                      rejected: list[Rejection]) -> tuple[list[NewImage], list[int], list[int]]:
-        """Commit a batch file by file (each with its content when new); returns the images that landed,
-        their ids, and the orphaned ids. Files that cannot be stored are recorded as rejected."""
-        waiting = {img.content_hash: img for img in new_images}
-        landed: list[NewImage] = []
-        ids: list[int] = []
-        orphans: list[int] = []
-        for ref in files:
-            image = waiting.get(ref.content_hash)
-            try:
-                new_ids, gone = self.catalog.apply(new_images=[image] if image else [], files=[ref])
-            except ROW_VALUE_ERRORS as exc:
-                reason = f"the catalog cannot store this file: {type(exc).__name__}: {exc}"
-                log.warning("%s: %s", printable(ref.path), reason)
-                self._unstored.append((ref, reason))
-                self._commit_rejections([Rejection(ref.path, ref.root, ref.size, ref.mtime_ns, UNSTORABLE, reason)])
-                continue
-            if image is not None:
-                del waiting[ref.content_hash]
-                landed.append(image)
-                ids.extend(new_ids)
-            orphans.extend(gone)
-        self._commit_rejections(rejected)
-        self._unstored_images += len(waiting)  # new content none of whose files could be stored
-        return landed, ids, orphans
-
-    def _commit_rejections(self, rejected: list[Rejection]) -> None:
-        """Record rejections one by one; one the catalog cannot hold is kept without its size and time, or logged."""
-        for rejection in rejected:
-            for attempt in (rejection, replace(rejection, size=0, mtime_ns=0)):
-                try:
-                    self.catalog.apply(rejected=[attempt])
-                    break
-                except ROW_VALUE_ERRORS as exc:
-                    failure = exc
-            else:
-                log.error("cannot record the rejection of %s in the catalog: %s", printable(rejection.path), failure)
-
-    def _count_unstored(self, report: IndexReport) -> None:
-        """Count the files the catalog could not store as failed (they were counted as embedded or linked)."""
-        for ref, reason in self._unstored:
-            report.failed += 1
-            report.failures.append({"path": ref.path, "kind": UNSTORABLE, "error": reason})
-        report.indexed -= self._unstored_images
-        report.linked -= len(self._unstored) - self._unstored_images
-        self._unstored.clear()
-        self._unstored_images = 0
 
     def _index_changes(self, ids: list[int], vectors: np.ndarray | None, orphans: list[int]) -> None:
         """Apply committed catalog changes to the live index, or note why it must be rebuilt instead."""
