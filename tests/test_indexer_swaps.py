@@ -56,7 +56,8 @@ def library(tmp_path: Path) -> Path:
     return root.resolve()
 
 
-@pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
+@pytest.mark.parametrize("processes", [False, pytest.param(True, marks=pytest.mark.subprocess)],
+                         ids=["threads", "processes"])
 def test_a_file_swapped_for_a_symlink_after_the_scan_is_rejected_not_read(
     settings_for: Callable[..., Settings], library: Path, tmp_path: Path, processes: bool
 ) -> None:
@@ -89,7 +90,8 @@ def test_a_file_swapped_for_a_symlink_after_the_scan_is_rejected_not_read(
     assert (again.unchanged, again.failed, again.removed) == (4, 0, 1)
 
 
-@pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
+@pytest.mark.parametrize("processes", [False, pytest.param(True, marks=pytest.mark.subprocess)],
+                         ids=["threads", "processes"])
 def test_a_file_swapped_for_a_fifo_after_the_scan_never_hangs_the_run(
     settings_for: Callable[..., Settings], library: Path, processes: bool
 ) -> None:
