@@ -36,6 +36,7 @@ from indexer.scan import FoundFile
 from indexer.settings import ModelSettings, Settings
 from indexer.tf_runtime import CPU_BATCH_SIZE, GPU_BATCH_SIZE
 from storage.catalog import Catalog, FileRef, NewImage
+from storage.paths import from_db, to_db
 from storage.rejections import Rejection
 from storage.vector_index import IndexStore
 
@@ -81,7 +82,9 @@ class RayIndexer(LibraryIndexer):
         """The lazy Ray dataset: candidate files -> decoded (tasks) -> embedded (actor pool)."""
         import ray.data
 
-        rows = [{"path": f.path, "root": f.root, "size": f.size, "mtime_ns": f.mtime_ns} for f in candidates]
+        # Paths travel as their catalog text: Arrow holds only valid UTF-8, a file name may not be.
+        rows = [{"path": to_db(f.path), "root": to_db(f.root), "size": f.size, "mtime_ns": f.mtime_ns}
+                for f in candidates]
         use_gpus = self.cluster.gpus >= 1
         model_batch = self.model_batch_size()
         call_rows = max(model_batch, MIN_EMBED_ROWS_PER_CALL)
@@ -127,7 +130,8 @@ class RayIndexer(LibraryIndexer):
         files: list[FileRef] = []
         rejected: list[Rejection] = []
         for i in range(len(batch["path"])):
-            path, root, digest = str(batch["path"][i]), str(batch["root"][i]), str(batch["content_hash"][i])
+            path, root = from_db(str(batch["path"][i])), from_db(str(batch["root"][i]))
+            digest = str(batch["content_hash"][i])
             size, mtime_ns = int(batch["size"][i]), int(batch["mtime_ns"][i])
             kind, error = str(batch["error_kind"][i]), str(batch["error"][i])
             if kind:
@@ -202,9 +206,9 @@ def prepare_batch(batch: dict[str, np.ndarray], config: PrepareConfig) -> dict[s
     count = len(batch["path"])
     pixels = np.zeros((count, size, size, 3), np.uint8)  # zeros where nothing is decoded
     out: dict[str, list[Any]] = {key: [] for key in ("content_hash", "width", "height", "format", "error_kind",
-                                                     "error", "decoded")}
+                                                     "error", "decoded", "size", "mtime_ns")}
     for i in range(count):
-        found = FoundFile(str(batch["path"][i]), str(batch["root"][i]), int(batch["size"][i]),
+        found = FoundFile(from_db(str(batch["path"][i])), from_db(str(batch["root"][i])), int(batch["size"][i]),
                           int(batch["mtime_ns"][i]))
         item = preparer(found)
         decoded = item.decoded
@@ -217,9 +221,13 @@ def prepare_batch(batch: dict[str, np.ndarray], config: PrepareConfig) -> dict[s
         out["error_kind"].append(item.error_kind or ("corrupt" if item.error else ""))
         out["error"].append(item.error or "")
         out["decoded"].append(decoded is not None)
-    result = {key: batch[key] for key in ("path", "root", "size", "mtime_ns")}
+        out["size"].append(item.file.size)  # of the bytes read, which may differ from the scan's
+        out["mtime_ns"].append(item.file.mtime_ns)
+    result = {key: batch[key] for key in ("path", "root")}
     result.update({key: np.asarray(values, dtype=object) for key, values in out.items()
-                   if key not in ("width", "height", "decoded")})
+                   if key not in ("width", "height", "decoded", "size", "mtime_ns")})
+    result["size"] = np.asarray(out["size"], np.int64)
+    result["mtime_ns"] = np.asarray(out["mtime_ns"], np.int64)
     result["width"] = np.asarray(out["width"], np.int64)
     result["height"] = np.asarray(out["height"], np.int64)
     result["decoded"] = np.asarray(out["decoded"], bool)

@@ -19,14 +19,16 @@ from typing import Protocol
 
 import numpy as np
 
+from indexer.batch_commit import Unstored
 from indexer.model import Embedder, top_k
-from indexer.prepare import PrepareConfig, Prepared, decode_pool, ordered_prefetch
-from indexer.scan import FoundFile, RootError, resolve_root, scan
+from indexer.prepare import PrepareConfig, Prepared, close_decode_pool, decode_pool, ordered_prefetch
+from indexer.scan import FoundFile, RootError, ScanProblems, resolve_root, scan
 from indexer.settings import Settings
 from indexer.tf_runtime import effective_batch_size
 from indexer.thumbnails import prune_thumbnails
-from storage.catalog import Catalog, FileRef, NewImage
-from storage.rejections import Rejection
+from storage.catalog import ROW_VALUE_ERRORS, Catalog, FileRef, NewImage
+from storage.paths import display_path, printable
+from storage.rejections import UNREADABLE, UNREADABLE_FOLDER, Rejection
 from storage.sync import build_from_catalog, check_model, needs_rebuild, open_index
 from storage.vector_index import IndexStore, RemoveUnsupportedError, VectorIndex
 
@@ -60,6 +62,8 @@ class IndexReport:
     removed: int = 0
     failed: int = 0
     failures: list[dict[str, str]] = field(default_factory=list)
+    kept: int = 0  # catalog files kept unchecked: under a folder that could not be listed, or not stat'ed
+    unreadable: list[dict[str, str]] = field(default_factory=list)  # folders and files the scan could not check
     found: int = 0
     seconds: float = 0.0
     interrupted: bool = False  # stopped early on request; everything reported here is committed
@@ -73,7 +77,9 @@ class IndexReport:
             "skipped": self.skipped,
             "removed": self.removed,
             "failed": self.failed,
-            "failures": self.failures,
+            "failures": [{**f, "path": display_path(f["path"])} for f in self.failures],
+            "kept": self.kept,
+            "unreadable": [{**u, "path": display_path(u["path"])} for u in self.unreadable],
             "found": self.found,
             "seconds": round(self.seconds, 3),
             "images_per_second": round(rate, 2),
@@ -89,6 +95,16 @@ class Plan:
     removed: list[str] = field(default_factory=list)  # files that disappeared
     unchanged: int = 0
     skipped: int = 0  # rejected before and unchanged since
+    kept: int = 0  # catalog files under a folder or entry the scan could not check: kept as they are
+    scan_problems: dict[str, ScanProblems] = field(default_factory=dict)  # by root
+
+    def unreadable(self) -> list[Rejection]:
+        """What the scan could not check, as records for `lookalike errors`."""
+        out = []
+        for root, problems in self.scan_problems.items():
+            out += [Rejection(path, root, 0, 0, UNREADABLE_FOLDER, error) for path, error in problems.folders.items()]
+            out += [Rejection(path, root, 0, 0, UNREADABLE, error) for path, error in problems.files.items()]
+        return out
 
 
 class LibraryIndexer:
@@ -117,6 +133,7 @@ class LibraryIndexer:
         self._stop = threading.Event()
         self._published_at = time.monotonic()
         self._pruned_content = False
+        self._unstored = Unstored()  # filled by the writer thread, counted after the run
 
     @property
     def embedder(self) -> Embedder:
@@ -131,31 +148,44 @@ class LibraryIndexer:
         self._stop.set()
 
     def plan(self, roots: Sequence[str], allow_empty_roots: bool = False) -> Plan:
-        """Scan every root and compare it with the catalog; nothing is written."""
+        """Scan every root and compare it with the catalog; nothing is written.
+
+        Only a file positively known to be gone (its folder listed fine and the name is not
+        there, or no longer a regular file) is removed: what lies under a folder that could not
+        be listed, or a file that could not be stat'ed, is kept as the catalog knows it.
+        """
         resolved = [resolve_root(r) for r in roots]  # every root checked before anything is touched
         plan = Plan()
         gone_rejections: list[str] = []
         for root in resolved:
-            known = self.catalog.files_under(str(root))
-            rejected = self.catalog.rejected_under(str(root))
+            root_name = str(root)
+            known = self.catalog.files_under(root_name)
+            rejected = self.catalog.rejected_under(root_name)
+            problems = plan.scan_problems[root_name] = ScanProblems()
             seen: set[str] = set()
-            for found in scan(root):
+            for found in scan(root, problems):
                 seen.add(found.path)
                 state = known.get(found.path)
-                if state is not None and state.size == found.size and state.mtime_ns == found.mtime_ns:
-                    plan.unchanged += 1
-                elif rejected.get(found.path) == (found.size, found.mtime_ns):
+                rejection = rejected.get(found.path)
+                if rejection is not None and rejection.skips(found.size, found.mtime_ns):
                     plan.skipped += 1
-                else:
+                elif (rejection is None and state is not None and state.size == found.size
+                      and state.mtime_ns == found.mtime_ns):
+                    plan.unchanged += 1
+                else:  # new, changed, or unreadable last time (retried on every run)
                     plan.candidates.append(found)
-            if known and not seen and not allow_empty_roots:
+            if known and not seen and not problems and not allow_empty_roots:
                 raise RootError(
-                    f"{root}: no image files found, but the catalog holds {len(known):,} from this folder. "
-                    "Is the drive unmounted? Nothing was removed. If the photos really are gone, run again "
+                    f"{printable(root_name)}: no image files found, but the catalog holds {len(known):,} from this "
+                    "folder. Is the drive unmounted? Nothing was removed. If the photos really are gone, run again "
                     "with --allow-empty-root."
                 )
-            plan.removed.extend(sorted(set(known) - seen))
-            gone_rejections.extend(sorted(set(rejected) - seen))
+            for path in sorted(set(known) - seen):
+                if problems.covers(path, root_name):
+                    plan.kept += 1
+                else:
+                    plan.removed.append(path)
+            gone_rejections.extend(p for p in sorted(set(rejected) - seen) if not problems.covers(p, root_name))
         plan.removed.extend(gone_rejections)  # forgetting a path also forgets its rejection
         return plan
 
@@ -163,11 +193,14 @@ class LibraryIndexer:
         started = self._begin(reindex)
         workers = self.settings.indexer.effective_decode_workers()
         pool, prepare = decode_pool(self._prepare_config(), workers, self.settings.indexer.decode_in_processes)
+        finished = False
         try:
-            return self._run(roots, allow_empty_roots, started,
-                             lambda candidates, report: self._process(candidates, report, pool, prepare, workers))
+            report = self._run(roots, allow_empty_roots, started,
+                               lambda candidates, report: self._process(candidates, report, pool, prepare, workers))
+            finished = True
+            return report
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            close_decode_pool(pool, stop_workers=not finished or self._stop.is_set())
 
     def _begin(self, reindex: bool) -> float:
         """Forget everything when re-indexing, refuse a catalog of another model; returns the start time."""
@@ -184,12 +217,14 @@ class LibraryIndexer:
         self.index, _ = open_index(self.catalog, self.store, self.model_id, publish_repairs=True,
                                    config=self.index_config)
         plan = self.plan(roots, allow_empty_roots)
-        report = IndexReport(unchanged=plan.unchanged, skipped=plan.skipped,
+        report = IndexReport(unchanged=plan.unchanged, skipped=plan.skipped, kept=plan.kept,
                              found=len(plan.candidates) + plan.unchanged + plan.skipped)
+        self._record_scan_problems(plan, report)
         log.info("%d files to index, %d unchanged, %d rejected before and unchanged, %d gone",
                  len(plan.candidates), plan.unchanged, plan.skipped, len(plan.removed))
         self.progress.start(len(plan.candidates), report.found)
         process(plan.candidates, report)
+        self._unstored.count_in(report)
         report.interrupted = self._stop.is_set()
         if plan.removed and not report.interrupted:
             _, orphans = self.catalog.apply(removed_paths=plan.removed)
@@ -201,6 +236,18 @@ class LibraryIndexer:
             prune_thumbnails(self.settings.storage.data_dir, self.catalog.content_hashes())
         report.seconds = time.perf_counter() - started
         return report
+
+    def _record_scan_problems(self, plan: Plan, report: IndexReport) -> None:
+        """List what the scan could not check under `lookalike errors` (clearing folders that read again)."""
+        unreadable = plan.unreadable()
+        for root in plan.scan_problems:
+            under = [r for r in unreadable if r.root == root]
+            self.catalog.record_scan_problems(root, [r for r in under if r.kind == UNREADABLE_FOLDER],
+                                              [r for r in under if r.kind != UNREADABLE_FOLDER])
+        report.unreadable = [{"path": r.path, "kind": r.kind, "error": r.reason} for r in unreadable]
+        if unreadable:
+            log.warning("%d folder(s) or file(s) could not be read; the %d catalog file(s) under them are kept",
+                        len(unreadable), plan.kept)
 
     def _publish(self) -> None:
         if self._dirty and self.index is not None:
@@ -230,7 +277,7 @@ class LibraryIndexer:
         pending_hashes: set[str] = set()  # content embedded this run (committed or not)
         writer = _BackgroundWriter(self._commit)
         try:
-            for item in ordered_prefetch(pool, prepare, candidates, window=2 * batch_size + workers):
+            for item in ordered_prefetch(pool, prepare, candidates, window=2 * batch_size + workers, stop=self._stop):
                 f = item.file
                 if item.error is not None:
                     rejected.append(self._rejected(report, f, item.error_kind or "corrupt", item.error))
@@ -258,7 +305,7 @@ class LibraryIndexer:
         """Count a file that cannot be indexed; its record for the catalog."""
         report.failed += 1
         report.failures.append({"path": f.path, "kind": kind, "error": error})
-        log.info("rejected %s: %s", f.path, error)
+        log.info("rejected %s: %s", printable(f.path), error)
         self.progress.advance("failed")
         return Rejection(f.path, f.root, f.size, f.mtime_ns, kind, error)
 
@@ -298,10 +345,19 @@ class LibraryIndexer:
         ]
 
     def _commit(self, new_images: list[NewImage], files: list[FileRef], rejected: list[Rejection]) -> None:
-        """One catalog transaction, then the same change in the live index (runs in the writer thread)."""
+        """One catalog transaction, then the same change in the live index (runs in the writer thread).
+
+        One file the catalog cannot store never fails or loses its batch: the batch is then
+        committed a file at a time, and that file is recorded as rejected instead.
+        """
         if not new_images and not files and not rejected:
             return
-        ids, orphans = self.catalog.apply(new_images=new_images, files=files, rejected=rejected)
+        try:
+            ids, orphans = self.catalog.apply(new_images=new_images, files=files, rejected=rejected)
+        except ROW_VALUE_ERRORS as exc:
+            log.warning("the catalog refused a batch of %d files (%s: %s): committing them one at a time",
+                        len(files) + len(rejected), type(exc).__name__, exc)
+            new_images, ids, orphans = self._unstored.commit_apart(self.catalog, new_images, files, rejected)
         vectors = np.stack([img.embedding for img in new_images]) if new_images else None
         self._index_changes(ids, vectors, orphans)
         interval = self.settings.indexer.publish_every_seconds

@@ -12,22 +12,33 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
 from indexer.images import DecodedImage, ImageRejected, model_input, open_upright
+from indexer.library_files import NOT_A_FILE, OUTSIDE, UNREADABLE, LibraryFileError, read_library_file
+from indexer.lifeline import die_with_parent
 from indexer.scan import FoundFile
 from indexer.thumbnails import thumbnail_path, write_thumbnail
 from storage.catalog import ContentLookup
+from storage.faults import fault_point
+from storage.paths import printable
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+# After a stop request (Ctrl-C, SIGTERM), how long to wait for files already being decoded.
+STOP_GRACE_SECONDS = 2.0
+_POLL_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -37,7 +48,7 @@ class Prepared:
     file: FoundFile
     content_hash: str = ""
     decoded: DecodedImage | None = None
-    error_kind: str | None = None  # an ImageRejected kind, or "unreadable"
+    error_kind: str | None = None  # an ImageRejected kind, "not_a_file" or "unreadable"
     error: str | None = None
 
 
@@ -58,10 +69,16 @@ class FilePreparer:
         self.lookup = ContentLookup(config.database_url)
 
     def __call__(self, found: FoundFile) -> Prepared:
+        # Opened inside its root without following links, and never a FIFO: the file the scan saw may
+        # have been swapped since. The size and time recorded are those of the bytes actually read.
+        fault_point("file-read")
         try:
-            data = Path(found.path).read_bytes()
-        except OSError as exc:
-            return Prepared(found, error_kind="unreadable", error=f"cannot read file: {exc.strerror or exc}")
+            read = read_library_file(found.root, found.path)
+        except LibraryFileError as exc:
+            kind = NOT_A_FILE if exc.kind in (NOT_A_FILE, OUTSIDE) else UNREADABLE
+            return Prepared(found, error_kind=kind, error=exc.reason)
+        data = read.data
+        found = replace(found, size=read.stat.st_size, mtime_ns=read.stat.st_mtime_ns)
         digest = hashlib.sha256(data).hexdigest()
         if self.lookup.known(digest):
             return Prepared(found, digest)
@@ -75,7 +92,7 @@ class FilePreparer:
             try:
                 write_thumbnail(upright.image, thumbnail_path(cfg.data_dir, digest), cfg.thumbnail_size)
             except OSError as exc:  # a preview is a convenience: never fail the image over it
-                log.warning("cannot write the thumbnail of %s: %s", found.path, exc)
+                log.warning("cannot write the thumbnail of %s: %s", printable(found.path), exc)
         return Prepared(found, digest, DecodedImage(pixels, upright.width, upright.height, upright.format))
 
 
@@ -83,8 +100,9 @@ _worker_preparer: FilePreparer | None = None
 WORKER_NICENESS = 5
 
 
-def _init_worker(config: PrepareConfig) -> None:
+def _init_worker(config: PrepareConfig, parent_pid: int) -> None:
     global _worker_preparer
+    die_with_parent(parent_pid)
     # Ctrl-C is for the indexer process, which stops cleanly after its current batch.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The model is what limits the rate on a CPU: decoding takes the cycles the model leaves idle
@@ -107,20 +125,65 @@ def decode_pool(
 ) -> tuple[Executor, Callable[[FoundFile], Prepared]]:
     """An executor and the function to submit to it: worker processes, or threads in this process."""
     if processes:
+        # Workers are started from this (the main) thread: the kernel's parent-death signal fires
+        # when the thread that created a process ends, and the main thread lives as long as the run.
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(config,))
+                                   initializer=_init_worker, initargs=(config, os.getpid()))
         for _ in range(workers):  # start every worker now, while the caller scans the library
             pool.submit(_ready)
         return pool, _prepare_in_worker
     return ThreadPoolExecutor(workers, thread_name_prefix="decode"), FilePreparer(config)
 
 
-def ordered_prefetch(pool: Executor, fn: Callable[[T], R], items: Iterable[T], window: int) -> Iterator[R]:
-    """Like pool.map, but at most `window` items are in flight, so memory stays bounded."""
+class _GaveUp(Exception):
+    pass
+
+
+def _result(future: Future[R], stop: threading.Event | None, grace: float) -> R:
+    """The future's result; after `stop` is set, waits at most `grace` seconds more (raises _GaveUp)."""
+    if stop is None:
+        return future.result()
+    deadline: float | None = None
+    while True:
+        try:
+            return future.result(timeout=_POLL_SECONDS)
+        except FutureTimeout:
+            if stop.is_set():
+                deadline = deadline or time.monotonic() + grace
+                if time.monotonic() >= deadline:
+                    raise _GaveUp from None
+
+
+def ordered_prefetch(pool: Executor, fn: Callable[[T], R], items: Iterable[T], window: int,
+                     stop: threading.Event | None = None, grace: float = STOP_GRACE_SECONDS) -> Iterator[R]:
+    """Like pool.map, but at most `window` items are in flight, so memory stays bounded.
+
+    Once `stop` is set nothing more is submitted, and a result that does not come within `grace`
+    seconds ends the iteration: a worker stuck on a file never holds up a stop request.
+    """
     pending: deque[Future[R]] = deque()
-    for item in items:
-        pending.append(pool.submit(fn, item))
-        if len(pending) >= window:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
+    try:
+        for item in items:
+            if stop is not None and stop.is_set():
+                break
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= window:
+                yield _result(pending.popleft(), stop, grace)
+        while pending:
+            yield _result(pending.popleft(), stop, grace)
+    except _GaveUp:
+        log.warning("a decode worker did not finish within %.0f s of the stop request: leaving it", grace)
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+def close_decode_pool(pool: Executor, stop_workers: bool) -> None:
+    """Shut the decode pool down; with `stop_workers` (a stop request or an error), worker processes
+    are terminated first, so one stuck on a file cannot hold the indexer up."""
+    if stop_workers and isinstance(pool, ProcessPoolExecutor):
+        # The executor has no public way to stop a busy worker (Python 3.14 adds terminate_workers).
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            if process.is_alive():
+                process.terminate()
+    pool.shutdown(wait=not stop_workers or isinstance(pool, ProcessPoolExecutor), cancel_futures=True)

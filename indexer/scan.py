@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from indexer.images import IMAGE_EXTENSIONS
+from storage.paths import printable
 
 log = logging.getLogger(__name__)
 
@@ -28,26 +29,56 @@ class FoundFile:
 def resolve_root(path: str | os.PathLike[str]) -> Path:
     root = Path(path).expanduser()
     if not root.exists():
-        raise RootError(f"{path}: no such folder (is the drive mounted?)")
+        raise RootError(f"{printable(str(path))}: no such folder (is the drive mounted?)")
     if not root.is_dir():
-        raise RootError(f"{path}: not a folder")
+        raise RootError(f"{printable(str(path))}: not a folder")
     return root.resolve()
 
 
-def scan(root: Path) -> Iterator[FoundFile]:
+@dataclass
+class ScanProblems:
+    """What a scan could not check: folders it could not list, entries it could not stat.
+
+    Absence is not deletion: a file under one of these is not known to be gone, so the catalog
+    keeps what it knows of it.
+    """
+
+    folders: dict[str, str] = field(default_factory=dict)  # path -> why it could not be listed
+    files: dict[str, str] = field(default_factory=dict)  # path -> why it could not be stat'ed
+
+    def __bool__(self) -> bool:
+        return bool(self.folders or self.files)
+
+    def covers(self, path: str, root: str) -> bool:
+        """Whether `path` (below `root`) is, or lies under, something this scan could not check."""
+        while True:
+            if path in self.files or path in self.folders:
+                return True
+            parent = os.path.dirname(path)
+            if parent == path or len(parent) < len(root):
+                return False
+            path = parent
+
+
+def scan(root: Path, problems: ScanProblems | None = None) -> Iterator[FoundFile]:
     """Image files under `root` (by extension), recursively, in a stable order.
 
     Symlinks are not followed: a link inside the root points at files that are scanned at
     their real place anyway, and a link leaving the root must not pull other files in.
-    Hidden files and folders (names starting with ".") are skipped.
+    Hidden files and folders (names starting with ".") are skipped. Folders that cannot be
+    listed and entries that cannot be stat'ed are logged and noted in `problems`.
     """
+    problems = problems if problems is not None else ScanProblems()
     stack = [root]
     while stack:
         folder = stack.pop()
         try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name, reverse=True)
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda e: e.name, reverse=True)
         except OSError as exc:
-            log.warning("cannot read folder %s: %s", folder, exc)
+            log.warning("cannot list folder %s: %s; the images known under it are kept",
+                        printable(str(folder)), exc.strerror or exc)
+            problems.folders[str(folder)] = f"cannot list folder: {exc.strerror or exc}"
             continue
         for entry in entries:
             if entry.name.startswith("."):
@@ -61,4 +92,6 @@ def scan(root: Path) -> Iterator[FoundFile]:
                     st = entry.stat()
                     yield FoundFile(entry.path, str(root), st.st_size, st.st_mtime_ns)
             except OSError as exc:
-                log.warning("cannot read %s: %s", entry.path, exc)
+                log.warning("cannot stat %s: %s; what is known of it is kept", printable(entry.path),
+                            exc.strerror or exc)
+                problems.files[entry.path] = f"cannot stat: {exc.strerror or exc}"

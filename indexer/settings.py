@@ -49,6 +49,14 @@ class StorageSettings(_Section):
     ef_search: int = Field(64, ge=1)
     mmap_index: bool = True
 
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        """Resolved once, against the directory lookalike starts in: a server or library that later
+        resolves paths against another folder (Flask's send_file uses its package folder) never sees
+        a relative one."""
+        return Path(os.path.abspath(value.expanduser()))
+
     @field_validator("database_url")
     @classmethod
     def _empty_is_none(cls, value: str | None) -> str | None:

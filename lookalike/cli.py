@@ -16,6 +16,7 @@ import click
 from lookalike import __version__
 from lookalike.cli_index import report_index_run, run_index
 from lookalike.context import CliContext, check_port_free, configure_logging, echo_mapping
+from storage.paths import display_path
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -64,7 +65,7 @@ def stats(obj: CliContext, as_json: bool) -> None:
         "vectors": manifest.count if manifest else 0,
         "generation": manifest.generation if manifest else None,
         "model_ids": sorted(catalog.model_ids()),
-        "roots": catalog.roots(),
+        "roots": [display_path(root) for root in catalog.roots()],
         "data_dir": str(settings.storage.data_dir.resolve()),
     }
     catalog.close()

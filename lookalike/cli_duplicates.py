@@ -6,7 +6,7 @@ import json
 
 import click
 
-from lookalike.context import CliContext
+from lookalike.context import CliContext, human
 
 
 @click.command()
@@ -53,10 +53,10 @@ def duplicates(obj: CliContext, threshold: float, as_json: bool) -> None:
     for group in exact:
         click.echo(f"same content (image {group.image_id}):")
         for path in group.paths:
-            click.echo(f"  {path}")
+            click.echo(f"  {human(path)}")
     for group in near:
         click.echo(f"near-duplicates (each at cosine >= {threshold} to its closest in the group, shown):")
         for member in group.members:
             for path in member.paths[:1]:
-                click.echo(f"  {member.link:.3f}  {path}")
+                click.echo(f"  {member.link:.3f}  {human(path)}")
     click.echo(f"{len(exact)} group(s) of identical files, {len(near)} group(s) of near-duplicates", err=True)

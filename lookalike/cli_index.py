@@ -11,7 +11,7 @@ from types import FrameType, SimpleNamespace
 
 import click
 
-from lookalike.context import CliContext
+from lookalike.context import CliContext, human
 
 
 class _ProgressBar:
@@ -39,30 +39,42 @@ class _ProgressBar:
             self.bar.close()
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 @contextmanager
 def _stop_on_interrupt(indexer) -> Iterator[None]:  # type: ignore[no-untyped-def]
-    """First Ctrl-C: finish and commit the current batch, then stop. A second one aborts at once."""
-    previous = signal.getsignal(signal.SIGINT)
+    """First Ctrl-C or SIGTERM: commit what is done (waiting a moment for files being decoded, then
+    stopping the decode workers), then stop. A second one aborts at once."""
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
 
-    def handler(_signum: int, _frame: FrameType | None) -> None:
-        click.echo("\nstopping after the current batch (press Ctrl-C again to abort now)...", err=True)
+    def abort(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        what = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        click.echo(f"\nstopping after the current batch ({what} again aborts now)...", err=True)
         indexer.request_stop()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for other in STOP_SIGNALS:
+            signal.signal(other, abort)
 
     try:
-        signal.signal(signal.SIGINT, handler)
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, handler)
     except ValueError:  # not the main thread: no signal handling, Ctrl-C aborts as usual
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, before in previous.items():
+            signal.signal(signum, before)
 
 
 @click.command()
-# Not `required`: `--ray FOLDER` takes the folder for the address, and the error should say so.
-@click.argument("paths", nargs=-1, type=click.Path(file_okay=False), metavar="PATHS...")
+# Not `required`: `--ray FOLDER` takes the folder for the address, and the error should say so. Not
+# `readable`: a folder that cannot be listed keeps its images and is reported, it does not stop the run.
+@click.argument("paths", nargs=-1, type=click.Path(file_okay=False, readable=False), metavar="PATHS...")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary as the last line of stdout.")
 @click.option("--reindex", is_flag=True, help="Forget all vectors and embed everything again (after a model change).")
 @click.option("--allow-empty-root", is_flag=True,
@@ -162,7 +174,12 @@ def report_index_run(report, as_json: bool) -> None:  # type: ignore[no-untyped-
             f"({summary['images_per_second']} images/s)"
         )
         for failure in report.failures:
-            click.echo(f"  rejected {failure['path']}: {failure['error']}", err=True)
+            click.echo(f"  rejected {human(failure['path'])}: {human(failure['error'])}", err=True)
+        for unread in report.unreadable:
+            click.echo(f"  cannot read {human(unread['path'])}: {human(unread['error'])}", err=True)
+        if report.unreadable:
+            click.echo(f"  {report.kept} catalog file(s) under what could not be read were kept as they were; "
+                       "`lookalike errors` lists what could not be read", err=True)
         if report.skipped:
             click.echo(f"  {report.skipped} files rejected before were skipped: `lookalike errors` lists them",
                        err=True)
@@ -175,9 +192,12 @@ def report_index_run(report, as_json: bool) -> None:  # type: ignore[no-untyped-
 @click.option("--root", default=None, help="Only files under this library folder.")
 @click.pass_obj
 def errors(obj: CliContext, as_json: bool, root: str | None) -> None:
-    """List the files the indexer rejected, and why.
+    """List the files the indexer rejected, and the folders and files it could not read, and why.
 
-    They are skipped by later runs until the file changes (new size or modification time).
+    Rejected files are skipped by later runs until they change (new size or modification time).
+    Folders that could not be listed (kind unreadable_folder) and files that could not be read
+    (kind unreadable) keep the images the catalog had for them; they are tried again on every run
+    and leave this list once they read again.
 
     \b
     Example:
@@ -201,5 +221,5 @@ def errors(obj: CliContext, as_json: bool, root: str | None) -> None:
         click.echo(json.dumps([r.to_json() for r in rejected]))
         return
     for r in rejected:
-        click.echo(f"{r.path}\t{r.kind}\t{r.reason}")
+        click.echo(f"{human(r.path)}\t{r.kind}\t{human(r.reason)}")
     click.echo(f"{len(rejected)} rejected file(s)", err=True)

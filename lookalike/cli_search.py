@@ -9,7 +9,8 @@ from typing import Any
 
 import click
 
-from lookalike.context import CliContext
+from lookalike.context import CliContext, human
+from storage.paths import display_path
 
 
 def _engine(obj: CliContext):  # type: ignore[no-untyped-def]
@@ -38,9 +39,10 @@ def _classes(values: tuple[str, ...]) -> frozenset[int] | None:
         raise click.ClickException(f"--class {exc.value}: {exc}") from None
 
 
-def _print_table(query: dict[str, Any]) -> None:
+def _print_table(query: dict[str, Any], raw_paths: dict[int, str]) -> None:
+    """One query as a table; paths are printed from `raw_paths` (id -> catalog path), escaped for the terminal."""
     labels = ", ".join(f"{lab['name']} {lab['probability']:.2f}" for lab in query["labels"][:3])
-    click.secho(f"{query['image']}", bold=True, nl=False)
+    click.secho(human(query.get("raw_image", query["image"])), bold=True, nl=False)
     click.echo(f"  ({labels})")
     if not query["results"]:
         click.echo("  no results")
@@ -49,20 +51,51 @@ def _print_table(query: dict[str, Any]) -> None:
     for rank, hit in enumerate(query["results"], 1):
         top = hit["labels"][0] if hit["labels"] else {"name": "", "probability": 0.0}
         label = f"{top['name']} {top['probability']:.2f}"[:28]
-        click.echo(f"  {rank:>4}  {hit['score']:>6.3f}  {label:<28} {hit['path']}")
+        click.echo(f"  {rank:>4}  {hit['score']:>6.3f}  {label:<28} {human(raw_paths.get(hit['id'], hit['path']))}")
 
 
-def _output(queries: list[dict[str, Any]], as_json: bool, html_path: Path | None) -> None:
-    if html_path is not None:
-        from lookalike.contact_sheet import render_contact_sheet
+class _Queries:
+    """The queries of one command: their JSON, the catalog paths behind it, and the bytes to show."""
 
-        html_path.write_text(render_contact_sheet(queries), encoding="utf-8")
-        click.echo(f"wrote contact sheet {html_path}", err=True)
-    if as_json:
-        click.echo(json.dumps({"queries": queries}))
-        return
-    for query in queries:
-        _print_table(query)
+    def __init__(self, service) -> None:  # type: ignore[no-untyped-def]
+        self.service = service
+        self.json: list[dict[str, Any]] = []
+        self.raw_paths: dict[int, str] = {}
+        self.raw_images: list[str] = []
+        self.uploads: dict[int, bytes] = {}  # position of a query -> the bytes of its image file
+
+    def add(self, query: dict[str, Any], hits, raw_image: str, upload: bytes | None = None) -> None:  # type: ignore[no-untyped-def]
+        self.raw_paths.update({hit.record.id: hit.record.path for hit in hits})
+        if upload is not None:
+            self.uploads[len(self.json)] = upload
+        self.raw_images.append(raw_image)
+        self.json.append(query)
+
+    def read(self, item: dict[str, Any]) -> bytes | None:
+        """Bytes of a query or result for the contact sheet: indexed files only through a safe open."""
+        from indexer.library_files import LibraryFileError, read_library_file
+
+        for position, query in enumerate(self.json):
+            if item is query and position in self.uploads:
+                return self.uploads[position]
+        for ref in self.service.catalog.library_files(int(item["id"])) if "id" in item else []:
+            try:
+                return read_library_file(ref.root, ref.path).data
+            except LibraryFileError:
+                continue
+        return None
+
+    def output(self, as_json: bool, html_path: Path | None) -> None:
+        if html_path is not None:
+            from lookalike.contact_sheet import render_contact_sheet
+
+            html_path.write_text(render_contact_sheet(self.json, self.read), encoding="utf-8")
+            click.echo(f"wrote contact sheet {human(html_path)}", err=True)
+        if as_json:
+            click.echo(json.dumps({"queries": self.json}))
+            return
+        for query, raw_image in zip(self.json, self.raw_images, strict=True):
+            _print_table({**query, "raw_image": raw_image}, self.raw_paths)
 
 
 _common = [
@@ -109,23 +142,24 @@ def search(obj: CliContext, images: tuple[Path, ...], k: int | None, classes: tu
 
     for image in images:
         if not image.is_file():
-            raise click.ClickException(f"{image}: no such file")
+            raise click.ClickException(f"{human(image)}: no such file")
     class_ids = _classes(classes)
     rule = obj.settings.search.class_rule(class_rule, class_min_probability)
     service = _engine(obj)
     k = k or obj.settings.search.default_k
-    queries = []
+    queries = _Queries(service)
     for image in images:
+        data = image.read_bytes()
         try:
-            vector, predictions = service.embed_upload(image.read_bytes())
+            vector, predictions = service.embed_upload(data)
         except ImageRejected as exc:
-            raise click.ClickException(f"{image}: {exc}") from None
+            raise click.ClickException(f"{human(image)}: {exc}") from None
         from search_api.service import labels_json
 
         hits = service.search(vector, k, class_ids, min_score, class_rule=rule)
-        queries.append({"image": str(image), "labels": labels_json(predictions),
-                        "results": [h.to_json() for h in hits]})
-    _output(queries, as_json, html_path)
+        queries.add({"image": display_path(str(image)), "labels": labels_json(predictions),
+                     "results": [h.to_json() for h in hits]}, hits, str(image), upload=data)
+    queries.output(as_json, html_path)
 
 
 @click.command()
@@ -153,8 +187,10 @@ def similar(obj: CliContext, image: str, k: int | None, classes: tuple[str, ...]
         image_id = service.catalog.image_id_for_path(os.path.abspath(os.path.expanduser(image)))
     record = service.image(image_id) if image_id is not None else None
     if record is None:
-        raise click.ClickException(f"{image}: not an indexed image (give an image id or the path of an indexed file)")
+        raise click.ClickException(f"{human(image)}: not an indexed image (give an image id or the path of an "
+                                   "indexed file)")
     hits = service.similar(record.id, k or obj.settings.search.default_k, class_ids, min_score, rule) or []
-    query = {"image": record.path, "id": record.id, "labels": labels_json(record.predictions),
-             "results": [h.to_json() for h in hits]}
-    _output([query], as_json, html_path)
+    queries = _Queries(service)
+    queries.add({"image": display_path(record.path), "id": record.id, "labels": labels_json(record.predictions),
+                 "results": [h.to_json() for h in hits]}, hits, record.path)
+    queries.output(as_json, html_path)

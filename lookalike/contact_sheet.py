@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from PIL import Image, ImageOps
@@ -24,22 +24,25 @@ figcaption{font-size:.8rem;line-height:1.3;word-break:break-all}
 """
 
 
-def thumbnail_data_uri(path: str | Path) -> str:
-    """A small JPEG of the image as a data: URI, or an empty string when it cannot be read."""
+def thumbnail_data_uri(data: bytes | None) -> str:
+    """A small JPEG of an image's bytes as a data: URI, or an empty string when there are none or they
+    cannot be decoded (the bytes are read by the caller: library files only through a safe open)."""
+    if not data:
+        return ""
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:
             im.draft("RGB", (THUMB, THUMB))
             im = ImageOps.exif_transpose(im).convert("RGB")
             im.thumbnail((THUMB, THUMB))
             buf = io.BytesIO()
             im.save(buf, "JPEG", quality=80)
-    except OSError:
+    except (OSError, ValueError, SyntaxError):
         return ""
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _figure(path: str, caption: str, css: str = "") -> str:
-    uri = thumbnail_data_uri(path)
+def _figure(data: bytes | None, caption: str, css: str = "") -> str:
+    uri = thumbnail_data_uri(data)
     img = f'<img src="{uri}" alt="">' if uri else "<div>(unreadable)</div>"
     return f'<figure class="{css}">{img}<figcaption>{caption}</figcaption></figure>'
 
@@ -51,16 +54,18 @@ def _label(labels: list[dict[str, Any]]) -> str:
     return f"{html.escape(str(top['name']))} {float(top['probability']):.2f}"
 
 
-def render_contact_sheet(queries: list[dict[str, Any]], title: str = "lookalike results") -> str:
-    """HTML for queries shaped like `lookalike search --json` output ({"image", "labels", "results"})."""
+def render_contact_sheet(queries: list[dict[str, Any]], read: Callable[[dict[str, Any]], bytes | None],
+                         title: str = "lookalike results") -> str:
+    """HTML for queries shaped like `lookalike search --json` output ({"image", "labels", "results"});
+    `read(item)` gives the bytes of a query or a result, or None."""
     sections = []
     for query in queries:
-        figures = [_figure(query["image"], f"query: {html.escape(query['image'])}<br>{_label(query['labels'])}",
+        figures = [_figure(read(query), f"query: {html.escape(query['image'])}<br>{_label(query['labels'])}",
                            "query")]
         for rank, hit in enumerate(query["results"], 1):
             caption = (f'#{rank} <span class="score">{hit["score"]:.3f}</span> {_label(hit["labels"])}'
                        f"<br>{html.escape(hit['path'])}")
-            figures.append(_figure(hit["path"], caption))
+            figures.append(_figure(read(hit), caption))
         sections.append(f'<section><div class="row">{"".join(figures)}</div></section>')
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<meta name='viewport' content='width=device-width,initial-scale=1'><style>{STYLE}</style></head>"

@@ -11,6 +11,14 @@ import sys
 import click
 
 from indexer.settings import Settings
+from storage.paths import printable
+
+
+def human(text: object) -> str:
+    """`text` for a person's terminal: control characters (ESC, BEL, BS, newlines...), bidi overrides
+    and undecodable bytes of file names shown as escapes. Every human-output line that may hold a
+    file name goes through this; JSON output does not (it is exact, see storage.paths.display_path)."""
+    return printable(str(text))
 
 
 def configure_logging(level: str, verbose: int) -> None:
@@ -28,7 +36,7 @@ def echo_mapping(data: dict[str, object], as_json: bool) -> None:
         return
     width = max(len(key) for key in data)
     for key, value in data.items():
-        click.echo(f"{key:>{width}}: {value}")
+        click.echo(f"{key:>{width}}: {human(value)}")
 
 
 class CliContext:

@@ -45,7 +45,9 @@ def demo_settings(settings: Settings, folder: Path) -> Settings:
     """Settings for the demo: the chosen model, with a data dir of its own per model."""
     chosen = choose_demo_model(settings)
     slug = re.sub(r"[^A-Za-z0-9]+", "-", model_id(chosen.model.handle, chosen.model.image_size)).strip("-")
-    storage = chosen.storage.model_copy(update={"data_dir": folder / "data" / slug[-80:]})
+    # Validated, not copied: the data dir is made absolute like every configured one.
+    storage = type(chosen.storage).model_validate({**chosen.storage.model_dump(),
+                                                   "data_dir": folder / "data" / slug[-80:]})
     return chosen.model_copy(update={"storage": storage})
 
 

@@ -8,6 +8,8 @@ from http import HTTPStatus
 from flask import Flask, Response, json, request
 from werkzeug.exceptions import HTTPException
 
+from storage.paths import printable
+
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
@@ -61,7 +63,7 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception("unhandled error on %s %s", request.method, printable(request.path))
         return problem_response(500, "internal error; the server log has the details", "internal_error")
 
 

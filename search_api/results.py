@@ -6,13 +6,14 @@ from flask import url_for
 
 from search_api.service import Hit, SearchPage, labels_json
 from storage.catalog import ImageRecord
+from storage.paths import display_path
 
 
 def image_json(record: ImageRecord) -> dict[str, object]:
     return {
         "id": record.id,
-        "path": record.path,
-        "paths": list(record.paths),
+        "path": display_path(record.path),
+        "paths": [display_path(p) for p in record.paths],
         "width": record.width,
         "height": record.height,
         "format": record.format,

@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import mimetypes
 import os
-from collections.abc import Iterator
-from pathlib import Path
+from typing import BinaryIO
 
-from flask import Blueprint, Response, current_app, jsonify, send_file
+from flask import Blueprint, Response, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
+from werkzeug.wsgi import wrap_file
 
-from indexer.images import ImageRejected
-from indexer.thumbnails import DEFAULT_THUMBNAIL_SIZE, ensure_thumbnail
+from indexer.library_files import UNREADABLE, LibraryFileError, open_beneath
+from indexer.thumbnails import DEFAULT_THUMBNAIL_SIZE, ThumbnailUnavailable, thumbnail_for
 from search_api import schemas
+from search_api.headers import content_disposition
 from search_api.openapi import operation
 from search_api.problems import ApiProblem
 from search_api.results import image_json
 from search_api.service import SearchService
-from storage.catalog import ImageRecord
+from storage.catalog import FileRef, ImageRecord
+from storage.paths import display_path, printable
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("images", __name__, url_prefix="/api/v1")
 
@@ -41,25 +47,42 @@ def image(image_id: int) -> ResponseReturnValue:
     return jsonify(image_json(_record(image_id)))
 
 
-def _inside_indexed_root(path: str, roots: list[str]) -> bool:
-    real = os.path.realpath(path)
-    return any(real.startswith(os.path.realpath(root) + os.sep) for root in roots)
+def _library_files(image_id: int) -> list[FileRef]:
+    """The files of an indexed image (404 for an unknown id)."""
+    _record(image_id)
+    return service().catalog.library_files(image_id)
 
 
-def _library_paths(record: ImageRecord) -> Iterator[str]:
-    """The record's files that really lie inside an indexed folder (symlinks resolved)."""
-    roots = service().catalog.roots()
-    return (path for path in record.paths if _inside_indexed_root(path, roots))
-
-
-def _send(path: str | Path, mimetype: str, max_age: int) -> Response:
-    response = send_file(path, mimetype=mimetype, conditional=True, max_age=max_age)
+def _send(fileobj: BinaryIO, size: int, mimetype: str, max_age: int, etag: str, weak: bool = False,
+          last_modified: float | None = None, download_name: str | None = None) -> Response:
+    """Send an open file: conditional (ETag, If-None-Match, ranges), never sniffed, never by path."""
+    response = current_app.response_class(wrap_file(request.environ, fileobj), mimetype=mimetype,
+                                          direct_passthrough=True)
+    response.content_length = size
+    response.set_etag(etag, weak=weak)
+    if last_modified is not None:
+        response.last_modified = last_modified  # type: ignore[assignment]
+    response.cache_control.public = True
+    response.cache_control.max_age = max_age
     response.headers["X-Content-Type-Options"] = "nosniff"
-    return response
+    if download_name is not None:
+        response.headers["Content-Disposition"] = content_disposition(download_name)
+    return response.make_conditional(request.environ, accept_ranges=True, complete_length=size)
 
 
 def _file_missing(image_id: int) -> ApiProblem:
     return ApiProblem(404, f"the file of image {image_id} is no longer in the library", "file_missing")
+
+
+def _file_problem(image_id: int, kind: str, reason: str) -> ApiProblem:
+    if kind == "unreadable":
+        return ApiProblem(404, f"the file of image {image_id} cannot be read: {reason}", "file_unreadable")
+    if kind == "changed":
+        return ApiProblem(404, f"the file of image {image_id} changed since it was indexed "
+                               "(`lookalike index` brings the catalog up to date)", "file_changed")
+    if kind == "undecodable":
+        return ApiProblem(422, f"the file of image {image_id} cannot be decoded: {reason}", "file_undecodable")
+    return _file_missing(image_id)
 
 
 @bp.get("/images/<int:image_id>/file")
@@ -67,30 +90,60 @@ def _file_missing(image_id: int) -> ApiProblem:
            response={"image/*": "binary"}, problems=(404,), tags=("images",),
            path_params={"image_id": "catalog id of the image"})
 def image_file(image_id: int) -> ResponseReturnValue:
-    for path in _library_paths(_record(image_id)):
-        if os.path.isfile(path):
-            mimetype = mimetypes.guess_type(path)[0] or "application/octet-stream"
-            return _send(os.path.realpath(path), mimetype, max_age=3600)
+    """The file as it is now, opened inside its indexed folder without following links; the ETag is
+    strong only while the file still has the size and time it had when indexed."""
+    refused: dict[str, str] = {}
+    for ref in _library_files(image_id):
+        try:
+            fd = open_beneath(ref.root, ref.path)
+        except LibraryFileError as exc:
+            log.info("image %d: not serving %s: %s", image_id, printable(ref.path), exc.reason)
+            refused.setdefault(exc.kind, exc.reason)
+            continue
+        fileobj = os.fdopen(fd, "rb")
+        try:
+            st = os.fstat(fd)
+            indexed = (st.st_size, st.st_mtime_ns) == (ref.size, ref.mtime_ns)
+            etag = ref.content_hash if indexed else f"{ref.content_hash}-{st.st_size}-{st.st_mtime_ns}"
+            mimetype = mimetypes.guess_type(display_path(ref.path))[0] or "application/octet-stream"
+            return _send(fileobj, st.st_size, mimetype, max_age=3600, etag=etag, weak=not indexed,
+                         last_modified=st.st_mtime, download_name=os.path.basename(ref.path))
+        except BaseException:
+            fileobj.close()
+            raise
+    if UNREADABLE in refused:
+        raise _file_problem(image_id, "unreadable", refused[UNREADABLE])
     raise _file_missing(image_id)
 
 
 @bp.get("/images/<int:image_id>/thumbnail")
 @operation(summary="A small upright WebP preview of an indexed image, without metadata",
-           response={"image/webp": "binary"}, problems=(404,), tags=("images",),
+           response={"image/webp": "binary"}, problems=(404, 422), tags=("images",),
            path_params={"image_id": "catalog id of the image"})
 def image_thumbnail(image_id: int) -> ResponseReturnValue:
-    """A small WebP preview (upright, without metadata), made on first request if the indexer wrote none."""
+    """A small WebP preview (upright, without metadata), made on first request if the indexer wrote none,
+    and only ever from the bytes whose hash the catalog holds."""
     settings = service().settings
-    record = _record(image_id)
-    for path in _library_paths(record):
-        try:
-            thumb = ensure_thumbnail(settings.storage.data_dir, record.content_hash, Path(path),
-                                     settings.indexer.thumbnail_size or DEFAULT_THUMBNAIL_SIZE,
-                                     settings.indexer.max_image_pixels)
-        except (OSError, ImageRejected):
-            continue
-        return _send(thumb, "image/webp", max_age=86400)
-    raise _file_missing(image_id)
+    files = _library_files(image_id)
+    try:
+        thumb = thumbnail_for(settings.storage.data_dir, files,
+                              settings.indexer.thumbnail_size or DEFAULT_THUMBNAIL_SIZE,
+                              settings.indexer.max_image_pixels)
+    except ThumbnailUnavailable as exc:
+        log.info("image %d: no thumbnail (%s): %s", image_id, exc.kind, exc)
+        raise _file_problem(image_id, exc.kind, str(exc)) from None
+    content_hash = files[0].content_hash
+    if thumb.data is not None:
+        return _send(io.BytesIO(thumb.data), len(thumb.data), "image/webp", max_age=86400,
+                     etag=f"thumb-{content_hash}-{len(thumb.data)}")
+    assert thumb.path is not None
+    fileobj = thumb.path.open("rb")
+    try:
+        size = os.fstat(fileobj.fileno()).st_size
+        return _send(fileobj, size, "image/webp", max_age=86400, etag=f"thumb-{content_hash}-{size}")
+    except BaseException:
+        fileobj.close()
+        raise
 
 
 @bp.get("/stats")

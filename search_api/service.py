@@ -22,6 +22,7 @@ from search_api import metrics
 from search_api.dedupe import collapse_near_duplicates
 from storage.catalog import Catalog, ImageRecord
 from storage.class_rule import ClassRule
+from storage.paths import display_path
 from storage.sync import open_index
 from storage.vector_index import IndexStore, Manifest, VectorIndex
 
@@ -41,12 +42,13 @@ class Hit:
 
     def to_json(self) -> dict[str, object]:
         """The fields every search result carries, in the API and in `lookalike search --json`."""
-        out: dict[str, object] = {"id": self.record.id, "path": self.record.path, "score": round(self.score, 6),
+        out: dict[str, object] = {"id": self.record.id, "path": display_path(self.record.path),
+                                  "score": round(self.score, 6),
                                   "labels": labels_json(self.record.predictions)}
         if self.duplicates is not None:
             # Files with identical content are one catalog image already: its other paths are exact duplicates.
             out["duplicates"] = list(self.duplicates)
-            out["paths"] = list(self.record.paths)
+            out["paths"] = [display_path(p) for p in self.record.paths]
             out["collapsed"] = len(self.duplicates) + len(self.record.paths) - 1
         return out
 

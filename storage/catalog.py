@@ -10,18 +10,23 @@ from typing import TypeVar
 
 import numpy as np
 from sqlalchemy import Engine, create_engine, delete, event, func, select
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from storage import rejections
 from storage.class_rule import ClassRule
 from storage.faults import fault_point
-from storage.rejections import Rejection
+from storage.rejections import RejectedState, Rejection
 from storage.schema import FileRow, ImageRow, PredictionRow, RejectedFileRow
 
 log = logging.getLogger(__name__)
 
 # images.id is a 32-bit INTEGER on every database: larger ids cannot exist (and must not reach a driver).
 MAX_IMAGE_ID = 2**31 - 1
+
+# What a database or its driver raises for the values of one row (text it cannot encode, a number
+# out of range), as opposed to errors of the database itself (locked, full, gone, a collision).
+ROW_VALUE_ERRORS: tuple[type[Exception], ...] = (ValueError, ArithmeticError, DataError)
 
 T = TypeVar("T")
 
@@ -130,10 +135,20 @@ class Catalog:
             ))
             return {r.path: FileState(r.path, r.size, r.mtime_ns, r.image_id) for r in rows}
 
-    def rejected_under(self, root: str) -> dict[str, tuple[int, int]]:
-        """path -> (size, mtime_ns) of files rejected under `root`: skipped until they change."""
+    def rejected_under(self, root: str) -> dict[str, RejectedState]:
+        """path -> state of files rejected under `root`: skipped until they change (see RejectedState.skips)."""
         with self.session() as s:
             return rejections.states_under(s, root)
+
+    def library_files(self, image_id: int) -> list[FileRef]:
+        """The files holding image `image_id`, by path, with the size and mtime they had when indexed."""
+        if not 0 < image_id <= MAX_IMAGE_ID:
+            return []
+        with self.session() as s:
+            rows = s.execute(select(FileRow.path, FileRow.root, FileRow.size, FileRow.mtime_ns, ImageRow.content_hash)
+                             .join(ImageRow, ImageRow.id == FileRow.image_id)
+                             .where(FileRow.image_id == image_id).order_by(FileRow.path))
+            return [FileRef(*row) for row in rows]
 
     def rejections(self, root: str | None = None) -> list[Rejection]:
         with self.session() as s:
@@ -251,10 +266,11 @@ class Catalog:
     ) -> tuple[list[int], list[int]]:
         """In one transaction: insert images, point files at their content, drop removed files, record rejections.
 
-        A rejected file that held an image before (it changed into something unreadable) no longer holds it.
+        A rejected file that held an image before (it changed into something that is no image) no longer
+        holds it, unless the rejection tells nothing of its content (it could not be read: `keeps_image`).
         Returns (ids of the inserted images, ids of images deleted because no file holds them any more).
         """
-        removed_paths = list(removed_paths) + [r.path for r in rejected]
+        removed_paths = list(removed_paths) + [r.path for r in rejected if not r.keeps_image]
         with self.session() as s, s.begin():
             rejections.forget(s, [f.path for f in files] + removed_paths)
             rejections.record(s, rejected)
@@ -287,6 +303,13 @@ class Catalog:
             orphans = self._delete_orphans(s, touched)
         fault_point("catalog-committed")
         return [row.id for row in rows], orphans
+
+    def record_scan_problems(self, root: str, folders: Sequence[Rejection], files: Sequence[Rejection]) -> None:
+        """What a scan of `root` could not check: folders it could not list (replacing those of earlier
+        scans) and files it could not stat. Nothing else changes: the images under them are kept."""
+        with self.session() as s, s.begin():
+            rejections.replace_unreadable_folders(s, root, folders)
+            rejections.record(s, files)
 
     @staticmethod
     def _delete_orphans(s: Session, candidates: set[int]) -> list[int]:

@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 
 from storage.catalog import Catalog
 from storage.index_factory import IndexConfig
+from storage.paths import display_path
 from storage.schema import FileRow
 from storage.vector_index import VectorIndex
 
@@ -26,7 +27,7 @@ class ExactGroup:
     paths: tuple[str, ...]
 
     def to_json(self) -> dict[str, object]:
-        return {"image_id": self.image_id, "paths": list(self.paths)}
+        return {"image_id": self.image_id, "paths": [display_path(p) for p in self.paths]}
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class NearGroup:
     members: tuple[NearMember, ...]
 
     def to_json(self) -> dict[str, object]:
-        return {"images": [{"id": m.image_id, "paths": list(m.paths), "score": round(m.score, 6),
+        return {"images": [{"id": m.image_id, "paths": [display_path(p) for p in m.paths], "score": round(m.score, 6),
                             "link": round(m.link, 6)} for m in self.members]}
 
 

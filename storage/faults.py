@@ -2,9 +2,11 @@
 
 A point does nothing unless the environment variable LOOKALIKE_FAULT_POINT names it; then the
 process is killed with SIGKILL (no cleanup, no flush, like a power cut for this process) on the
-Nth time it is reached, N = LOOKALIKE_FAULT_AFTER (default 1).
+Nth time it is reached, N = LOOKALIKE_FAULT_AFTER (default 1). With LOOKALIKE_FAULT_ACTION=stall
+the process instead stops there for good without exiting, like a read from a share that hangs.
 
-Points: catalog-committed, index-temp-written, index-renamed, manifest-written.
+Points: catalog-committed, index-temp-written, index-renamed, manifest-written (crash points of
+the indexer), file-read (a decode worker about to read a library file).
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from collections import Counter
 
 POINT_ENV = "LOOKALIKE_FAULT_POINT"
 AFTER_ENV = "LOOKALIKE_FAULT_AFTER"
-ENV_VARS = frozenset({POINT_ENV, AFTER_ENV})
+ACTION_ENV = "LOOKALIKE_FAULT_ACTION"
+ENV_VARS = frozenset({POINT_ENV, AFTER_ENV, ACTION_ENV})
 POINTS = ("catalog-committed", "index-temp-written", "index-renamed", "manifest-written")
 
 _hits: Counter[str] = Counter()
@@ -28,6 +32,11 @@ def fault_point(name: str) -> None:
         return
     _hits[name] += 1
     if _hits[name] >= int(os.environ.get(AFTER_ENV) or 1):
+        if os.environ.get(ACTION_ENV) == "stall":
+            sys.stderr.write(f"fault point {name}: process {os.getpid()} stalls here\n")
+            sys.stderr.flush()
+            while True:
+                time.sleep(3600)
         sys.stderr.write(f"fault point {name}: killing process {os.getpid()} (hit {_hits[name]})\n")
         sys.stderr.flush()
         os.kill(os.getpid(), signal.SIGKILL)

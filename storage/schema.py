@@ -11,6 +11,8 @@ from datetime import datetime, timezone
 from sqlalchemy import BigInteger, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, SmallInteger, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from storage.paths import PathText
+
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
@@ -43,8 +45,9 @@ class FileRow(Base):
     __tablename__ = "files"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    path: Mapped[str] = mapped_column(Text, unique=True)
-    root: Mapped[str] = mapped_column(Text, index=True)
+    # Paths are stored losslessly, undecodable bytes included (see storage.paths).
+    path: Mapped[str] = mapped_column(PathText, unique=True)
+    root: Mapped[str] = mapped_column(PathText, index=True)
     size: Mapped[int] = mapped_column(BigInteger)
     mtime_ns: Mapped[int] = mapped_column(BigInteger)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
@@ -71,8 +74,9 @@ class RejectedFileRow(Base):
     __tablename__ = "rejected_files"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    path: Mapped[str] = mapped_column(Text, unique=True)
-    root: Mapped[str] = mapped_column(Text, index=True)
+    # Paths are stored losslessly, undecodable bytes included (see storage.paths).
+    path: Mapped[str] = mapped_column(PathText, unique=True)
+    root: Mapped[str] = mapped_column(PathText, index=True)
     size: Mapped[int] = mapped_column(BigInteger)
     mtime_ns: Mapped[int] = mapped_column(BigInteger)
     kind: Mapped[str] = mapped_column(String(32))

@@ -300,6 +300,47 @@ def http_search(base: str, image: Path, k: int) -> dict[str, Any]:
         return dict(json.load(r))
 
 
+# --- processes ----------------------------------------------------------------------------
+
+RUN_MARKER_ENV = "TEST_RUN_MARKER"  # not LOOKALIKE_*: those are settings
+
+
+def marked_processes(marker: str) -> list[int]:
+    """Pids of the live processes whose environment holds RUN_MARKER_ENV=`marker`: a process a test
+    started with that marker, and every child it made (children inherit the environment)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["pid", "status"]):
+        try:
+            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if proc.environ().get(RUN_MARKER_ENV) == marker:
+                found.append(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def wait_until_gone(marker: str, seconds: float) -> list[int]:
+    """Waits up to `seconds` for every process marked `marker` to end; returns the pids still alive."""
+    deadline = time.monotonic() + seconds
+    while (alive := marked_processes(marker)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return alive
+
+
+def kill_marked(marker: str) -> None:
+    """SIGKILL what a test left behind (after its assertions), so nothing outlives it."""
+    import signal as _signal
+
+    for pid in marked_processes(marker):
+        try:
+            os.kill(pid, _signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 # --- a library that changes ---------------------------------------------------------------
 
 

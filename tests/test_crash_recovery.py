@@ -24,7 +24,16 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from flask.testing import FlaskClient
-from helpers import REPO, Library, assert_catalog_matches_files, env_for, make_settings
+from helpers import (
+    REPO,
+    RUN_MARKER_ENV,
+    Library,
+    assert_catalog_matches_files,
+    env_for,
+    kill_marked,
+    make_settings,
+    wait_until_gone,
+)
 
 from indexer.settings import Settings
 from lookalike.cli import cli
@@ -44,6 +53,8 @@ PLAN = (
     + [("reorganise", "random", 0)] * 6
 )
 RUN_TIMEOUT = 60
+# Every killed run and the processes it started carry this in their environment.
+RUN_MARKER = f"crash-recovery-{os.getpid()}"
 
 
 @pytest.fixture
@@ -60,7 +71,8 @@ def setup(tmp_path: Path, tf1_module: Path) -> Iterator[tuple[Library, Settings,
 
 
 def start_index(library: Library, env: dict[str, str], log: Path, fault: dict[str, str]) -> subprocess.Popen[bytes]:
-    full_env = {**os.environ, **env, **fault, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    full_env = {**os.environ, **env, **fault, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3",
+                RUN_MARKER_ENV: RUN_MARKER}
     with open(log, "wb") as out:
         return subprocess.Popen([sys.executable, "-m", "lookalike", "index", str(library.root)], env=full_env,
                                 stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
@@ -109,6 +121,17 @@ def assert_index_dir_is_clean(settings: Settings) -> None:
 
 
 def test_sigkill_anywhere_then_recover(setup: tuple[Library, Settings, dict[str, str]], tmp_path: Path) -> None:
+    try:
+        _kill_and_recover(setup, tmp_path)
+        # Decode workers and multiprocessing's resource tracker end with the indexer that was killed.
+        left = wait_until_gone(RUN_MARKER, 10)
+        print(f"\nprocesses left behind by {RUN_MARKER}: {len(left)}")
+        assert left == []
+    finally:
+        kill_marked(RUN_MARKER)
+
+
+def _kill_and_recover(setup: tuple[Library, Settings, dict[str, str]], tmp_path: Path) -> None:
     library, settings, env = setup
     complete_run(env, library)
     rng = np.random.default_rng(11)

@@ -29,7 +29,8 @@ def test_contract_keys_and_defaults() -> None:
     s = load_settings(config_file=CONFIG, environ={})
     assert s.model.handle == DEFAULT_HANDLE == "https://tfhub.dev/google/efficientnet/b4/classification/1"
     assert s.model.image_size == 380
-    assert s.storage.data_dir == Path("data")
+    # Relative paths are made absolute once, against the working directory.
+    assert s.storage.data_dir == Path.cwd() / "data" and s.storage.data_dir.is_absolute()
     assert s.storage.database_url is None
     assert s.storage.resolved_database_url() == f"sqlite:///{(Path('data') / 'catalog.db').resolve()}"
 
