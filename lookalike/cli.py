@@ -18,7 +18,24 @@ from lookalike.cli_index import report_index_run, run_index
 from lookalike.context import CliContext, configure_logging, echo_mapping
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LookalikeGroup(click.Group):
+    """Turns storage failures of any subcommand (damaged, missing, full or locked catalog) into their message
+    and exit 1, in one place instead of in every command."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        from storage.errors import CatalogError, CatalogMissingError
+
+        try:
+            return super().invoke(ctx)
+        except CatalogError as exc:
+            message = str(exc)
+            obj = ctx.obj
+            if isinstance(exc, CatalogMissingError) and isinstance(obj, CliContext) and obj.loaded is not None:
+                message += f" (storage.data_dir: {obj.loaded.storage.data_dir.resolve()})"
+            raise click.ClickException(message) from None
+
+
+@click.group(cls=LookalikeGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
               help="Settings file (default: $LOOKALIKE_CONFIG, else ./config.yaml when present).")
 @click.option("-v", "--verbose", count=True, help="Log debug messages.")
@@ -56,7 +73,7 @@ def stats(obj: CliContext, as_json: bool) -> None:
     from storage.vector_index import IndexStore
 
     settings = obj.settings
-    catalog = Catalog(settings.storage.resolved_database_url())
+    catalog = Catalog(settings.storage.resolved_database_url(), create=False)
     manifest = IndexStore(settings.storage.data_dir / "index").manifest()
     result = {
         "images": catalog.count_images(),

@@ -192,7 +192,7 @@ def errors(obj: CliContext, as_json: bool, root: str | None) -> None:
             root = str(resolve_root(root))
         except RootError as exc:
             raise click.ClickException(str(exc)) from None
-    catalog = Catalog(settings.storage.resolved_database_url())
+    catalog = Catalog(settings.storage.resolved_database_url(), create=False)
     try:
         rejected = catalog.rejections(root)
     finally:

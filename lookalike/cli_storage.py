@@ -30,19 +30,18 @@ def rebuild(obj: CliContext) -> None:
     settings = obj.settings
     m = settings.model
     mid = model_id(m.handle, m.image_size)
+    catalog = Catalog(settings.storage.resolved_database_url(), create=False)  # before the lock makes data_dir
     try:
         with writer_lock(settings.storage.data_dir):
-            catalog = Catalog(settings.storage.resolved_database_url())
-            try:
-                check_model(catalog, mid)
-                index = build_from_catalog(catalog, mid, settings.storage.index_config())
-                if index is None:
-                    raise click.ClickException("the catalog is empty: run `lookalike index PATH` first")
-                manifest = IndexStore(settings.storage.data_dir / "index").publish(index, catalog.max_image_id())
-            finally:
-                catalog.close()
+            check_model(catalog, mid)
+            index = build_from_catalog(catalog, mid, settings.storage.index_config())
+            if index is None:
+                raise click.ClickException("the catalog is empty: run `lookalike index PATH` first")
+            manifest = IndexStore(settings.storage.data_dir / "index").publish(index, catalog.max_image_id())
     except (LockedError, IndexMismatchError, IndexWriteError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+    finally:
+        catalog.close()
     click.echo(f"rebuilt index generation {manifest.generation}: {manifest.count} vectors, {manifest.factory}")
 
 
@@ -66,7 +65,7 @@ def verify(obj: CliContext, as_json: bool) -> None:
     from storage.verify import verify as run_verify
 
     settings = obj.settings
-    catalog = Catalog(settings.storage.resolved_database_url())
+    catalog = Catalog(settings.storage.resolved_database_url(), create=False)
     try:
         report = run_verify(catalog, IndexStore(settings.storage.data_dir / "index"),
                             model_id(settings.model.handle, settings.model.image_size))

@@ -8,9 +8,24 @@ from http import HTTPStatus
 from flask import Flask, Response, json, request
 from werkzeug.exceptions import HTTPException
 
+from storage.errors import (
+    CatalogBusyError,
+    CatalogDamagedError,
+    CatalogError,
+    CatalogFullError,
+    CatalogMissingError,
+)
+
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+# A catalog that cannot be used answers 503 (the server itself is fine) with one of these codes.
+CATALOG_CODES: dict[type[CatalogError], str] = {
+    CatalogMissingError: "no_catalog",
+    CatalogDamagedError: "catalog_damaged",
+    CatalogFullError: "catalog_full",
+    CatalogBusyError: "catalog_busy",
+}
 
 
 class ApiProblem(Exception):
@@ -59,6 +74,10 @@ def init_app(app: Flask) -> None:
             response.headers["Allow"] = ", ".join(allowed)
         return response
 
+    @app.errorhandler(CatalogError)
+    def _catalog_error(exc: CatalogError) -> Response:
+        return problem_response(503, _catalog_detail(app, exc), CATALOG_CODES.get(type(exc), "catalog_unavailable"))
+
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.path)
@@ -74,3 +93,12 @@ def _too_large_detail(app: Flask) -> str:
     parts = app.config.get("MAX_FORM_PARTS")
     return (f"the multipart body has more than {parts} parts (api.max_form_parts), "
             "or a form field larger than the form memory limit")
+
+
+def _catalog_detail(app: Flask, exc: CatalogError) -> str:
+    detail = str(exc)
+    service = app.extensions.get("lookalike")
+    if isinstance(exc, CatalogMissingError) and service is not None:
+        detail += f" (storage.data_dir: {service.settings.storage.data_dir.resolve()})"
+    log.error("%s %s: %s", request.method, request.path, detail)
+    return detail

@@ -22,6 +22,7 @@ from search_api import metrics
 from search_api.dedupe import collapse_near_duplicates
 from storage.catalog import Catalog, ImageRecord
 from storage.class_rule import ClassRule
+from storage.errors import CatalogError
 from storage.sync import open_index
 from storage.vector_index import IndexStore, Manifest, VectorIndex
 
@@ -99,9 +100,8 @@ class SearchService:
     @property
     def catalog(self) -> Catalog:
         with self._lock:
-            if self._catalog is None:
-                self.data_dir.mkdir(parents=True, exist_ok=True)
-                self._catalog = Catalog(self.settings.storage.resolved_database_url())
+            if self._catalog is None:  # none yet: CatalogMissingError, and asked again next time
+                self._catalog = Catalog(self.settings.storage.resolved_database_url(), create=False)
             return self._catalog
 
     @property
@@ -112,9 +112,16 @@ class SearchService:
             return self._embedder
 
     def warm_up(self) -> None:
-        """Load the model, run it once and load the index, so the first query is not slow."""
+        """Load the model, run it once and load the index, so the first query is not slow.
+
+        A catalog that is missing or damaged does not stop the server: /readyz says what is wrong
+        until it is fixed, and the next request tries again.
+        """
         self.embedder.warm_up(1)
-        self.index()
+        try:
+            self.index()
+        except CatalogError as exc:
+            log.error("%s", exc)
 
     def is_ready(self) -> bool:
         return self._embedder is not None
