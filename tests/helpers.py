@@ -31,7 +31,8 @@ from storage.vector_index import IndexStore
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_IMAGE_SIZE = 64
-POSTGRES_URL = os.environ.get("LOOKALIKE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+# Taken out of the environment: every other LOOKALIKE_* variable is a setting, and `lookalike` refuses unknown ones.
+POSTGRES_URL = os.environ.pop("LOOKALIKE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 RED = (220, 30, 30)
 GREEN = (30, 200, 40)
