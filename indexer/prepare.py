@@ -57,13 +57,14 @@ class FilePreparer:
         self.config = config
         self.lookup = ContentLookup(config.database_url)
 
-    def __call__(self, found: FoundFile) -> Prepared:
+    def __call__(self, found: FoundFile, decode_known: bool = False) -> Prepared:
+        """`decode_known`: decode even content the catalog holds (a reindex embeds it with another model)."""
         try:
             data = Path(found.path).read_bytes()
         except OSError as exc:
             return Prepared(found, error_kind="unreadable", error=f"cannot read file: {exc.strerror or exc}")
         digest = hashlib.sha256(data).hexdigest()
-        if self.lookup.known(digest):
+        if not decode_known and self.lookup.known(digest):
             return Prepared(found, digest)
         cfg = self.config
         try:
@@ -93,9 +94,9 @@ def _init_worker(config: PrepareConfig) -> None:
     _worker_preparer = FilePreparer(config)
 
 
-def _prepare_in_worker(found: FoundFile) -> Prepared:
+def _prepare_in_worker(found: FoundFile, decode_known: bool = False) -> Prepared:
     assert _worker_preparer is not None, "decode worker started without its initializer"
-    return _worker_preparer(found)
+    return _worker_preparer(found, decode_known)
 
 
 def _ready() -> bool:

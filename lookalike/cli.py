@@ -24,10 +24,11 @@ class LookalikeGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> object:
         from storage.errors import CatalogError, CatalogMissingError
+        from storage.vector_index import IndexMismatchError
 
         try:
             return super().invoke(ctx)
-        except CatalogError as exc:
+        except (CatalogError, IndexMismatchError) as exc:
             message = str(exc)
             obj = ctx.obj
             if isinstance(exc, CatalogMissingError) and isinstance(obj, CliContext) and obj.loaded is not None:

@@ -15,6 +15,7 @@ from storage.errors import (
     CatalogFullError,
     CatalogMissingError,
 )
+from storage.vector_index import IndexMismatchError
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,11 @@ def init_app(app: Flask) -> None:
         if allowed:
             response.headers["Allow"] = ", ".join(allowed)
         return response
+
+    @app.errorhandler(IndexMismatchError)
+    def _model_mismatch(exc: IndexMismatchError) -> Response:
+        log.error("%s %s: %s", request.method, request.path, exc)
+        return problem_response(503, str(exc), "model_mismatch")
 
     @app.errorhandler(CatalogError)
     def _catalog_error(exc: CatalogError) -> Response:

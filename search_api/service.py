@@ -23,8 +23,8 @@ from search_api.dedupe import collapse_near_duplicates
 from storage.catalog import Catalog, ImageRecord
 from storage.class_rule import ClassRule
 from storage.errors import CatalogError
-from storage.sync import open_index
-from storage.vector_index import IndexStore, Manifest, VectorIndex
+from storage.sync import check_model, open_index
+from storage.vector_index import IndexMismatchError, IndexStore, Manifest, VectorIndex
 
 log = logging.getLogger(__name__)
 
@@ -114,13 +114,13 @@ class SearchService:
     def warm_up(self) -> None:
         """Load the model, run it once and load the index, so the first query is not slow.
 
-        A catalog that is missing or damaged does not stop the server: /readyz says what is wrong
-        until it is fixed, and the next request tries again.
+        A catalog that is missing, damaged or of another model does not stop the server: /readyz
+        says what is wrong until it is fixed, and the next request tries again.
         """
         self.embedder.warm_up(1)
         try:
             self.index()
-        except CatalogError as exc:
+        except (CatalogError, IndexMismatchError) as exc:
             log.error("%s", exc)
 
     def is_ready(self) -> bool:
@@ -145,6 +145,14 @@ class SearchService:
                     log.info("serving index generation %d (%d vectors)", manifest.generation, loaded.count)
                     metrics.record_index(loaded.count, manifest.generation)
                     return self._index
+            if manifest is not None and manifest.model_id != self.model_id:
+                # A reindex switched the catalog to another model, or is building vectors of ours: say so
+                # (IndexMismatchError) rather than answer from vectors the catalog no longer holds.
+                try:
+                    check_model(catalog, self.model_id)
+                except IndexMismatchError:
+                    self._index, self._manifest = None, None  # every request asks again until this is fixed
+                    raise
             if self._index is None:
                 self._index, self._manifest = open_index(catalog, self.store, self.model_id, publish_repairs=False,
                                                          config=self.index_config)
@@ -244,7 +252,7 @@ class SearchService:
         return None if page is None else page.hits
 
     def similar_page(self, image_id: int, options: QueryOptions) -> SearchPage | None:
-        vector = self.catalog.embedding(image_id)
+        vector = self.catalog.embedding(image_id, self.model_id)
         if vector is None:
             return None
         return self.search_page(vector, options, exclude_id=image_id)

@@ -18,6 +18,7 @@ from storage.errors import CatalogMissingError, describe, install_error_translat
 from storage.faults import fault_point
 from storage.rejections import Rejection
 from storage.schema import FileRow, ImageRow, PredictionRow, RejectedFileRow
+from storage.vector_index import IndexMismatchError
 
 log = logging.getLogger(__name__)
 
@@ -225,12 +226,23 @@ class Catalog:
             last = int(ids[-1])
             yield ids, vectors
 
-    def embedding(self, image_id: int) -> np.ndarray | None:
+    def embedding(self, image_id: int, model_id: str | None = None) -> np.ndarray | None:
+        """The stored vector of an image, None for an unknown id.
+
+        With `model_id`, a vector of another model raises IndexMismatchError (the catalog switched
+        models under a running server).
+        """
         if not 0 < image_id <= MAX_IMAGE_ID:
             return None
         with self.session() as s:
-            blob = s.scalar(select(ImageRow.embedding).where(ImageRow.id == image_id))
-        return None if blob is None else np.frombuffer(blob, dtype="<f4").copy()
+            row = s.execute(select(ImageRow.embedding, ImageRow.model_id).where(ImageRow.id == image_id)).first()
+        if row is None:
+            return None
+        if model_id is not None and row.model_id != model_id:
+            raise IndexMismatchError(f"image {image_id} now has a vector of model {row.model_id}, but this program "
+                                     f"runs model {model_id}: the catalog was re-indexed with another model; restart "
+                                     "it with that model configured")
+        return np.frombuffer(row.embedding, dtype="<f4").copy()
 
     def image_ids(self) -> np.ndarray:
         """Every image id, ascending."""

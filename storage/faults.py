@@ -4,7 +4,9 @@ A point does nothing unless the environment variable LOOKALIKE_FAULT_POINT names
 process is killed with SIGKILL (no cleanup, no flush, like a power cut for this process) on the
 Nth time it is reached, N = LOOKALIKE_FAULT_AFTER (default 1).
 
-Points: catalog-committed, index-temp-written, index-renamed, manifest-written.
+Points: catalog-committed, index-temp-written, index-renamed, manifest-written; during a reindex
+also reindex-staged (after each batch of new vectors is stored) and reindex-swapped (after the
+catalog switched models, before the new index generation is named).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ POINT_ENV = "LOOKALIKE_FAULT_POINT"
 AFTER_ENV = "LOOKALIKE_FAULT_AFTER"
 ENV_VARS = frozenset({POINT_ENV, AFTER_ENV})
 POINTS = ("catalog-committed", "index-temp-written", "index-renamed", "manifest-written")
+REINDEX_POINTS = ("reindex-staged", "reindex-swapped")
 
 _hits: Counter[str] = Counter()
 

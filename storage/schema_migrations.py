@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from alembic import command
@@ -9,6 +10,9 @@ from alembic.config import Config
 from sqlalchemy import Connection, Engine
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# Alembic keeps the running environment in module globals: two threads opening catalogs at once
+# (an indexer thread beside a server's request thread) would tear each other's down.
+_ALEMBIC_LOCK = threading.Lock()
 
 
 def alembic_config() -> Config:
@@ -26,7 +30,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     """
     cfg = alembic_config()
     sqlite = engine.dialect.name == "sqlite"
-    with engine.connect() as connection:
+    with _ALEMBIC_LOCK, engine.connect() as connection:
         if sqlite:
             _foreign_keys(connection, on=False)
         try:

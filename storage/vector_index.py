@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -205,9 +206,13 @@ class IndexStore:
             return None
         return VectorIndex(manifest.dimension, manifest.model_id, index, manifest.factory, manifest.trained_count)
 
-    def publish(self, index: VectorIndex, high_water: int) -> Manifest:
+    def publish(self, index: VectorIndex, high_water: int,
+                before_manifest: Callable[[], object] | None = None) -> Manifest:
         """Write `index` as the next generation and make it current; older generations are removed.
 
+        `before_manifest` runs once the new file is durably in place and before the manifest names
+        it (a reindex switches the catalog there, so readers see the switch as late and as briefly
+        as possible); if it raises, the new file is discarded and the previous generation stays.
         Raises IndexWriteError when the files cannot be written; the previous generation then
         stays current and loadable.
         """
@@ -221,6 +226,12 @@ class IndexStore:
             self.directory.mkdir(parents=True, exist_ok=True)
             _write_atomic(self.directory / name, data, "index-temp-written")
             fault_point("index-renamed")
+            if before_manifest is not None:
+                try:
+                    before_manifest()
+                except BaseException:
+                    self._discard_unpublished(name)
+                    raise
             _write_atomic(self.directory / MANIFEST, json.dumps(asdict(manifest), indent=2).encode("utf-8"))
         except OSError as exc:
             state = (f"Generation {generation} is current, but may not survive a power cut"
