@@ -24,10 +24,13 @@ class LookalikeGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> object:
         from storage.errors import CatalogError, CatalogMissingError
-        from storage.vector_index import IndexMismatchError
+        from storage.vector_index import IndexDamagedError, IndexMismatchError
 
         try:
             return super().invoke(ctx)
+        except IndexDamagedError as exc:
+            raise click.ClickException(f"{exc}. `lookalike verify` says more; `lookalike rebuild` publishes a sound "
+                                       "index from the catalog.") from None
         except (CatalogError, IndexMismatchError) as exc:
             message = str(exc)
             obj = ctx.obj

@@ -49,39 +49,41 @@ def rebuild(obj: CliContext) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
 def verify(obj: CliContext, as_json: bool) -> None:
-    """Check that the index and the catalog agree; exit 1 with a report when they do not.
+    """Check the catalog and the index; exit 1 with a report of each kind of damage found.
 
     \b
-    Checks: every catalog vector is in the index and every index vector in the catalog,
-    no id twice, one model id and one dimension everywhere, all vectors of unit length.
+    Checks: the catalog database's integrity; every stored vector finite, of unit length,
+    of one model and one dimension; the index file unchanged since it was written; every
+    catalog image in the index and nothing else; the index's vectors equal to the catalog's
+    (exactly, or by self-search for quantised indexes); no score outside [-1, 1].
+    Each problem says what repairs it (`lookalike rebuild` for the index, a backup or a
+    reindex for the catalog).
 
     \b
     Example:
       lookalike verify --json || lookalike rebuild
     """
     from indexer.model import model_id
-    from storage.catalog import Catalog
     from storage.vector_index import IndexStore
-    from storage.verify import verify as run_verify
+    from storage.verify import verify_data
 
     settings = obj.settings
-    catalog = Catalog(settings.storage.resolved_database_url(), create=False)
-    try:
-        report = run_verify(catalog, IndexStore(settings.storage.data_dir / "index"),
-                            model_id(settings.model.handle, settings.model.image_size))
-    finally:
-        catalog.close()
+    report = verify_data(settings.storage.resolved_database_url(), IndexStore(settings.storage.data_dir / "index"),
+                         model_id(settings.model.handle, settings.model.image_size), settings.storage.index_config())
     if as_json:
         click.echo(json.dumps(report.to_json()))
     else:
         click.echo(f"catalog images: {report.catalog_images}, index vectors: {report.index_vectors}, "
                    f"generation {report.generation}, {report.factory}")
-        for problem in report.problems:
-            click.echo(f"PROBLEM: {problem}")
+        if report.reindex:
+            click.echo(f"note: {report.reindex}")
+        for damage in report.damage:
+            click.echo(f"PROBLEM [{damage.kind}]: {damage.detail}")
+            click.echo(f"  fix: {damage.fix}")
         if report.missing_from_index:
             click.echo(f"  missing from the index (first ids): {report.missing_from_index}")
         if report.unknown_in_index:
             click.echo(f"  unknown to the catalog (first ids): {report.unknown_in_index}")
-        click.echo("ok" if report.ok else "index and catalog disagree: `lookalike rebuild` repairs the index")
+        click.echo("ok" if report.ok else f"{len(report.damage)} kind(s) of damage found")
     if not report.ok:
         raise SystemExit(1)

@@ -14,8 +14,9 @@ from storage.errors import (
     CatalogError,
     CatalogFullError,
     CatalogMissingError,
+    DamagedVectorError,
 )
-from storage.vector_index import IndexMismatchError
+from storage.vector_index import IndexDamagedError, IndexMismatchError
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,7 @@ PROBLEM_JSON = "application/problem+json"
 # A catalog that cannot be used answers 503 (the server itself is fine) with one of these codes.
 CATALOG_CODES: dict[type[CatalogError], str] = {
     CatalogMissingError: "no_catalog",
+    DamagedVectorError: "damaged_vector",
     CatalogDamagedError: "catalog_damaged",
     CatalogFullError: "catalog_full",
     CatalogBusyError: "catalog_busy",
@@ -79,6 +81,11 @@ def init_app(app: Flask) -> None:
     def _model_mismatch(exc: IndexMismatchError) -> Response:
         log.error("%s %s: %s", request.method, request.path, exc)
         return problem_response(503, str(exc), "model_mismatch")
+
+    @app.errorhandler(IndexDamagedError)
+    def _index_damaged(exc: IndexDamagedError) -> Response:
+        log.error("%s %s: %s", request.method, request.path, exc)
+        return problem_response(503, f"{exc}; `lookalike rebuild` publishes a sound index", "index_damaged")
 
     @app.errorhandler(CatalogError)
     def _catalog_error(exc: CatalogError) -> Response:

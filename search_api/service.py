@@ -22,9 +22,9 @@ from search_api import metrics
 from search_api.dedupe import collapse_near_duplicates
 from storage.catalog import Catalog, ImageRecord
 from storage.class_rule import ClassRule
-from storage.errors import CatalogError
-from storage.sync import check_model, open_index
-from storage.vector_index import IndexMismatchError, IndexStore, Manifest, VectorIndex
+from storage.errors import CatalogError, DamagedVectorError
+from storage.sync import build_from_catalog, check_model, open_index
+from storage.vector_index import IndexDamagedError, IndexMismatchError, IndexStore, Manifest, VectorIndex, usable
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,7 @@ class SearchService:
         self._manifest: Manifest | None = None
         self._checked_at = 0.0
         self._lock = threading.Lock()
+        self._repair_lock = threading.Lock()
 
     # --- components ----------------------------------------------------------------------
 
@@ -230,7 +231,11 @@ class SearchService:
         # Ask for a few more: the excluded image, images deleted since this generation, collapsed duplicates.
         fetch = (needed + 1 + 8) * (2 if options.dedupe else 1)
         while True:
-            raw = index.search(vector[None], fetch, allowed, self.index_config)[0]
+            try:
+                raw = index.search(vector[None], fetch, allowed, self.index_config)[0]
+            except IndexDamagedError as exc:
+                index = self._replace_damaged(index, exc)
+                raw = index.search(vector[None], fetch, allowed, self.index_config)[0]
             exhausted = len(raw) < fetch or fetch >= index.count
             if options.min_score is not None and raw and raw[-1][1] < options.min_score:
                 exhausted = True  # scores only fall from here
@@ -245,6 +250,23 @@ class SearchService:
                 return hits
             fetch *= 2
 
+    def _replace_damaged(self, damaged: VectorIndex, exc: IndexDamagedError) -> VectorIndex:
+        """A sound index in place of one that answered impossible scores: rebuilt from the catalog in
+        memory (a server never writes the index; the next indexer run publishes a sound generation)."""
+        with self._repair_lock:
+            if self._index is not None and self._index is not damaged:
+                return self._index  # another request repaired it meanwhile
+            log.error("index generation %s is damaged (%s): rebuilding it from the catalog in memory and answering "
+                      "from that; run `lookalike verify`, and `lookalike rebuild` (or the indexer) to publish a "
+                      "sound generation", self.generation(), exc)
+            rebuilt = build_from_catalog(self.catalog, self.model_id, self.index_config, damaged.dimension)
+            if rebuilt is None:
+                raise exc
+            with self._lock:
+                self._index = rebuilt  # kept until the indexer publishes a newer generation
+            metrics.record_index(rebuilt.count, self.generation())
+            return rebuilt
+
     def similar(self, image_id: int, k: int, class_ids: Collection[int] | None = None,
                 min_score: float | None = None, class_rule: ClassRule | None = None) -> list[Hit] | None:
         """Neighbours of an indexed image (itself excluded); None when the id is unknown."""
@@ -255,6 +277,11 @@ class SearchService:
         vector = self.catalog.embedding(image_id, self.model_id)
         if vector is None:
             return None
+        if not usable(vector[None])[0]:
+            raise DamagedVectorError(
+                f"the stored vector of image {image_id} is damaged (NaN or not of unit length), so its neighbours "
+                "cannot be found. `lookalike verify` lists damaged vectors; `lookalike index --reindex PATH...` "
+                "embeds the images again.")
         return self.search_page(vector, options, exclude_id=image_id)
 
     def image(self, image_id: int) -> ImageRecord | None:

@@ -49,6 +49,10 @@ class CatalogFullError(CatalogError):
     """A write failed because the disk (or the database's size limit) is full."""
 
 
+class DamagedVectorError(CatalogError):
+    """A stored vector is NaN or not of unit length: the image cannot be compared until it is embedded again."""
+
+
 class CatalogBusyError(CatalogError):
     """Another process held a lock on the catalog for longer than the busy timeout."""
 

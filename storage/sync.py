@@ -11,7 +11,14 @@ import numpy as np
 from storage import staging
 from storage.catalog import Catalog
 from storage.index_factory import IndexConfig, choose_index, ivf_of, nlist_for
-from storage.vector_index import IndexMismatchError, IndexStore, Manifest, RemoveUnsupportedError, VectorIndex
+from storage.vector_index import (
+    IndexMismatchError,
+    IndexStore,
+    Manifest,
+    RemoveUnsupportedError,
+    VectorIndex,
+    usable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +77,28 @@ def build_from_vectors(batches: Batches, count: int, model_id: str, config: Inde
     if not index.is_trained:
         ivf = ivf_of(index.index)
         lists = ivf.nlist if ivf is not None else nlist_for(count)
-        index.train(_training_sample(batches, count, max(lists * TRAIN_POINTS_PER_LIST, 10_000)))
+        index.train(_training_sample(_usable_only(batches), count, max(lists * TRAIN_POINTS_PER_LIST, 10_000)))
         index.trained_count = count
+    damaged: list[int] = []
     for ids, vectors in batches():
-        index.add(ids, vectors)
+        keep = usable(vectors)
+        damaged.extend(int(i) for i in ids[~keep])
+        index.add(ids[keep], vectors[keep])
+    if damaged:
+        index.left_out = len(damaged)
+        log.error("%d stored vectors are damaged (NaN or not unit length) and were kept out of the index: images "
+                  "%s; `lookalike verify` lists them, `lookalike index --reindex PATH...` embeds them again",
+                  len(damaged), damaged[:20])
     return index
+
+
+def _usable_only(batches: Batches) -> Batches:
+    def filtered() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for ids, vectors in batches():
+            keep = usable(vectors)
+            yield ids[keep], vectors[keep]
+
+    return filtered
 
 
 def build_from_catalog(catalog: Catalog, model_id: str, config: IndexConfig | None = None,
@@ -101,7 +125,7 @@ def needs_rebuild(index: VectorIndex, count: int, config: IndexConfig) -> str | 
 def is_consistent(manifest: Manifest, catalog: Catalog, model_id: str) -> bool:
     return (
         manifest.model_id == model_id
-        and manifest.count == catalog.count_images()
+        and manifest.count + manifest.left_out == catalog.count_images()
         and manifest.high_water == catalog.max_image_id()
     )
 
@@ -130,11 +154,16 @@ def _catch_up(catalog: Catalog, store: IndexStore, manifest: Manifest, model_id:
         index.remove(stale)
     except RemoveUnsupportedError:
         return None
+    damaged = 0
     for start in range(0, len(missing), 10_000):
         chunk = missing[start:start + 10_000]
-        vectors = catalog.embeddings(chunk.tolist())
-        index.add(chunk, np.stack([vectors[int(i)] for i in chunk]))
-    if index.count != catalog.count_images():
+        found = catalog.embeddings(chunk.tolist())
+        vectors = np.stack([found[int(i)] for i in chunk])
+        keep = usable(vectors)
+        damaged += int(np.sum(~keep))
+        index.add(chunk[keep], vectors[keep])
+    index.left_out = damaged  # a damaged vector is never held, so every one of them was among `missing`
+    if index.count + index.left_out != catalog.count_images():
         return None
     log.warning("index generation %d was out of step with the catalog: added %d vectors, removed %d",
                 manifest.generation, len(missing), len(stale))
