@@ -19,11 +19,13 @@ from lookalike.context import CliContext, configure_logging, echo_mapping
 
 
 class LookalikeGroup(click.Group):
-    """Turns storage failures of any subcommand (damaged, missing, full or locked catalog) into their message
-    and exit 1, in one place instead of in every command."""
+    """Turns storage failures of any subcommand (damaged, missing, full or locked catalog, a data directory
+    that cannot be written, a damaged index) into their message and exit 1, in one place instead of in
+    every command."""
 
     def invoke(self, ctx: click.Context) -> object:
         from storage.errors import CatalogError, CatalogMissingError
+        from storage.lock import DataDirError
         from storage.vector_index import IndexDamagedError, IndexMismatchError
 
         try:
@@ -31,7 +33,7 @@ class LookalikeGroup(click.Group):
         except IndexDamagedError as exc:
             raise click.ClickException(f"{exc}. `lookalike verify` says more; `lookalike rebuild` publishes a sound "
                                        "index from the catalog.") from None
-        except (CatalogError, IndexMismatchError) as exc:
+        except (CatalogError, IndexMismatchError, DataDirError) as exc:
             message = str(exc)
             obj = ctx.obj
             if isinstance(exc, CatalogMissingError) and isinstance(obj, CliContext) and obj.loaded is not None:
