@@ -188,9 +188,9 @@ def _register() -> None:
     from lookalike.cli_index import errors, index
     from lookalike.cli_model import config, model
     from lookalike.cli_search import search, similar
-    from lookalike.cli_storage import rebuild, verify
+    from lookalike.cli_storage import backup, rebuild, verify
 
-    for command in (index, errors, duplicates, search, similar, rebuild, verify, model, config):
+    for command in (index, errors, duplicates, search, similar, rebuild, verify, backup, model, config):
         cli.add_command(command)
 
 
