@@ -340,7 +340,7 @@ class Catalog:
         return orphans
 
     def clear(self) -> None:
-        """Forget every image (used before re-indexing with another model)."""
+        """Forget every image, file and rejection (benchmarks start from an empty shared database with it)."""
         with self.session() as s, s.begin():
             s.execute(delete(FileRow))
             s.execute(delete(RejectedFileRow))

@@ -13,21 +13,24 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from flask.testing import FlaskClient
 from helpers import (
+    POSTGRES_URL,
     REPO,
     Counting,
     Library,
     assert_problem,
     catalog_of,
     colour_image,
+    drop_everything,
     env_for,
     make_settings,
+    postgres_answers,
     run_index,
     search,
     wait_for,
@@ -166,12 +169,26 @@ class StopAfter:
             self.indexer.request_stop()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """Storage settings for a catalog in SQLite (in the data dir) or in the tests' PostgreSQL database."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    if not postgres_answers():
+        pytest.skip(f"no PostgreSQL server answers at {POSTGRES_URL}")
+    drop_everything(POSTGRES_URL)
+    yield {"database_url": POSTGRES_URL}
+    drop_everything(POSTGRES_URL)
+
+
 def test_a_stopped_reindex_keeps_the_old_model_serving_and_resumes(tmp_path: Path, tf1_module: Path,
-                                                                   tf2_module: Path) -> None:
+                                                                   tf2_module: Path, database: dict[str, str]) -> None:
     library = Library(tmp_path / "library", seed=9)
     library.add(40)
     data = tmp_path / "data"
-    old, new = make_settings(data, tf1_module, **TUNING), make_settings(data, tf2_module, **TUNING)
+    old = make_settings(data, tf1_module, **TUNING, storage=database)
+    new = make_settings(data, tf2_module, **TUNING, storage=database)
     run_index(old, library.root)
     before = similar_answers(create_app(old).test_client(), 5)
 
@@ -195,7 +212,8 @@ def test_a_stopped_reindex_keeps_the_old_model_serving_and_resumes(tmp_path: Pat
     assert_problem(new_server.get("/readyz"), 503, "model_mismatch", "reindex to model")
     with pytest.raises(IndexMismatchError, match=r"in progress: 12 of 40 .*lookalike index --reindex"):
         run_index(new, library.root)
-    plain = CliRunner().invoke(cli, ["index", str(library.root)], env=env_for(data, tf2_module))
+    env = env_for(data, tf2_module) | {f"LOOKALIKE_STORAGE__{k.upper()}": v for k, v in database.items()}
+    plain = CliRunner().invoke(cli, ["index", str(library.root)], env=env)
     assert plain.exit_code == 1 and "reindex to model" in plain.output and "--reindex" in plain.output
 
     report, counter = run_index(new, library.root, reindex=True)
