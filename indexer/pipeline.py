@@ -169,6 +169,8 @@ class LibraryIndexer:
 
     def run(self, roots: Sequence[str], reindex: bool = False, allow_empty_roots: bool = False) -> IndexReport:
         started = time.perf_counter()
+        if not reindex:
+            check_model(self.catalog, self.model_id)  # refused before any decode worker starts
         workers = self.settings.indexer.effective_decode_workers()
         pool, prepare = decode_pool(self._prepare_config(), workers, self.settings.indexer.decode_in_processes)
         try:

@@ -127,7 +127,7 @@ def test_nan_vector_in_the_catalog_is_reported_and_never_served(indexed: Setting
     with sqlite3.connect(db) as conn:
         dim = len(conn.execute("SELECT embedding FROM images WHERE id = 3").fetchone()[0]) // 4
         conn.execute("UPDATE images SET embedding = ? WHERE id = 3", (np.full(dim, np.nan, "<f4").tobytes(),))
-    env = env_for(indexed.storage.data_dir, tf1_module)
+    env = env_for(indexed.storage.data_dir, tf1_module) | {"LOOKALIKE_INDEXER__DECODE_IN_PROCESSES": "false"}
 
     report = verify_json(runner, indexed, tf1_module)
     kinds = {d["kind"]: d for d in report["damage"]}
@@ -156,8 +156,8 @@ def run_everywhere(runner: CliRunner, settings: Settings, tf1_module: Path, libr
     fill = {"image": str(library / "red" / "red0.jpg"), "library": str(library)}
     out = {}
     for args in READ_COMMANDS:
-        result = runner.invoke(cli, [a.format(**fill) for a in args], env=env_for(settings.storage.data_dir,
-                                                                                 tf1_module))
+        env = env_for(settings.storage.data_dir, tf1_module) | {"LOOKALIKE_INDEXER__DECODE_IN_PROCESSES": "false"}
+        result = runner.invoke(cli, [a.format(**fill) for a in args], env=env)
         assert "Traceback" not in result.output and not isinstance(result.exception, sqlite3.Error), args
         assert result.exception is None or isinstance(result.exception, SystemExit), (args, result.exception)
         out[args[0]] = result

@@ -88,7 +88,8 @@ def test_disk_full_through_the_cli(grown: tuple[Settings, Library, Path], colour
                                    tf1_module: Path) -> None:
     settings, more, database = grown
     env = env_for(settings.storage.data_dir, tf1_module) | {"LOOKALIKE_MODEL__BATCH_SIZE": "4",
-                                                             "LOOKALIKE_INDEXER__COMMIT_EVERY": "4"}
+                                                             "LOOKALIKE_INDEXER__COMMIT_EVERY": "4",
+                                                             "LOOKALIKE_INDEXER__DECODE_IN_PROCESSES": "false"}
     runner = CliRunner()
     with disk_full_after(database, 12):
         result = runner.invoke(cli, ["index", str(colour_library), str(more.root)], env=env)
