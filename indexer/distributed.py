@@ -22,22 +22,26 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 from sqlalchemy.exc import IntegrityError
 
+from indexer.images import DecodedImage
 from indexer.model import STORED_PREDICTIONS
 from indexer.pipeline import IndexReport, LibraryIndexer, Progress, _BackgroundWriter
-from indexer.prepare import FilePreparer, PrepareConfig
+from indexer.prepare import FilePreparer, PrepareConfig, Prepared
 from indexer.ray_cluster import ClusterInfo, check_catalog_for_cluster
+from indexer.reindex import Reembedded, read_problem
 from indexer.scan import FoundFile
 from indexer.settings import ModelSettings, Settings
 from indexer.tf_runtime import CPU_BATCH_SIZE, GPU_BATCH_SIZE
 from storage.catalog import Catalog, FileRef, NewImage
 from storage.paths import from_db, to_db
 from storage.rejections import Rejection
+from storage.staging import FileOfImage, ToReread
 from storage.vector_index import IndexStore
 
 log = logging.getLogger(__name__)
@@ -62,8 +66,9 @@ class RayIndexer(LibraryIndexer):
 
     def run(self, roots: Sequence[str], reindex: bool = False, allow_empty_roots: bool = False) -> IndexReport:
         check_catalog_for_cluster(self.settings.storage.resolved_database_url(), self.cluster)
-        started = self._begin(reindex)
-        return self._run(roots, allow_empty_roots, started, self._process_on_ray)
+        started = time.perf_counter()
+        report = self._begin(roots, reindex, allow_empty_roots, lambda: self._reembed_on_ray)
+        return self._run(roots, allow_empty_roots, started, self._process_on_ray, report)
 
     # --- the pipeline ---------------------------------------------------------------------
 
@@ -78,8 +83,10 @@ class RayIndexer(LibraryIndexer):
         """Bytes a decode task may need: the largest accepted photo decoded to RGB, plus the process itself."""
         return DECODE_TASK_BASE_MEMORY + 3 * self.settings.indexer.max_image_pixels
 
-    def dataset(self, candidates: Sequence[FoundFile]) -> Any:
-        """The lazy Ray dataset: candidate files -> decoded (tasks) -> embedded (actor pool)."""
+    def dataset(self, candidates: Sequence[FoundFile], decode_known: bool = False) -> Any:
+        """The lazy Ray dataset: candidate files -> decoded (tasks) -> embedded (actor pool).
+
+        `decode_known`: decode content the catalog holds too (a reindex embeds it with another model)."""
         import ray.data
 
         # Paths travel as their catalog text: Arrow holds only valid UTF-8, a file name may not be.
@@ -91,7 +98,7 @@ class RayIndexer(LibraryIndexer):
         return (
             ray.data.from_items(rows)
             .map_batches(prepare_batch, batch_size=DECODE_ROWS_PER_TASK, batch_format="numpy",
-                         fn_kwargs={"config": self._prepare_config()}, num_cpus=1,
+                         fn_kwargs={"config": self._prepare_config(), "decode_known": decode_known}, num_cpus=1,
                          # Room for the largest photo accepted. A request the actors do not make,
                          # it also keeps decoding a stage of its own instead of fused into the
                          # embedding actors, so decoding scales with CPUs, not with actors.
@@ -122,6 +129,32 @@ class RayIndexer(LibraryIndexer):
             raise DistributedIndexError(f"the Ray cluster could not finish the run: {_root_cause(exc)}") from exc
         finally:
             writer.close()
+
+    def _reembed_on_ray(self, items: Iterable[tuple[ToReread, FileOfImage]]) -> Iterator[Reembedded]:
+        """A reindex's re-reading and embedding, on the cluster (see indexer.reindex)."""
+        import ray.exceptions
+
+        by_path = {file.path: (image, file) for image, file in items}
+        if not by_path:
+            return
+        files = [FoundFile(f.path, f.root, f.size, f.mtime_ns) for _, f in by_path.values()]
+        try:
+            for batch in self.dataset(files, decode_known=True).iter_batches(
+                    batch_size=max(self.settings.indexer.commit_every, self.model_batch_size()), batch_format="numpy"):
+                for i in range(len(batch["path"])):
+                    image, file = by_path[str(batch["path"][i])]
+                    problem = read_problem(image, Prepared(
+                        FoundFile(file.path, file.root, file.size, file.mtime_ns), str(batch["content_hash"][i]),
+                        _DECODED if batch["decoded"][i] else None, str(batch["error_kind"][i]) or None,
+                        str(batch["error"][i]) or None))
+                    if problem is not None:
+                        yield Reembedded(image, file, error=problem)
+                        continue
+                    predictions = [(int(c), float(p)) for c, p in zip(batch["class_ids"][i], batch["probabilities"][i],
+                                                                        strict=True) if c >= 0]
+                    yield Reembedded(image, file, np.asarray(batch["embedding"][i], dtype=np.float32), predictions)
+        except ray.exceptions.RayError as exc:
+            raise DistributedIndexError(f"the Ray cluster could not finish the run: {_root_cause(exc)}") from exc
 
     def _outcomes(self, batch: dict[str, np.ndarray], report: IndexReport,
                   pending_hashes: set[str]) -> tuple[list[NewImage], list[FileRef], list[Rejection]]:
@@ -163,6 +196,10 @@ class RayIndexer(LibraryIndexer):
                             exc.orig if exc.orig is not None else exc)
 
 
+# Stands for pixels that stayed on a decode worker: read_problem only asks whether there were any.
+_DECODED = DecodedImage(np.zeros((1, 1, 3), np.uint8), 1, 1, "")
+
+
 def new_content(catalog: Catalog, new_images: Sequence[NewImage]) -> list[NewImage]:
     """The images whose content the catalog does not hold yet; the others are linked by their files."""
     if not new_images:
@@ -199,7 +236,8 @@ def _preparer(config: PrepareConfig) -> FilePreparer:
     return FilePreparer(config)
 
 
-def prepare_batch(batch: dict[str, np.ndarray], config: PrepareConfig) -> dict[str, np.ndarray]:
+def prepare_batch(batch: dict[str, np.ndarray], config: PrepareConfig, decode_known: bool = False
+                  ) -> dict[str, np.ndarray]:
     """Decode task: read, hash and decode each file; rows keep their order and carry any rejection."""
     preparer = _preparer(config)
     size = config.image_size
@@ -210,7 +248,7 @@ def prepare_batch(batch: dict[str, np.ndarray], config: PrepareConfig) -> dict[s
     for i in range(count):
         found = FoundFile(from_db(str(batch["path"][i])), from_db(str(batch["root"][i])), int(batch["size"][i]),
                           int(batch["mtime_ns"][i]))
-        item = preparer(found)
+        item = preparer(found, decode_known)
         decoded = item.decoded
         if decoded is not None:
             pixels[i] = decoded.pixels

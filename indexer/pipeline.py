@@ -22,6 +22,7 @@ import numpy as np
 from indexer.batch_commit import Unstored
 from indexer.model import Embedder, top_k
 from indexer.prepare import PrepareConfig, Prepared, close_decode_pool, decode_pool, ordered_prefetch
+from indexer.reindex import Reembed, Reindex, local_reembed
 from indexer.scan import FoundFile, RootError, ScanProblems, resolve_root, scan
 from indexer.settings import Settings
 from indexer.tf_runtime import effective_batch_size
@@ -29,6 +30,7 @@ from indexer.thumbnails import prune_thumbnails
 from storage.catalog import ROW_VALUE_ERRORS, Catalog, FileRef, NewImage
 from storage.paths import display_path, printable
 from storage.rejections import UNREADABLE, UNREADABLE_FOLDER, Rejection
+from storage.staging import NOT_REINDEXED
 from storage.sync import build_from_catalog, check_model, needs_rebuild, open_index
 from storage.vector_index import IndexStore, RemoveUnsupportedError, VectorIndex
 
@@ -67,6 +69,9 @@ class IndexReport:
     found: int = 0
     seconds: float = 0.0
     interrupted: bool = False  # stopped early on request; everything reported here is committed
+    reindexed: int = 0  # of `indexed`: images embedded again for a reindex (--reindex)
+    reindex_resumed: int = 0  # images a reindex interrupted earlier had embedded already
+    not_reindexed: int = 0  # images a reindex could not read again (their files are in `failures`)
 
     def to_json(self) -> dict[str, object]:
         rate = self.indexed / self.seconds if self.seconds > 0 else 0.0
@@ -84,6 +89,9 @@ class IndexReport:
             "seconds": round(self.seconds, 3),
             "images_per_second": round(rate, 2),
             "interrupted": self.interrupted,
+            "reindexed": self.reindexed,
+            "reindex_resumed": self.reindex_resumed,
+            "not_reindexed": self.not_reindexed,
         }
 
 
@@ -190,35 +198,65 @@ class LibraryIndexer:
         return plan
 
     def run(self, roots: Sequence[str], reindex: bool = False, allow_empty_roots: bool = False) -> IndexReport:
-        started = self._begin(reindex)
+        started = time.perf_counter()
+        if not reindex:
+            check_model(self.catalog, self.model_id)  # refused before any decode worker starts
         workers = self.settings.indexer.effective_decode_workers()
         pool, prepare = decode_pool(self._prepare_config(), workers, self.settings.indexer.decode_in_processes)
         finished = False
         try:
+            batch = effective_batch_size(self.settings.model.batch_size)
+            window = 2 * batch + workers
+            report = self._begin(roots, reindex, allow_empty_roots,
+                                 lambda: local_reembed(pool, prepare, window, lambda: self.embedder, batch))
             report = self._run(roots, allow_empty_roots, started,
-                               lambda candidates, report: self._process(candidates, report, pool, prepare, workers))
+                               lambda candidates, report: self._process(candidates, report, pool, prepare, workers),
+                               report)
             finished = True
             return report
         finally:
             close_decode_pool(pool, stop_workers=not finished or self._stop.is_set())
 
-    def _begin(self, reindex: bool) -> float:
-        """Forget everything when re-indexing, refuse a catalog of another model; returns the start time."""
-        started = time.perf_counter()
+    def _begin(self, roots: Sequence[str], reindex: bool, allow_empty_roots: bool,
+               reembed: Callable[[], Reembed]) -> IndexReport:
+        """The run's report. With `reindex`, first every catalog image is embedded again with the configured
+        model beside the current vectors, and switched to; then a catalog of another model is refused."""
+        report = IndexReport()
         if reindex:
-            log.warning("re-indexing: forgetting every image in the catalog")
-            self.catalog.clear()
-        check_model(self.catalog, self.model_id)
-        return started
+            for root in roots:  # every root checked before anything is touched
+                resolve_root(root)
+            self._reindex(report, reembed(), allow_empty_roots)
+        if not report.interrupted:
+            check_model(self.catalog, self.model_id)
+        return report
+
+    def _reindex(self, report: IndexReport, reembed: Reembed, allow_empty_roots: bool) -> None:
+        commit_every = max(self.settings.indexer.commit_every, effective_batch_size(self.settings.model.batch_size))
+        job = Reindex(self.catalog, self.store, self.model_id, reembed, commit_every, self.index_config, self._stop,
+                      self.progress.advance)
+        todo, total = job.todo()
+        log.warning("re-indexing %d of %d images with model %s beside the current vectors, which keep serving "
+                    "until the switch", todo, total, self.model_id)
+        self.progress.start(todo, total)
+        done = job.run(allow_empty_roots)
+        report.indexed += done.reembedded
+        report.reindexed, report.reindex_resumed = done.reembedded, done.resumed
+        report.not_reindexed = len(done.dropped)
+        for image, why in done.dropped.values():
+            report.failures.extend({"path": f.path, "kind": NOT_REINDEXED, "error": why} for f in image.files)
+        report.interrupted = not done.switched
 
     def _run(self, roots: Sequence[str], allow_empty_roots: bool, started: float,
-             process: Callable[[list[FoundFile], IndexReport], None]) -> IndexReport:
+             process: Callable[[list[FoundFile], IndexReport], None], report: IndexReport) -> IndexReport:
         """Plan, hand the candidates to `process` (which commits them), remove what is gone, publish."""
+        if report.interrupted:  # a reindex stopped on request: nothing else happens in this run
+            report.seconds = time.perf_counter() - started
+            return report
         self.index, _ = open_index(self.catalog, self.store, self.model_id, publish_repairs=True,
                                    config=self.index_config)
         plan = self.plan(roots, allow_empty_roots)
-        report = IndexReport(unchanged=plan.unchanged, skipped=plan.skipped, kept=plan.kept,
-                             found=len(plan.candidates) + plan.unchanged + plan.skipped)
+        report.unchanged, report.skipped, report.kept = plan.unchanged, plan.skipped, plan.kept
+        report.found = len(plan.candidates) + plan.unchanged + plan.skipped
         self._record_scan_problems(plan, report)
         log.info("%d files to index, %d unchanged, %d rejected before and unchanged, %d gone",
                  len(plan.candidates), plan.unchanged, plan.skipped, len(plan.removed))

@@ -68,7 +68,8 @@ class FilePreparer:
         self.config = config
         self.lookup = ContentLookup(config.database_url)
 
-    def __call__(self, found: FoundFile) -> Prepared:
+    def __call__(self, found: FoundFile, decode_known: bool = False) -> Prepared:
+        """`decode_known`: decode even content the catalog holds (a reindex embeds it with another model)."""
         # Opened inside its root without following links, and never a FIFO: the file the scan saw may
         # have been swapped since. The size and time recorded are those of the bytes actually read.
         fault_point("file-read")
@@ -80,7 +81,7 @@ class FilePreparer:
         data = read.data
         found = replace(found, size=read.stat.st_size, mtime_ns=read.stat.st_mtime_ns)
         digest = hashlib.sha256(data).hexdigest()
-        if self.lookup.known(digest):
+        if not decode_known and self.lookup.known(digest):
             return Prepared(found, digest)
         cfg = self.config
         try:
@@ -111,9 +112,9 @@ def _init_worker(config: PrepareConfig, parent_pid: int) -> None:
     _worker_preparer = FilePreparer(config)
 
 
-def _prepare_in_worker(found: FoundFile) -> Prepared:
+def _prepare_in_worker(found: FoundFile, decode_known: bool = False) -> Prepared:
     assert _worker_preparer is not None, "decode worker started without its initializer"
-    return _worker_preparer(found)
+    return _worker_preparer(found, decode_known)
 
 
 def _ready() -> bool:

@@ -19,7 +19,30 @@ from lookalike.context import CliContext, check_port_free, configure_logging, ec
 from storage.paths import display_path
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LookalikeGroup(click.Group):
+    """Turns storage failures of any subcommand (damaged, missing, full or locked catalog, a data directory
+    that cannot be written, a damaged index) into their message and exit 1, in one place instead of in
+    every command."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        from storage.errors import CatalogError, CatalogMissingError
+        from storage.lock import DataDirError
+        from storage.vector_index import IndexDamagedError, IndexMismatchError
+
+        try:
+            return super().invoke(ctx)
+        except IndexDamagedError as exc:
+            raise click.ClickException(f"{exc}. `lookalike verify` says more; `lookalike rebuild` publishes a sound "
+                                       "index from the catalog.") from None
+        except (CatalogError, IndexMismatchError, DataDirError) as exc:
+            message = str(exc)
+            obj = ctx.obj
+            if isinstance(exc, CatalogMissingError) and isinstance(obj, CliContext) and obj.loaded is not None:
+                message += f" (storage.data_dir: {obj.loaded.storage.data_dir.resolve()})"
+            raise click.ClickException(message) from None
+
+
+@click.group(cls=LookalikeGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
               help="Settings file (default: $LOOKALIKE_CONFIG, else ./config.yaml when present).")
 @click.option("-v", "--verbose", count=True, help="Log debug messages.")
@@ -57,7 +80,7 @@ def stats(obj: CliContext, as_json: bool) -> None:
     from storage.vector_index import IndexStore
 
     settings = obj.settings
-    catalog = Catalog(settings.storage.resolved_database_url())
+    catalog = Catalog(settings.storage.resolved_database_url(), create=False)
     manifest = IndexStore(settings.storage.data_dir / "index").manifest()
     result = {
         "images": catalog.count_images(),
@@ -175,9 +198,9 @@ def _register() -> None:
     from lookalike.cli_index import errors, index
     from lookalike.cli_model import config, model
     from lookalike.cli_search import search, similar
-    from lookalike.cli_storage import rebuild, verify
+    from lookalike.cli_storage import backup, rebuild, verify
 
-    for command in (index, errors, duplicates, search, similar, rebuild, verify, model, config):
+    for command in (index, errors, duplicates, search, similar, rebuild, verify, backup, model, config):
         cli.add_command(command)
 
 

@@ -34,7 +34,7 @@ def duplicates(obj: CliContext, threshold: float, as_json: bool) -> None:
 
     settings = obj.settings
     config = settings.storage.index_config()
-    catalog = Catalog(settings.storage.resolved_database_url())
+    catalog = Catalog(settings.storage.resolved_database_url(), create=False)
     try:
         mid = model_id(settings.model.handle, settings.model.image_size)
         try:

@@ -25,6 +25,7 @@ class _ProgressBar:
     def start(self, total: int, found: int = 0) -> None:
         from tqdm import tqdm
 
+        self.close()  # a reindex run has two phases, each with its own bar
         self.bar = tqdm(total=total, unit="img", disable=not self.enabled, file=sys.stderr, dynamic_ncols=True,
                         desc=f"found {found:,}, to index")
 
@@ -37,6 +38,7 @@ class _ProgressBar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -76,7 +78,9 @@ def _stop_on_interrupt(indexer) -> Iterator[None]:  # type: ignore[no-untyped-de
 # `readable`: a folder that cannot be listed keeps its images and is reported, it does not stop the run.
 @click.argument("paths", nargs=-1, type=click.Path(file_okay=False, readable=False), metavar="PATHS...")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary as the last line of stdout.")
-@click.option("--reindex", is_flag=True, help="Forget all vectors and embed everything again (after a model change).")
+@click.option("--reindex", is_flag=True,
+              help="Embed every image again with the configured model (after a model change), beside the current "
+                   "vectors, which keep serving until the switch; run it again to resume after a stop.")
 @click.option("--allow-empty-root", is_flag=True,
               help="Accept a folder with no images left although the catalog holds some from it, and remove them.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
@@ -173,6 +177,10 @@ def report_index_run(report, as_json: bool) -> None:  # type: ignore[no-untyped-
             f"skipped {report.skipped}, removed {report.removed}, failed {report.failed} in {report.seconds:.1f}s "
             f"({summary['images_per_second']} images/s)"
         )
+        if report.reindexed or report.reindex_resumed or report.not_reindexed:
+            click.echo(f"  reindex: {report.reindexed} images embedded again this run, {report.reindex_resumed} by an "
+                       f"earlier run, {report.not_reindexed} could not be read again"
+                       + ("" if report.interrupted else "; the catalog and index now use the configured model"))
         for failure in report.failures:
             click.echo(f"  rejected {human(failure['path'])}: {human(failure['error'])}", err=True)
         for unread in report.unreadable:
@@ -212,7 +220,7 @@ def errors(obj: CliContext, as_json: bool, root: str | None) -> None:
             root = str(resolve_root(root))
         except RootError as exc:
             raise click.ClickException(str(exc)) from None
-    catalog = Catalog(settings.storage.resolved_database_url())
+    catalog = Catalog(settings.storage.resolved_database_url(), create=False)
     try:
         rejected = catalog.rejections(root)
     finally:

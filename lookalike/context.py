@@ -46,6 +46,11 @@ class CliContext:
         self._settings: Settings | None = None
 
     @property
+    def loaded(self) -> Settings | None:
+        """The settings if a command has loaded them already (never loads them)."""
+        return self._settings
+
+    @property
     def settings(self) -> Settings:
         from indexer.settings import SettingsError, load_settings
 

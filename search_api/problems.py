@@ -8,11 +8,28 @@ from http import HTTPStatus
 from flask import Flask, Response, json, request
 from werkzeug.exceptions import HTTPException
 
+from storage.errors import (
+    CatalogBusyError,
+    CatalogDamagedError,
+    CatalogError,
+    CatalogFullError,
+    CatalogMissingError,
+    DamagedVectorError,
+)
 from storage.paths import printable
+from storage.vector_index import IndexDamagedError, IndexMismatchError
 
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+# A catalog that cannot be used answers 503 (the server itself is fine) with one of these codes.
+CATALOG_CODES: dict[type[CatalogError], str] = {
+    CatalogMissingError: "no_catalog",
+    DamagedVectorError: "damaged_vector",
+    CatalogDamagedError: "catalog_damaged",
+    CatalogFullError: "catalog_full",
+    CatalogBusyError: "catalog_busy",
+}
 
 
 class ApiProblem(Exception):
@@ -61,6 +78,20 @@ def init_app(app: Flask) -> None:
             response.headers["Allow"] = ", ".join(allowed)
         return response
 
+    @app.errorhandler(IndexMismatchError)
+    def _model_mismatch(exc: IndexMismatchError) -> Response:
+        log.error("%s %s: %s", request.method, request.path, exc)
+        return problem_response(503, str(exc), "model_mismatch")
+
+    @app.errorhandler(IndexDamagedError)
+    def _index_damaged(exc: IndexDamagedError) -> Response:
+        log.error("%s %s: %s", request.method, request.path, exc)
+        return problem_response(503, f"{exc}; `lookalike rebuild` publishes a sound index", "index_damaged")
+
+    @app.errorhandler(CatalogError)
+    def _catalog_error(exc: CatalogError) -> Response:
+        return problem_response(503, _catalog_detail(app, exc), CATALOG_CODES.get(type(exc), "catalog_unavailable"))
+
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, printable(request.path))
@@ -76,3 +107,12 @@ def _too_large_detail(app: Flask) -> str:
     parts = app.config.get("MAX_FORM_PARTS")
     return (f"the multipart body has more than {parts} parts (api.max_form_parts), "
             "or a form field larger than the form memory limit")
+
+
+def _catalog_detail(app: Flask, exc: CatalogError) -> str:
+    detail = str(exc)
+    service = app.extensions.get("lookalike")
+    if isinstance(exc, CatalogMissingError) and service is not None:
+        detail += f" (storage.data_dir: {service.settings.storage.data_dir.resolve()})"
+    log.error("%s %s: %s", request.method, request.path, detail)
+    return detail

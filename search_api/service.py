@@ -22,9 +22,10 @@ from search_api import metrics
 from search_api.dedupe import collapse_near_duplicates
 from storage.catalog import Catalog, ImageRecord
 from storage.class_rule import ClassRule
+from storage.errors import CatalogError, DamagedVectorError
 from storage.paths import display_path
-from storage.sync import open_index
-from storage.vector_index import IndexStore, Manifest, VectorIndex
+from storage.sync import build_from_catalog, check_model, open_index
+from storage.vector_index import IndexDamagedError, IndexMismatchError, IndexStore, Manifest, VectorIndex, usable
 
 log = logging.getLogger(__name__)
 
@@ -95,15 +96,15 @@ class SearchService:
         self._manifest: Manifest | None = None
         self._checked_at = 0.0
         self._lock = threading.Lock()
+        self._repair_lock = threading.Lock()
 
     # --- components ----------------------------------------------------------------------
 
     @property
     def catalog(self) -> Catalog:
         with self._lock:
-            if self._catalog is None:
-                self.data_dir.mkdir(parents=True, exist_ok=True)
-                self._catalog = Catalog(self.settings.storage.resolved_database_url())
+            if self._catalog is None:  # none yet: CatalogMissingError, and asked again next time
+                self._catalog = Catalog(self.settings.storage.resolved_database_url(), create=False)
             return self._catalog
 
     @property
@@ -114,9 +115,16 @@ class SearchService:
             return self._embedder
 
     def warm_up(self) -> None:
-        """Load the model, run it once and load the index, so the first query is not slow."""
+        """Load the model, run it once and load the index, so the first query is not slow.
+
+        A catalog that is missing, damaged or of another model does not stop the server: /readyz
+        says what is wrong until it is fixed, and the next request tries again.
+        """
         self.embedder.warm_up(1)
-        self.index()
+        try:
+            self.index()
+        except (CatalogError, IndexMismatchError) as exc:
+            log.error("%s", exc)
 
     def is_ready(self) -> bool:
         return self._embedder is not None
@@ -140,6 +148,14 @@ class SearchService:
                     log.info("serving index generation %d (%d vectors)", manifest.generation, loaded.count)
                     metrics.record_index(loaded.count, manifest.generation)
                     return self._index
+            if manifest is not None and manifest.model_id != self.model_id:
+                # A reindex switched the catalog to another model, or is building vectors of ours: say so
+                # (IndexMismatchError) rather than answer from vectors the catalog no longer holds.
+                try:
+                    check_model(catalog, self.model_id)
+                except IndexMismatchError:
+                    self._index, self._manifest = None, None  # every request asks again until this is fixed
+                    raise
             if self._index is None:
                 self._index, self._manifest = open_index(catalog, self.store, self.model_id, publish_repairs=False,
                                                          config=self.index_config)
@@ -217,7 +233,11 @@ class SearchService:
         # Ask for a few more: the excluded image, images deleted since this generation, collapsed duplicates.
         fetch = (needed + 1 + 8) * (2 if options.dedupe else 1)
         while True:
-            raw = index.search(vector[None], fetch, allowed, self.index_config)[0]
+            try:
+                raw = index.search(vector[None], fetch, allowed, self.index_config)[0]
+            except IndexDamagedError as exc:
+                index = self._replace_damaged(index, exc)
+                raw = index.search(vector[None], fetch, allowed, self.index_config)[0]
             exhausted = len(raw) < fetch or fetch >= index.count
             if options.min_score is not None and raw and raw[-1][1] < options.min_score:
                 exhausted = True  # scores only fall from here
@@ -232,6 +252,23 @@ class SearchService:
                 return hits
             fetch *= 2
 
+    def _replace_damaged(self, damaged: VectorIndex, exc: IndexDamagedError) -> VectorIndex:
+        """A sound index in place of one that answered impossible scores: rebuilt from the catalog in
+        memory (a server never writes the index; the next indexer run publishes a sound generation)."""
+        with self._repair_lock:
+            if self._index is not None and self._index is not damaged:
+                return self._index  # another request repaired it meanwhile
+            log.error("index generation %s is damaged (%s): rebuilding it from the catalog in memory and answering "
+                      "from that; run `lookalike verify`, and `lookalike rebuild` (or the indexer) to publish a "
+                      "sound generation", self.generation(), exc)
+            rebuilt = build_from_catalog(self.catalog, self.model_id, self.index_config, damaged.dimension)
+            if rebuilt is None:
+                raise exc
+            with self._lock:
+                self._index = rebuilt  # kept until the indexer publishes a newer generation
+            metrics.record_index(rebuilt.count, self.generation())
+            return rebuilt
+
     def similar(self, image_id: int, k: int, class_ids: Collection[int] | None = None,
                 min_score: float | None = None, class_rule: ClassRule | None = None) -> list[Hit] | None:
         """Neighbours of an indexed image (itself excluded); None when the id is unknown."""
@@ -239,9 +276,14 @@ class SearchService:
         return None if page is None else page.hits
 
     def similar_page(self, image_id: int, options: QueryOptions) -> SearchPage | None:
-        vector = self.catalog.embedding(image_id)
+        vector = self.catalog.embedding(image_id, self.model_id)
         if vector is None:
             return None
+        if not usable(vector[None])[0]:
+            raise DamagedVectorError(
+                f"the stored vector of image {image_id} is damaged (NaN or not of unit length), so its neighbours "
+                "cannot be found. `lookalike verify` lists damaged vectors; `lookalike index --reindex PATH...` "
+                "embeds the images again.")
         return self.search_page(vector, options, exclude_id=image_id)
 
     def image(self, image_id: int) -> ImageRecord | None:

@@ -9,15 +9,17 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-from sqlalchemy import Engine, create_engine, delete, event, func, select
+from sqlalchemy import Engine, create_engine, delete, event, func, inspect, select
 from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from storage import rejections
 from storage.class_rule import ClassRule
+from storage.errors import CatalogMissingError, describe, install_error_translation
 from storage.faults import fault_point
 from storage.rejections import RejectedState, Rejection
 from storage.schema import FileRow, ImageRow, PredictionRow, RejectedFileRow
+from storage.vector_index import IndexMismatchError
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +88,22 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     cursor.close()
 
 
-def make_engine(database_url: str) -> Engine:
+def make_engine(database_url: str, create: bool = True) -> Engine:
+    """An engine whose driver errors arrive as storage.errors.CatalogError.
+
+    With `create` false, a SQLite file that does not exist raises CatalogMissingError instead of
+    being created (SQLite creates the file on first connect otherwise).
+    """
     engine = create_engine(database_url)
+    install_error_translation(engine)
     if engine.dialect.name == "sqlite":
         database = engine.url.database
         if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            if create:
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            elif not Path(database).is_file():
+                engine.dispose()
+                raise CatalogMissingError(describe(engine.url))
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
 
@@ -111,14 +123,29 @@ class ContentLookup:
 
 
 class Catalog:
-    """Typed access to the catalog database; every write is one transaction."""
+    """Typed access to the catalog database; every write is one transaction.
 
-    def __init__(self, database_url: str) -> None:
-        self.engine = make_engine(database_url)
-        from storage.schema_migrations import upgrade  # Alembic: only where the schema may need work
+    `create=False` is for commands that only read: a catalog that does not exist yet raises
+    CatalogMissingError instead of being created empty.
+    """
 
-        upgrade(self.engine)
+    def __init__(self, database_url: str, create: bool = True) -> None:
+        self.engine = make_engine(database_url, create)
+        try:
+            if not create and not inspect(self.engine).has_table("alembic_version"):
+                raise CatalogMissingError(describe(self.engine.url))
+            from storage.schema_migrations import upgrade  # Alembic: only where the schema may need work
+
+            upgrade(self.engine)
+        except BaseException:
+            self.engine.dispose()
+            raise
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def location(self) -> str:
+        """The SQLite file or the database URL (without password), for messages."""
+        return describe(self.engine.url)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -214,12 +241,23 @@ class Catalog:
             last = int(ids[-1])
             yield ids, vectors
 
-    def embedding(self, image_id: int) -> np.ndarray | None:
+    def embedding(self, image_id: int, model_id: str | None = None) -> np.ndarray | None:
+        """The stored vector of an image, None for an unknown id.
+
+        With `model_id`, a vector of another model raises IndexMismatchError (the catalog switched
+        models under a running server).
+        """
         if not 0 < image_id <= MAX_IMAGE_ID:
             return None
         with self.session() as s:
-            blob = s.scalar(select(ImageRow.embedding).where(ImageRow.id == image_id))
-        return None if blob is None else np.frombuffer(blob, dtype="<f4").copy()
+            row = s.execute(select(ImageRow.embedding, ImageRow.model_id).where(ImageRow.id == image_id)).first()
+        if row is None:
+            return None
+        if model_id is not None and row.model_id != model_id:
+            raise IndexMismatchError(f"image {image_id} now has a vector of model {row.model_id}, but this program "
+                                     f"runs model {model_id}: the catalog was re-indexed with another model; restart "
+                                     "it with that model configured")
+        return np.frombuffer(row.embedding, dtype="<f4").copy()
 
     def image_ids(self) -> np.ndarray:
         """Every image id, ascending."""
@@ -325,7 +363,7 @@ class Catalog:
         return orphans
 
     def clear(self) -> None:
-        """Forget every image (used before re-indexing with another model)."""
+        """Forget every image, file and rejection (benchmarks start from an empty shared database with it)."""
         with self.session() as s, s.begin():
             s.execute(delete(FileRow))
             s.execute(delete(RejectedFileRow))

@@ -6,7 +6,9 @@ Nth time it is reached, N = LOOKALIKE_FAULT_AFTER (default 1). With LOOKALIKE_FA
 the process instead stops there for good without exiting, like a read from a share that hangs.
 
 Points: catalog-committed, index-temp-written, index-renamed, manifest-written (crash points of
-the indexer), file-read (a decode worker about to read a library file).
+the indexer); during a reindex also reindex-staged (after each batch of new vectors is stored)
+and reindex-swapped (after the catalog switched models, before the new index generation is
+named); file-read (a decode worker about to read a library file).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ AFTER_ENV = "LOOKALIKE_FAULT_AFTER"
 ACTION_ENV = "LOOKALIKE_FAULT_ACTION"
 ENV_VARS = frozenset({POINT_ENV, AFTER_ENV, ACTION_ENV})
 POINTS = ("catalog-committed", "index-temp-written", "index-renamed", "manifest-written")
+REINDEX_POINTS = ("reindex-staged", "reindex-swapped")
 
 _hits: Counter[str] = Counter()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import dataclass
 
 import faiss
@@ -66,6 +67,11 @@ def choose_index(count: int, dimension: int, config: IndexConfig) -> IndexPlan:
     m = fitting[-1]
     return IndexPlan(f"OPQ{m},IVF{nlist},PQ{m}", f"even 8-bit vectors exceed the {budget / mib:,.0f} MiB "
                                                  f"budget: OPQ + {m}-byte product codes")
+
+
+def is_exact(factory: str) -> bool:
+    """Whether the index keeps the vectors themselves (Flat, IVF-Flat, HNSW-Flat), not quantised codes."""
+    return re.search(r"SQ|PQ|LSH|RQ|RaBitQ", factory) is None
 
 
 def ivf_of(index: faiss.Index) -> faiss.IndexIVF | None:

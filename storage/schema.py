@@ -24,6 +24,8 @@ class Base(DeclarativeBase):
 
 class ImageRow(Base):
     __tablename__ = "images"
+    # Ids are never handed out twice (SQLite would reuse the highest one after a delete without it).
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     content_hash: Mapped[str] = mapped_column(String(64), unique=True)
@@ -82,3 +84,31 @@ class RejectedFileRow(Base):
     kind: Mapped[str] = mapped_column(String(32))
     reason: Mapped[str] = mapped_column(Text)
     rejected_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class StagedVectorRow(Base):
+    """An image's vector from the model a running reindex switches to, built beside the live one.
+
+    The reindex fills these while the current vectors keep serving, then swaps them in with one
+    transaction; a crash leaves the current model serving and the next reindex resumes from here.
+    """
+
+    __tablename__ = "staged_vectors"
+
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    model_id: Mapped[str] = mapped_column(Text)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)
+    staged_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+    predictions: Mapped[list[StagedPredictionRow]] = relationship(order_by="StagedPredictionRow.rank",
+                                                                  cascade="all, delete-orphan")
+
+
+class StagedPredictionRow(Base):
+    __tablename__ = "staged_predictions"
+
+    image_id: Mapped[int] = mapped_column(ForeignKey("staged_vectors.image_id", ondelete="CASCADE"),
+                                          primary_key=True)
+    rank: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    class_id: Mapped[int] = mapped_column(SmallInteger)
+    probability: Mapped[float] = mapped_column(Float)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# Alembic keeps the running environment in module globals: two threads opening catalogs at once
+# (an indexer thread beside a server's request thread) would tear each other's down.
+_ALEMBIC_LOCK = threading.Lock()
 
 
 def alembic_config() -> Config:
@@ -18,8 +22,32 @@ def alembic_config() -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Apply every migration the database lacks, in one transaction per run."""
+    """Apply every migration the database lacks, in one transaction per run.
+
+    On SQLite, foreign keys are off while migrating: rebuilding a table (Alembic's batch mode)
+    drops the old one, and with foreign keys on that drop would cascade into the rows that
+    reference it. They are checked once the migrations are done.
+    """
     cfg = alembic_config()
-    with engine.begin() as connection:
-        cfg.attributes["connection"] = connection
-        command.upgrade(cfg, revision)
+    sqlite = engine.dialect.name == "sqlite"
+    with _ALEMBIC_LOCK, engine.connect() as connection:
+        if sqlite:
+            _foreign_keys(connection, on=False)
+        try:
+            with connection.begin():
+                cfg.attributes["connection"] = connection
+                command.upgrade(cfg, revision)
+                if sqlite:
+                    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+                    if broken:
+                        raise RuntimeError(f"catalog migration left {len(broken)} rows without their parent: "
+                                           f"{broken[:5]}")
+        finally:
+            if sqlite:
+                _foreign_keys(connection, on=True)
+
+
+def _foreign_keys(connection: Connection, on: bool) -> None:
+    """Switch SQLite's foreign keys (only takes effect outside a transaction, which is where this runs)."""
+    connection.exec_driver_sql(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
+    connection.commit()

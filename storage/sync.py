@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from storage import staging
 from storage.catalog import Catalog
 from storage.index_factory import IndexConfig, choose_index, ivf_of, nlist_for
-from storage.vector_index import IndexMismatchError, IndexStore, Manifest, RemoveUnsupportedError, VectorIndex
+from storage.vector_index import (
+    IndexMismatchError,
+    IndexStore,
+    Manifest,
+    RemoveUnsupportedError,
+    VectorIndex,
+    usable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -22,44 +31,80 @@ RETRAIN_GROWTH = 4
 def check_model(catalog: Catalog, model_id: str) -> None:
     """Refuse to mix vectors of different models in one catalog."""
     others = catalog.model_ids() - {model_id}
-    if others:
+    if not others:
+        return
+    staged = staging.staged_count(catalog, model_id)
+    if staged:
         raise IndexMismatchError(
-            f"the catalog holds vectors from model {', '.join(sorted(others))}, but the configured model is "
-            f"{model_id}. Vectors of different models cannot be compared: re-index with "
-            "`lookalike index --reindex PATH...`, or point storage.data_dir at a new folder."
+            f"a reindex to model {model_id} is in progress: {staged:,} of {catalog.count_images():,} images are "
+            f"embedded with it so far, and model {', '.join(sorted(others))} keeps serving until it completes. "
+            "Continue it with `lookalike index --reindex PATH...` (nothing embedded so far is lost), or configure "
+            "the current model again to index with it meanwhile."
         )
+    raise IndexMismatchError(
+        f"the catalog holds vectors from model {', '.join(sorted(others))}, but the configured model is "
+        f"{model_id}. Vectors of different models cannot be compared: re-index with "
+        "`lookalike index --reindex PATH...` (the current vectors keep serving until it completes), or point "
+        "storage.data_dir at a new folder. If the catalog was just re-indexed with another model, restart this "
+        "program with that model configured."
+    )
 
 
-def _training_sample(catalog: Catalog, count: int, wanted: int) -> np.ndarray:
-    """About `wanted` catalog embeddings spread evenly over the collection."""
+Batches = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]  # (ids, vectors) batches, from the start each call
+
+
+def _training_sample(batches: Batches, count: int, wanted: int) -> np.ndarray:
+    """About `wanted` vectors spread evenly over the collection."""
     step = max(1, count // max(wanted, 1))
-    parts = [vectors[::step] for _, vectors in catalog.iter_embeddings()]
+    parts = [vectors[::step] for _, vectors in batches()]
     return np.concatenate(parts)[:wanted]
 
 
-def build_from_catalog(catalog: Catalog, model_id: str, config: IndexConfig | None = None,
+def build_from_vectors(batches: Batches, count: int, model_id: str, config: IndexConfig | None = None,
                        dimension: int | None = None) -> VectorIndex | None:
-    """A fresh index of every catalog embedding, of the type `config` chooses for the collection's size.
+    """A fresh index of `count` vectors, of the type `config` chooses for that many.
 
-    None when the catalog is empty and no dimension is known.
+    None when there are no vectors and no dimension is known.
     """
     config = config or IndexConfig()
-    count = catalog.count_images()
     if count == 0 and dimension is None:
         return None
     if dimension is None:
-        dimension = next(iter(catalog.iter_embeddings(batch=1)))[1].shape[1]
+        dimension = next(iter(batches()))[1].shape[1]
     plan = choose_index(count, dimension, config)
     log.info("index for %d vectors of dimension %d: %s (%s)", count, dimension, plan.factory, plan.reason)
     index = VectorIndex(dimension, model_id, factory=plan.factory)
     if not index.is_trained:
         ivf = ivf_of(index.index)
         lists = ivf.nlist if ivf is not None else nlist_for(count)
-        index.train(_training_sample(catalog, count, max(lists * TRAIN_POINTS_PER_LIST, 10_000)))
+        index.train(_training_sample(_usable_only(batches), count, max(lists * TRAIN_POINTS_PER_LIST, 10_000)))
         index.trained_count = count
-    for ids, vectors in catalog.iter_embeddings():
-        index.add(ids, vectors)
+    damaged: list[int] = []
+    for ids, vectors in batches():
+        keep = usable(vectors)
+        damaged.extend(int(i) for i in ids[~keep])
+        index.add(ids[keep], vectors[keep])
+    if damaged:
+        index.left_out = len(damaged)
+        log.error("%d stored vectors are damaged (NaN or not unit length) and were kept out of the index: images "
+                  "%s; `lookalike verify` lists them, `lookalike index --reindex PATH...` embeds them again",
+                  len(damaged), damaged[:20])
     return index
+
+
+def _usable_only(batches: Batches) -> Batches:
+    def filtered() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for ids, vectors in batches():
+            keep = usable(vectors)
+            yield ids[keep], vectors[keep]
+
+    return filtered
+
+
+def build_from_catalog(catalog: Catalog, model_id: str, config: IndexConfig | None = None,
+                       dimension: int | None = None) -> VectorIndex | None:
+    """A fresh index of every catalog embedding (None when the catalog is empty and no dimension is known)."""
+    return build_from_vectors(catalog.iter_embeddings, catalog.count_images(), model_id, config, dimension)
 
 
 def _kind(factory: str) -> str:
@@ -80,7 +125,7 @@ def needs_rebuild(index: VectorIndex, count: int, config: IndexConfig) -> str | 
 def is_consistent(manifest: Manifest, catalog: Catalog, model_id: str) -> bool:
     return (
         manifest.model_id == model_id
-        and manifest.count == catalog.count_images()
+        and manifest.count + manifest.left_out == catalog.count_images()
         and manifest.high_water == catalog.max_image_id()
     )
 
@@ -109,11 +154,16 @@ def _catch_up(catalog: Catalog, store: IndexStore, manifest: Manifest, model_id:
         index.remove(stale)
     except RemoveUnsupportedError:
         return None
+    damaged = 0
     for start in range(0, len(missing), 10_000):
         chunk = missing[start:start + 10_000]
-        vectors = catalog.embeddings(chunk.tolist())
-        index.add(chunk, np.stack([vectors[int(i)] for i in chunk]))
-    if index.count != catalog.count_images():
+        found = catalog.embeddings(chunk.tolist())
+        vectors = np.stack([found[int(i)] for i in chunk])
+        keep = usable(vectors)
+        damaged += int(np.sum(~keep))
+        index.add(chunk[keep], vectors[keep])
+    index.left_out = damaged  # a damaged vector is never held, so every one of them was among `missing`
+    if index.count + index.left_out != catalog.count_images():
         return None
     log.warning("index generation %d was out of step with the catalog: added %d vectors, removed %d",
                 manifest.generation, len(missing), len(stale))

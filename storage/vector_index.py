@@ -7,10 +7,12 @@ crash at any point leaves the previous generation readable.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,11 +20,24 @@ import faiss
 import numpy as np
 
 from storage.faults import fault_point
-from storage.index_factory import IndexConfig, new_index, search_parameters, stored_ids
+from storage.index_factory import IndexConfig, is_exact, new_index, search_parameters, stored_ids
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+# Scores are cosine similarities of unit vectors: FAISS's rounding stays far inside this limit, so
+# anything beyond it (or NaN) comes from damaged vectors and is never served.
+SCORE_LIMIT = 1.001
+# Quantised codes (SQ, PQ) only approximate scores: up to this far beyond 1 is their rounding (clipped).
+QUANTISED_SLACK = 0.05
+# Stored vectors are L2-normalised float32: a norm further than this from 1 is damage.
+NORM_TOLERANCE = 1e-3
+
+
+def usable(vectors: np.ndarray) -> np.ndarray:
+    """Per row, whether the vector is finite and of unit length; anything else is damage, kept out of indexes."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.abs(np.linalg.norm(vectors, axis=1) - 1) <= NORM_TOLERANCE  # NaN and inf compare false
 
 
 class IndexMismatchError(RuntimeError):
@@ -40,6 +55,8 @@ class Manifest:
     created_at: float
     factory: str = "Flat"
     trained_count: int = 0  # vectors the index was trained on (0: needs no training)
+    sha256: str = ""  # of the index file as written ("" in manifests written before it was recorded)
+    left_out: int = 0  # catalog images whose damaged vectors (NaN, not unit length) were kept out of the index
 
 
 class IndexWriteError(RuntimeError):
@@ -50,15 +67,20 @@ class RemoveUnsupportedError(RuntimeError):
     """The index type cannot delete vectors (HNSW); it has to be rebuilt from the catalog."""
 
 
+class IndexDamagedError(RuntimeError):
+    """The index answered a score no two unit vectors can have (or NaN): its vectors are damaged."""
+
+
 class VectorIndex:
     """Inner-product search over L2-normalised vectors keyed by catalog ids, for any FAISS index type."""
 
     def __init__(self, dimension: int, model_id: str, index: faiss.Index | None = None, factory: str = "Flat",
-                 trained_count: int = 0) -> None:
+                 trained_count: int = 0, left_out: int = 0) -> None:
         self.dimension = dimension
         self.model_id = model_id
         self.factory = factory
         self.trained_count = trained_count
+        self.left_out = left_out  # catalog images with damaged vectors, kept out
         self.index = index if index is not None else new_index(factory, dimension)
         if self.index.d != dimension:
             raise IndexMismatchError(f"index has dimension {self.index.d}, expected {dimension}")
@@ -114,6 +136,7 @@ class VectorIndex:
             selectivity = min(1.0, len(allowed_ids) / self.count)
         params = search_parameters(self.index, config or IndexConfig(), k, selector, selectivity)
         scores, ids = self.index.search(queries, k, params=params)
+        self._check_scores(scores, ids >= 0)
         return [
             [(int(i), float(s)) for i, s in zip(row_ids, row_scores, strict=True) if i >= 0]
             for row_ids, row_scores in zip(ids, scores, strict=True)
@@ -136,12 +159,33 @@ class VectorIndex:
         except RuntimeError:
             rows = self.search(queries, fallback_k, None, config)
             return [[(i, s) for i, s in row if s >= min_score] for row in rows]
+        self._check_scores(scores, ids >= 0)
         out = []
         for q in range(len(queries)):
             row = sorted(zip(ids[lims[q]:lims[q + 1]].tolist(), scores[lims[q]:lims[q + 1]].tolist(), strict=True),
                          key=lambda pair: -pair[1])
             out.append([(int(i), float(s)) for i, s in row if s >= min_score])
         return out
+
+
+    def _check_scores(self, scores: np.ndarray, valid: np.ndarray) -> None:
+        """Raise IndexDamagedError for a score outside [-1, 1] (beyond rounding) or NaN; clip rounding in place."""
+        answered = scores[valid]
+        limit = SCORE_LIMIT if is_exact(self.factory) else 1 + QUANTISED_SLACK
+        with np.errstate(invalid="ignore"):
+            bad = answered[~(np.abs(answered) <= limit)]  # NaN compares false: it is caught too
+        if len(bad):
+            raise IndexDamagedError(f"the {self.factory} index answered a score of {float(bad[0]):.6g}, outside "
+                                    "[-1, 1]: its vectors are damaged")
+        np.clip(scores, -1.0, 1.0, out=scores)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _mmap_flags(factory: str) -> int:
@@ -188,13 +232,28 @@ class IndexStore:
             log.warning("index manifest %s is unreadable (%s); the index will be rebuilt", path, exc)
             return None
 
-    def load(self, manifest: Manifest, mmap: bool = False) -> VectorIndex | None:
+    def digest_matches(self, manifest: Manifest) -> bool | None:
+        """Whether the generation's file still has the checksum it was written with (None: not recorded)."""
+        if not manifest.sha256:
+            return None
+        try:
+            return file_sha256(self.directory / manifest.file) == manifest.sha256
+        except OSError:
+            return False
+
+    def load(self, manifest: Manifest, mmap: bool = False, check_digest: bool = True) -> VectorIndex | None:
         """The generation the manifest names, or None when its file is missing or damaged.
 
         With `mmap`, the vectors stay in the file and are paged in on demand, shared by every
         process that maps the same generation (read-only: for servers, never for the indexer).
+        Without it the file is read whole anyway, and its checksum is checked first: bytes
+        changed since it was written make it damaged (a mapped index is guarded at search time).
         """
         path = self.directory / manifest.file
+        if check_digest and not mmap and self.digest_matches(manifest) is False:
+            log.warning("index file %s does not have the checksum it was written with: it is damaged, and "
+                        "the index will be rebuilt from the catalog", path)
+            return None
         try:
             index = faiss.read_index(str(path), _mmap_flags(manifest.factory) if mmap else 0)
         except RuntimeError as exc:
@@ -203,11 +262,16 @@ class IndexStore:
         if index.ntotal != manifest.count or index.d != manifest.dimension:
             log.warning("index file %s does not match its manifest; the index will be rebuilt", path)
             return None
-        return VectorIndex(manifest.dimension, manifest.model_id, index, manifest.factory, manifest.trained_count)
+        return VectorIndex(manifest.dimension, manifest.model_id, index, manifest.factory, manifest.trained_count,
+                           manifest.left_out)
 
-    def publish(self, index: VectorIndex, high_water: int) -> Manifest:
+    def publish(self, index: VectorIndex, high_water: int,
+                before_manifest: Callable[[], object] | None = None) -> Manifest:
         """Write `index` as the next generation and make it current; older generations are removed.
 
+        `before_manifest` runs once the new file is durably in place and before the manifest names
+        it (a reindex switches the catalog there, so readers see the switch as late and as briefly
+        as possible); if it raises, the new file is discarded and the previous generation stays.
         Raises IndexWriteError when the files cannot be written; the previous generation then
         stays current and loadable.
         """
@@ -216,11 +280,17 @@ class IndexStore:
         name = f"vectors-{generation:06d}.faiss"
         data = faiss.serialize_index(index.index).tobytes()
         manifest = Manifest(generation, name, index.count, index.dimension, index.model_id, high_water, time.time(),
-                            index.factory, index.trained_count)
+                            index.factory, index.trained_count, hashlib.sha256(data).hexdigest(), index.left_out)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             _write_atomic(self.directory / name, data, "index-temp-written")
             fault_point("index-renamed")
+            if before_manifest is not None:
+                try:
+                    before_manifest()
+                except BaseException:
+                    self._discard_unpublished(name)
+                    raise
             _write_atomic(self.directory / MANIFEST, json.dumps(asdict(manifest), indent=2).encode("utf-8"))
         except OSError as exc:
             state = (f"Generation {generation} is current, but may not survive a power cut"

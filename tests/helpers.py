@@ -32,7 +32,8 @@ from storage.vector_index import IndexStore
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_IMAGE_SIZE = 64
-POSTGRES_URL = os.environ.get("LOOKALIKE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+# Taken out of the environment: every other LOOKALIKE_* variable is a setting, and `lookalike` refuses unknown ones.
+POSTGRES_URL = os.environ.pop("LOOKALIKE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 # Environment variable set for the whole test run; every process a test starts inherits it.
 RUN_MARK = "PYTEST_LOOKALIKE_RUN"  # not LOOKALIKE_*: those are settings

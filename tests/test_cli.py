@@ -18,7 +18,8 @@ from lookalike.cli import cli
 from storage.lock import writer_lock
 
 COMMANDS = [["index"], ["errors"], ["duplicates"], ["search"], ["similar"], ["stats"], ["verify"], ["rebuild"],
-            ["serve"], ["demo"], ["sample-library"], ["model", "info"], ["model", "fetch"], ["config", "show"]]
+            ["serve"], ["demo"], ["sample-library"], ["model", "info"], ["model", "fetch"], ["config", "show"],
+            ["backup"]]
 
 
 def test_version_and_help_with_examples_everywhere(runner: CliRunner) -> None:

@@ -103,7 +103,8 @@ def test_search_errors(indexed_env: dict[str, str], query_image: Path, tmp_path:
 
 def test_search_before_any_index(tmp_path: Path, tf1_module: Path, query_image: Path) -> None:
     result = CliRunner().invoke(cli, ["search", str(query_image)], env=env_for(tmp_path / "empty", tf1_module))
-    assert result.exit_code == 1 and "no index yet" in result.output and "lookalike index" in result.output
+    assert result.exit_code == 1 and "no catalog at" in result.output and "lookalike index" in result.output
+    assert not (tmp_path / "empty").exists()
 
 
 def test_usage_errors_exit_2(indexed_env: dict[str, str], query_image: Path) -> None:

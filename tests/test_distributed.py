@@ -64,24 +64,24 @@ def new_database() -> Iterator[Callable[[], str]]:
     admin.dispose()
 
 
-def single_machine_run(settings: Settings, root: Path) -> IndexReport:
+def single_machine_run(settings: Settings, root: Path, reindex: bool = False) -> IndexReport:
     catalog = Catalog(settings.storage.resolved_database_url())
     try:
         indexer = LibraryIndexer(settings, catalog, IndexStore(settings.storage.data_dir / "index"),
                                  model_id(settings.model.handle, settings.model.image_size),
                                  lambda: Embedder.from_settings(settings.model))
-        return indexer.run([str(root)])
+        return indexer.run([str(root)], reindex=reindex)
     finally:
         catalog.close()
 
 
-def ray_run(settings: Settings, root: Path) -> IndexReport:
+def ray_run(settings: Settings, root: Path, reindex: bool = False) -> IndexReport:
     catalog = Catalog(settings.storage.resolved_database_url())
     try:
         with ray_cluster("local") as cluster:
             indexer = RayIndexer(settings, catalog, IndexStore(settings.storage.data_dir / "index"),
                                  model_id(settings.model.handle, settings.model.image_size), cluster)
-            return indexer.run([str(root)])
+            return indexer.run([str(root)], reindex=reindex)
     finally:
         catalog.close()
 
@@ -159,6 +159,19 @@ def test_ray_run_matches_the_single_machine_run_then_follows_changes_the_same_wa
     again = ray_run(spread, library)
     assert counts(again) == {"indexed": 0, "linked": 0, "unchanged": 15, "skipped": 1, "removed": 0,
                              "failed": 0, "found": 16}
+
+
+def test_a_reindex_on_ray_builds_beside_and_switches_like_the_single_machine_one(
+        local_ray: None, tmp_path: Path, tf1_module: Path, tf2_module: Path) -> None:
+    library = make_colour_library(tmp_path / "library")
+    runs = {}
+    for name, run in (("single", single_machine_run), ("ray", ray_run)):
+        run(make_settings(tmp_path / name, tf1_module), library)
+        new = make_settings(tmp_path / name, tf2_module)
+        report = run(new, library, reindex=True)
+        assert (report.reindexed, report.not_reindexed, report.interrupted) == (14, 0, False), name
+        runs[name] = catalog_contents(new)  # verified clean, of the new model only
+    assert_same_catalog(runs["single"], runs["ray"])
 
 
 def batch_of(seed: int, path: str) -> tuple[list[NewImage], list[FileRef]]:
