@@ -1,7 +1,7 @@
 """images ids never reused (SQLite AUTOINCREMENT); staging tables for a reindex built beside the live vectors
 
 Revision ID: 0005
-Revises: 0003 (merged on top of 0004)
+Revises: 0004
 Create Date: 2026-12-02
 """
 
