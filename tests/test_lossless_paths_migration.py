@@ -4,22 +4,14 @@ on SQLite and PostgreSQL, and the downgrade restores the old text."""
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import command
 
 from storage.catalog import Catalog
-from storage.schema_migrations import alembic_config, upgrade
+from storage.schema_migrations import downgrade, upgrade
 
 # Old-form rows whose doubling would collide with each other if done in place in the wrong order.
 ROOT = "/lib"
 OLD_PATHS = ["/lib/a\\b.jpg", "/lib/a\\\\b.jpg", "/lib/a\\\\\\\\b.jpg", "/lib/plain.jpg", "/lib/x\\xff.jpg"]
 REJECTED_ROOT = "/li\\b"  # a root with a backslash
-
-
-def _downgrade(engine: sa.Engine, revision: str) -> None:
-    cfg = alembic_config()
-    with engine.begin() as connection:
-        cfg.attributes["connection"] = connection
-        command.downgrade(cfg, revision)
 
 
 def _raw(engine: sa.Engine, table: str) -> set[tuple[str, str]]:
@@ -58,7 +50,7 @@ def test_backslash_paths_survive_the_lossless_paths_migration(database_url: str)
         finally:
             catalog.close()
 
-        _downgrade(engine, "0003")
+        downgrade(engine, "0003")
         assert (_raw(engine, "files"), _raw(engine, "rejected_files")) == before
     finally:
         engine.dispose()

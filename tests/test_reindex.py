@@ -243,7 +243,7 @@ def test_images_that_cannot_be_read_again_are_reported_not_dropped(tmp_path: Pat
     not_reindexed = {f["path"]: f["error"] for f in report.failures if f["kind"] == "not_reindexed"}
     assert set(not_reindexed) == {str(changed), str(gone), str(big)}
     assert "changed since it was indexed" in not_reindexed[str(changed)]
-    assert "No such file" in not_reindexed[str(gone)] and "pixels" in not_reindexed[str(big)]
+    assert "no longer there" in not_reindexed[str(gone)] and "pixels" in not_reindexed[str(big)]
     # The same run's normal pass: the changed file is embedded as new content, the gone one removed,
     # and the large one rejected, so `lookalike errors` lists it.
     assert report.indexed == 11 and report.removed == 1
