@@ -27,6 +27,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from indexer.hub_protos import ATTACHMENT_COLLECTION, MODULE_DEF_FILENAME, image_module_info_attachment, module_def_v3
+
 log = logging.getLogger(__name__)
 
 PACKAGE_HANDLE = "package:efficientnet-lite0"
@@ -232,24 +234,6 @@ def _forward(tf: Any, images: Any, w: dict[str, Any]) -> tuple[Any, Any]:
     return features, logits
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    return bytes(out + bytes([n]))
-
-
-def _image_module_info(height: int, width: int) -> bytes:
-    """ModuleAttachment{key: "image_module_info", value: ImageModuleInfo{default_image_size}}."""
-
-    def field(number: int, payload: bytes) -> bytes:
-        return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-    size = _varint(1 << 3) + _varint(height) + _varint(2 << 3) + _varint(width)
-    return field(1, b"image_module_info") + field(2, field(1, size))
-
-
 def build_lite0_module(state: dict[str, np.ndarray], out_dir: pathlib.Path) -> pathlib.Path:
     """Write EfficientNet-Lite0 as a TF1 Hub format module into out_dir (new or empty).
 
@@ -282,8 +266,8 @@ def build_lite0_module(state: dict[str, np.ndarray], out_dir: pathlib.Path) -> p
         for sig, tensor in (("default", logits), ("image_classification", logits), ("image_feature_vector", features)):
             meta_graph.signature_def[sig].CopyFrom(v1.saved_model.signature_def_utils.build_signature_def(
                 {"images": info(images)}, {"default": info(tensor)}))
-        meta_graph.collection_def["hub_module_attachments"].bytes_list.value[:] = [
-            _image_module_info(IMAGE_SIZE, IMAGE_SIZE)]
+        meta_graph.collection_def[ATTACHMENT_COLLECTION].bytes_list.value[:] = [
+            image_module_info_attachment(IMAGE_SIZE, IMAGE_SIZE)]
         (out_dir / "variables").mkdir(parents=True)
         with v1.Session(graph=graph) as sess:
             sess.run([v.initializer for v, _ in variables], feed_dict={v.initial_value: x for v, x in variables})
@@ -292,7 +276,7 @@ def build_lite0_module(state: dict[str, np.ndarray], out_dir: pathlib.Path) -> p
     saved_model = saved_model_pb2.SavedModel(saved_model_schema_version=1)
     saved_model.meta_graphs.add().CopyFrom(meta_graph)  # tag set empty, like hub's TF1 exporter
     (out_dir / "saved_model.pb").write_bytes(saved_model.SerializeToString(deterministic=True))
-    (out_dir / "tfhub_module.pb").write_bytes(b"\x08\x03")  # ModuleDef{format: FORMAT_V3}
+    (out_dir / MODULE_DEF_FILENAME).write_bytes(module_def_v3())
     log.info("wrote EfficientNet-Lite0 TF1 Hub module (%d variables) to %s", len(variables), out_dir)
     return out_dir
 
