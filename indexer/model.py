@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from indexer.hub_module_writer import CLASSIFY_SIGNATURE, FEATURE_SIGNATURE, INPUT_KEY, OUTPUT_KEY
 from indexer.hub_protos import ATTACHMENT_COLLECTION, image_size_from_attachments
 from indexer.labels import NUM_CLASSES
 from indexer.packaged_model import PACKAGE_HANDLE, PackagedModelError, ensure_packaged_module, package_version
@@ -30,11 +31,6 @@ from indexer.settings import ModelSettings
 from indexer.tf_runtime import configure_tensorflow, load_tensorflow
 
 log = logging.getLogger(__name__)
-
-FEATURE_SIGNATURE = "image_feature_vector"
-CLASSIFY_SIGNATURE = "image_classification"
-INPUT_KEY = "images"
-OUTPUT_KEY = "default"
 
 
 class ModelUnavailableError(RuntimeError):
