@@ -47,11 +47,13 @@ def write_tf1_hub_module(out_dir: Path, session: Any, images: Any, features: Any
 
     tf = load_tensorflow()
     from tensorflow.core.protobuf import saved_model_pb2
+    from tensorflow.python.util import deprecation
 
     out_dir = check_out_dir(out_dir)
     v1 = tf.compat.v1
     graph = session.graph
-    with graph.as_default():
+    # The TF1 APIs are the point here: their deprecation notices would only alarm the log's reader.
+    with graph.as_default(), deprecation.silence():
         # Exported before the Saver below adds its ops: the module has no saver_def, like hub's.
         meta_graph = v1.train.export_meta_graph(graph=graph, strip_default_attrs=True)
         info = v1.saved_model.utils.build_tensor_info
