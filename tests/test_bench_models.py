@@ -1,5 +1,5 @@
-"""The benchmarks' models: the EfficientNet-B4 stand-in (bench/b4_stand_in.py), built and run
-through the product, and the input size each module declares.
+"""The benchmarks' models and inputs: the EfficientNet-B4 stand-in (bench/b4_stand_in.py), built
+and run through the product, the input size each module declares, and the sample photos.
 
 Building B4 takes about a minute and 76 MB, so those tests build it once, in a child process, as
 a user would (`python bench/b4_stand_in.py --out DIR`), and are left to `make test`. Choosing a
@@ -91,3 +91,13 @@ def test_the_stand_in_never_replaces_a_folder_that_is_not_one(tmp_path: Path) ->
         ensure_b4_stand_in(tmp_path / "mine")
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
 
+
+def test_a_missing_scikit_image_is_said_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench import index_throughput
+
+    monkeypatch.setitem(sys.modules, "skimage", None)  # what an install without the demo extra sees
+    monkeypatch.setitem(sys.modules, "skimage.data", None)
+    with pytest.raises(SystemExit) as info:
+        index_throughput.sample_photos()
+    message = str(info.value.code)
+    assert "\n" not in message and "pip install 'scikit-image>=0.22'" in message and "[demo]" in message
