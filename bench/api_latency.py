@@ -1,10 +1,11 @@
 """Single-image query latency over HTTP against `lookalike serve`, vs the model alone, in one run.
 
-    python bench/api_latency.py build/b4_random_tf1                  # 100k-vector index, 200 queries
-    python bench/api_latency.py build/b4_random_tf1 --vectors 20000 --queries 50
+    python bench/api_latency.py                          # 100k-vector index, 200 queries
+    python bench/api_latency.py --vectors 20000 --queries 50
+    python bench/api_latency.py MODULE                   # another module of B4's compute (380x380)
 
-The module is the B4-compute stand-in (random weights, the real B4 graph at 380x380), made with
-    python ../shared/tools/make_tf1_hub_module.py --b4-random --seed 0 --out build/b4_random_tf1
+Without MODULE it runs the B4 stand-in (random weights, the real B4 graph at 380x380; see
+bench/b4_stand_in.py), building it into build/b4_random_tf1 on first use (about a minute).
 
 A catalog of synthetic images with random 1792-d embeddings is built once in --data-dir through
 the storage API, and its index published with `lookalike rebuild`. Queries are 640x480 JPEGs
@@ -22,6 +23,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from b4_stand_in import ensure_b4_stand_in  # noqa: E402
 from serving import (  # noqa: E402
     IMAGE_SIZE,
     LOOPBACK,
@@ -69,12 +71,14 @@ def model_latencies(module: Path, photos: list[bytes], rounds: int) -> list[floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("module", type=Path, help="TF1 Hub module (the B4-compute stand-in)")
+    parser.add_argument("module", type=Path, nargs="?", default=None,
+                        help="TF1 Hub module of B4's compute (default: the B4 stand-in, built on first use)")
     parser.add_argument("--vectors", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--data-dir", type=Path, default=None, help="default: build/bench-api-<vectors>")
     args = parser.parse_args()
+    args.module = args.module or ensure_b4_stand_in()
     data_dir = args.data_dir or Path("build") / f"bench-api-{args.vectors}"
     ensure_catalog(args.module.resolve(), data_dir, args.vectors)
     photos = query_photos(20)

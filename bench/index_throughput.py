@@ -1,11 +1,12 @@
 """Index throughput: model-only, decode-only and end-to-end rates side by side, on small and 12 MP photos.
 
-    python bench/index_throughput.py                       # B4-compute stand-in if built, else Lite0
-    python bench/index_throughput.py --model ../shared/models/efficientnet_lite0_tf1 --image-size 224
+    python bench/index_throughput.py                       # the B4-compute stand-in, at 380x380
+    python bench/index_throughput.py --model DIR           # another module, at the size it declares
     python bench/index_throughput.py --ray ...   # Ray Data path vs single machine (bench/ray_throughput.py)
 
-The B4-compute stand-in (random weights, the real B4 graph at 380x380) is made with
-    python ../shared/tools/make_tf1_hub_module.py --b4-random --seed 0 --out build/b4_random_tf1
+Without --model it runs the B4 stand-in (random weights, the real B4 graph at 380x380; see
+bench/b4_stand_in.py), building it into build/b4_random_tf1 on first use (about a minute).
+The photos are cut from scikit-image's sample photos (the demo extra).
 
 It also shows that one embed call costs one forward pass: the product's pruned single-pass
 function is timed against one signature alone and against both signatures called separately.
@@ -29,6 +30,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 if __name__ == "__main__":  # decode worker processes re-import this file: keep TensorFlow out of them
+    from bench.b4_stand_in import bench_model
     from indexer.images import decode_image
     from indexer.model import Embedder, model_id
     from indexer.pipeline import LibraryIndexer
@@ -40,15 +42,22 @@ if __name__ == "__main__":  # decode worker processes re-import this file: keep 
     from storage.vector_index import IndexStore
 
 REPO = Path(__file__).resolve().parent.parent
-B4_STAND_IN = REPO / "build" / "b4_random_tf1"
-LITE0 = REPO.parent / "shared" / "models" / "efficientnet_lite0_tf1"
+SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+
+
+def sample_photos() -> list[np.ndarray]:
+    """scikit-image's real sample photos: JPEG decoding costs what it costs on real photos."""
+    try:
+        import skimage.data
+    except ImportError:
+        raise SystemExit("the benchmark cuts its photos from scikit-image's sample photos: "
+                         "pip install 'scikit-image>=0.22' (or the demo extra: pip install -e '.[demo]')") from None
+    return [np.asarray(getattr(skimage.data, name)()) for name in SAMPLE_PHOTOS]
 
 
 def make_photos(folder: Path, count: int, width: int, height: int) -> list[Path]:
     """Distinct JPEG photos cut at random from the real sample photos of scikit-image."""
-    import skimage.data
-
-    sources = [np.asarray(getattr(skimage.data, name)()) for name in ("astronaut", "chelsea", "coffee", "rocket")]
+    sources = sample_photos()
     rng = np.random.default_rng(0)
     paths = []
     for i in range(count):
@@ -79,9 +88,8 @@ def main() -> None:
         runpy.run_path(sys.argv[0], run_name="__main__")
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    default_model = B4_STAND_IN if B4_STAND_IN.exists() else LITE0
-    parser.add_argument("--model", default=str(default_model), help=f"module directory (default {default_model})")
-    parser.add_argument("--image-size", type=int, default=380 if default_model == B4_STAND_IN else 224)
+    parser.add_argument("--model", default=None, help="module (default: the B4 stand-in, built on first use)")
+    parser.add_argument("--image-size", type=int, default=None, help="default: the size the module declares")
     parser.add_argument("--images", type=int, default=160, help="small photos to index")
     parser.add_argument("--large-images", type=int, default=32, help="12 MP photos to index (0: skip)")
     parser.add_argument("--batch-size", type=int, default=0, help="0: the product's default for this device")
@@ -89,6 +97,8 @@ def main() -> None:
     parser.add_argument("--large-size", default="4000x3000", help="WIDTHxHEIGHT of the large JPEGs")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of the single-pass check")
     args = parser.parse_args()
+    sample_photos()  # before the slow start, so a missing scikit-image is said at once
+    args.model, args.image_size = bench_model(args.model, args.image_size)
     small = tuple(int(v) for v in args.photo_size.split("x"))
     large = tuple(int(v) for v in args.large_size.split("x"))
     args.batch_size = effective_batch_size(args.batch_size)

@@ -2,9 +2,10 @@
 
     python bench/model_speed.py                      # B4-compute stand-in at 380x380, batches 1, 8, 32
     python bench/model_speed.py --batches 8 --rounds 5
+    python bench/model_speed.py --model DIR          # another module, at the size it declares
 
-The stand-in (real B4 graph and cost, random weights) is made once with
-    python ../shared/tools/make_tf1_hub_module.py --b4-random --seed 0 --out build/b4_random_tf1
+Without --model it runs the B4 stand-in (real B4 graph and cost, random weights; see
+bench/b4_stand_in.py), building it into build/b4_random_tf1 on first use (about a minute).
 
 Both paths see the same inputs and batch sizes, interleaved round by round so that a noisy
 machine slows both alike; the median of the rounds is reported. Also measured: the first query
@@ -25,11 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
+from bench.b4_stand_in import bench_model  # noqa: E402
 from bench.search import rss_mb  # noqa: E402
 from indexer.model import Embedder  # noqa: E402
-
-REPO = Path(__file__).resolve().parent.parent
-B4_STAND_IN = REPO / "build" / "b4_random_tf1"
 
 
 def native_b4(image_size: int):  # type: ignore[no-untyped-def]
@@ -53,12 +52,12 @@ def seconds(fn, batch: np.ndarray) -> float:  # type: ignore[no-untyped-def]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(B4_STAND_IN))
-    parser.add_argument("--image-size", type=int, default=380)
+    parser.add_argument("--model", default=None, help="module (default: the B4 stand-in, built on first use)")
+    parser.add_argument("--image-size", type=int, default=None, help="default: the size the module declares")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    size = args.image_size
+    args.model, size = bench_model(args.model, args.image_size)
     rng = np.random.default_rng(0)
 
     before = rss_mb()

@@ -1,6 +1,7 @@
 """Index throughput on Ray Data vs the single-machine pipeline, on this machine, in the same run.
 
-    python bench/ray_throughput.py --model ../shared/models/efficientnet_lite0_tf1 --image-size 224
+    python bench/ray_throughput.py                   # the B4-compute stand-in (bench/b4_stand_in.py)
+    python bench/ray_throughput.py --model DIR       # another module, at the size it declares
 
 Both paths index the same photos into catalogs of their own. Each is timed on a small library
 (fixed costs: loading the model, starting the decode workers or the Ray actors) and on the full
@@ -25,8 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 if __name__ == "__main__":  # Ray workers never import this file; keep the heavy imports to the driver anyway
     import ray
-    from index_throughput import B4_STAND_IN, LITE0, make_photos
+    from index_throughput import make_photos, sample_photos
 
+    from bench.b4_stand_in import bench_model
     from indexer.distributed import RayIndexer
     from indexer.model import Embedder, model_id
     from indexer.pipeline import IndexReport, LibraryIndexer
@@ -71,15 +73,16 @@ def index_once(args: argparse.Namespace, library: Path, data_dir: Path, on_ray: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    default_model = B4_STAND_IN if B4_STAND_IN.exists() else LITE0
-    parser.add_argument("--model", default=str(default_model), help=f"module directory (default {default_model})")
-    parser.add_argument("--image-size", type=int, default=380 if default_model == B4_STAND_IN else 224)
+    parser.add_argument("--model", default=None, help="module (default: the B4 stand-in, built on first use)")
+    parser.add_argument("--image-size", type=int, default=None, help="default: the size the module declares")
     parser.add_argument("--images", type=int, default=256, help="photos in the full library")
     parser.add_argument("--photo-size", default="640x480", help="WIDTHxHEIGHT of the JPEGs")
     parser.add_argument("--batch-size", type=int, default=0, help="0: the product's default for the device")
     parser.add_argument("--database-url", default=None,
                         help="catalog database (default: a SQLite file per path; a PostgreSQL URL is cleared)")
     args = parser.parse_args()
+    sample_photos()  # before the slow start, so a missing scikit-image is said at once
+    args.model, args.image_size = bench_model(args.model, args.image_size)
     width, height = (int(v) for v in args.photo_size.split("x"))
     logging.basicConfig(level=logging.WARNING)
     cores = os.cpu_count() or 1

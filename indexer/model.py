@@ -23,17 +23,14 @@ from typing import Any
 
 import numpy as np
 
+from indexer.hub_module_writer import CLASSIFY_SIGNATURE, FEATURE_SIGNATURE, INPUT_KEY, OUTPUT_KEY
+from indexer.hub_protos import ATTACHMENT_COLLECTION, image_size_from_attachments
 from indexer.labels import NUM_CLASSES
 from indexer.packaged_model import PACKAGE_HANDLE, PackagedModelError, ensure_packaged_module, package_version
 from indexer.settings import ModelSettings
 from indexer.tf_runtime import configure_tensorflow, load_tensorflow
 
 log = logging.getLogger(__name__)
-
-FEATURE_SIGNATURE = "image_feature_vector"
-CLASSIFY_SIGNATURE = "image_classification"
-INPUT_KEY = "images"
-OUTPUT_KEY = "default"
 
 
 class ModelUnavailableError(RuntimeError):
@@ -128,50 +125,27 @@ def resolve_handle(handle: str, timeout: float) -> Path:
         socket.setdefaulttimeout(previous)
 
 
-def _proto_fields(buf: bytes) -> dict[int, list[int | bytes]]:
-    """Just enough protobuf decoding for the small attachment messages of TF1 Hub modules."""
-    fields: dict[int, list[int | bytes]] = {}
-    i = 0
-
-    def varint() -> int:
-        nonlocal i
-        shift = value = 0
-        while True:
-            byte = buf[i]
-            i += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                return value
-
-    while i < len(buf):
-        key = varint()
-        if key & 7 == 0:
-            value: int | bytes = varint()
-        elif key & 7 == 2:
-            n = varint()
-            value, i = bytes(buf[i:i + n]), i + n
-        else:
-            raise ValueError(f"unexpected protobuf wire type {key & 7}")
-        fields.setdefault(key >> 3, []).append(value)
-    return fields
-
-
 def declared_image_size(module_dir: Path) -> tuple[int, int] | None:
-    """(height, width) a TF1 Hub module declares in its `image_module_info` attachment, if any."""
+    """(height, width) a TF1 Hub module declares in its `image_module_info` attachment, if any.
+
+    None when it declares none, or when the attachment is damaged (the size is advice, not needed).
+    """
     load_tensorflow()
+    from google.protobuf.message import DecodeError
     from tensorflow.core.protobuf import saved_model_pb2
 
     saved = saved_model_pb2.SavedModel()
     saved.ParseFromString((module_dir / "saved_model.pb").read_bytes())
     for graph in saved.meta_graphs:
-        attachments = graph.collection_def.get("hub_module_attachments")
-        for blob in attachments.bytes_list.value if attachments else []:
-            attachment = _proto_fields(blob)
-            if attachment.get(1, [b""])[0] == b"image_module_info":
-                info = _proto_fields(attachment[2][0])  # type: ignore[arg-type]
-                size = _proto_fields(info[1][0])  # type: ignore[arg-type]
-                return int(size.get(1, [0])[0]), int(size.get(2, [0])[0])  # type: ignore[arg-type]
+        if ATTACHMENT_COLLECTION not in graph.collection_def:
+            continue
+        try:
+            size = image_size_from_attachments(graph.collection_def[ATTACHMENT_COLLECTION].bytes_list.value)
+        except DecodeError as exc:
+            log.warning("model %s: unreadable %s attachment (%s)", module_dir, ATTACHMENT_COLLECTION, exc)
+            continue
+        if size is not None:
+            return size
     return None
 
 

@@ -35,6 +35,8 @@ import pathlib
 import numpy as np
 import tensorflow as tf
 
+from indexer.hub_protos import ATTACHMENT_COLLECTION, MODULE_DEF_FILENAME, image_module_info_attachment, module_def_v3
+
 RED_CLASS: int = 1  # "goldfish" (ImageNet 1000-class ids, 0 = tench)
 GREEN_CLASS: int = 31  # "tree frog"
 BLUE_CLASS: int = 107  # "jellyfish"
@@ -44,8 +46,6 @@ INPUT_KEY = "images"
 OUTPUT_KEY = "default"
 SCOPE = "lookalike_fixture"
 DEFAULT_IMAGE_SIZE = (380, 380)  # EfficientNet-B4's expected input size
-MODULE_DEF_FORMAT_V3 = b"\x08\x03"  # ModuleDef{format: FORMAT_V3}
-_ATTACHMENT_COLLECTION = "hub_module_attachments"
 _LUMA = (0.299, 0.587, 0.114)
 _LOGIT_SCALE = 10.0
 
@@ -121,26 +121,6 @@ def expected_logits(images: np.ndarray, num_classes: int = 1000) -> np.ndarray:
     return (mean_rgb @ weights["W"] + weights["b"]).astype(np.float32)
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _image_module_info_attachment(height: int, width: int) -> bytes:
-    """Serialized ModuleAttachment{key: "image_module_info", value:
-    ImageModuleInfo{default_image_size {height, width}}}."""
-
-    def field(number: int, payload: bytes) -> bytes:
-        return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-    size = _varint(1 << 3) + _varint(height) + _varint(2 << 3) + _varint(width)
-    return field(1, b"image_module_info") + field(2, field(1, size))
-
-
 def build_tf1_hub_module(
     out_dir: pathlib.Path, *, num_classes: int = 1000, train_graph: bool = False
 ) -> pathlib.Path:
@@ -172,7 +152,7 @@ def build_tf1_hub_module(
             features = tf.identity(features, name="feature_vector")
             logits = tf.identity(logits, name="logits")
         v1.add_to_collection(
-            _ATTACHMENT_COLLECTION, _image_module_info_attachment(*DEFAULT_IMAGE_SIZE)
+            ATTACHMENT_COLLECTION, image_module_info_attachment(*DEFAULT_IMAGE_SIZE)
         )
         info = v1.saved_model.utils.build_tensor_info
         build = v1.saved_model.signature_def_utils.build_signature_def
@@ -203,7 +183,7 @@ def build_tf1_hub_module(
                     ["train"], signature_def_map=signatures, strip_default_attrs=True
                 )
         builder.save()
-    (out_dir / "tfhub_module.pb").write_bytes(MODULE_DEF_FORMAT_V3)
+    (out_dir / MODULE_DEF_FILENAME).write_bytes(module_def_v3())
     return out_dir
 
 
