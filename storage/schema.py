@@ -78,3 +78,7 @@ class RejectedFileRow(Base):
     kind: Mapped[str] = mapped_column(String(32))
     reason: Mapped[str] = mapped_column(Text)
     rejected_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+# Custom labels' tables join the same metadata (Alembic compares the catalog against all of them).
+from storage import label_schema as _label_schema  # noqa: E402, F401

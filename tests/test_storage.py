@@ -192,4 +192,4 @@ def test_migrations_create_exactly_the_models_schema(catalog: Catalog) -> None:
         assert compare_metadata(context, Base.metadata) == []
         assert context.get_current_revision() is not None
     upgrade(catalog.engine)  # running again on an up-to-date database changes nothing
-    assert sa.inspect(catalog.engine).get_table_names().__len__() == 5  # 4 tables + alembic_version
+    assert sa.inspect(catalog.engine).get_table_names().__len__() == 8  # 7 tables + alembic_version
