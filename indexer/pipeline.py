@@ -19,6 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
+from indexer.custom_labels import keep_labels_up_to_date
 from indexer.model import Embedder, top_k
 from indexer.prepare import PrepareConfig, Prepared, decode_pool, ordered_prefetch
 from indexer.scan import FoundFile, RootError, resolve_root, scan
@@ -197,6 +198,7 @@ class LibraryIndexer:
             report.removed = len(plan.removed)
         self._rebuild_if_needed()
         self._publish()
+        keep_labels_up_to_date(self.catalog, self.model_id, "catch_up")
         if self._pruned_content and self.settings.indexer.thumbnail_size:
             prune_thumbnails(self.settings.storage.data_dir, self.catalog.content_hashes())
         report.seconds = time.perf_counter() - started
@@ -302,6 +304,8 @@ class LibraryIndexer:
         if not new_images and not files and not rejected:
             return
         ids, orphans = self.catalog.apply(new_images=new_images, files=files, rejected=rejected)
+        if ids:
+            keep_labels_up_to_date(self.catalog, self.model_id, "score_new_images")
         vectors = np.stack([img.embedding for img in new_images]) if new_images else None
         self._index_changes(ids, vectors, orphans)
         interval = self.settings.indexer.publish_every_seconds

@@ -1,0 +1,466 @@
+"""Custom labels: taught from a few example images, learned on their stored vectors, kept scored.
+
+The LabelBook is the one place that changes labels, for the API, the CLI and the indexer:
+creating and changing a label learns it (tens of milliseconds, no model run); scoring the
+library is a separate step (`rescore`) that the API runs in the background and the CLI runs at
+once; images the indexer commits are scored by `score_new_images`, and `catch_up` (after an
+indexing run) drops examples whose images left the library, relearns those labels and finishes
+any scoring left pending by a process that died.
+
+A label learned with one model is kept, with its examples (stored by content hash), when the
+model changes; it cannot be used until it is relearned from the new model's vectors.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from indexer.label_learning import LearningError, learn_label
+from indexer.labels import CUSTOM_LABEL_PREFIX, imagenet_classes
+from storage import labels as store
+from storage.catalog import MAX_IMAGE_ID, Catalog
+from storage.labels import DuplicateLabelError, Learned, StoredLabel, borderline_band, floor_for
+
+log = logging.getLogger(__name__)
+
+LABEL_PREFIX = CUSTOM_LABEL_PREFIX
+MAX_NAME_LENGTH = 64
+NAME_PUNCTUATION = frozenset(" -_.'&()+#@!,")
+BACKGROUND_IMAGES = 1000  # random library images the label is learned against
+MAX_EXAMPLES = 1000
+SAVE_ATTEMPTS = 3
+
+
+class LabelError(ValueError):
+    """A request about labels that cannot be done; names the field at fault and an HTTP-like status."""
+
+    def __init__(self, message: str, field: str | None = None, status: int = 400, code: str = "invalid_label") -> None:
+        super().__init__(message)
+        self.field = field
+        self.status = status
+        self.code = code
+
+
+class _Unchanged:
+    pass
+
+
+UNCHANGED = _Unchanged()  # PATCH without a threshold: leave it as it is
+
+
+@dataclass(frozen=True)
+class Member:
+    """An image with a stored score for a label: member (at or above the threshold) or a near miss."""
+
+    image_id: int
+    score: float
+    member: bool
+    borderline: bool
+    example: str | None  # "positive", "negative" or None
+
+
+@lru_cache(maxsize=1)
+def _imagenet_names() -> frozenset[str]:
+    names: set[str] = set()
+    for cls in imagenet_classes():
+        names.update(n.casefold() for n in (cls.name, cls.wnid, ", ".join(cls.synonyms), *cls.synonyms))
+    return frozenset(names)
+
+
+def check_name(name: object) -> str:
+    """The label name as it will be stored, or LabelError naming the field `name`."""
+    if not isinstance(name, str) or not name.strip():
+        raise LabelError("name must be a non-empty string", "name")
+    text = name.strip()
+    if len(text) > MAX_NAME_LENGTH:
+        raise LabelError(f"name must be at most {MAX_NAME_LENGTH} characters, got {len(text)}", "name")
+    bad = sorted({c for c in text if not (c.isalnum() or c in NAME_PUNCTUATION)})
+    if bad:
+        raise LabelError(f"name may hold letters, digits, spaces and {''.join(sorted(NAME_PUNCTUATION - {' '}))}; "
+                         f"{text!r} holds {', '.join(repr(c) for c in bad)}", "name")
+    if text.isdigit():
+        raise LabelError(f"name {text!r} is a number, which class filters read as an ImageNet class id", "name")
+    if text.casefold() in _imagenet_names():
+        raise LabelError(f"{text!r} is the name of an ImageNet class: choose another name for your label "
+                         f"(for example 'my {text}')", "name", code="imagenet_class_name")
+    return text
+
+
+def split_label_filters(values: Iterable[str]) -> list[str]:
+    """The label names among class filter values ("label:rex" -> "rex"), as given."""
+    return [v.strip()[len(LABEL_PREFIX):].strip() for v in values if is_label_filter(v)]
+
+
+def is_label_filter(value: str) -> bool:
+    return value.strip().casefold().startswith(LABEL_PREFIX)
+
+
+def _id_list(value: object, field: str) -> list[int]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise LabelError(f"{field} must be a list of image ids (integers)", field)
+    if len(value) > MAX_EXAMPLES:
+        raise LabelError(f"{field} holds {len(value)} ids; at most {MAX_EXAMPLES} are accepted", field)
+    out_of_range = [v for v in value if not 0 < v <= MAX_IMAGE_ID]
+    if out_of_range:
+        raise LabelError(f"{field}: no image has id {out_of_range[0]}", field)
+    return list(dict.fromkeys(value))
+
+
+class LabelBook:
+    """Labels of one catalog, for the model `model_id` (the one the catalog's vectors come from)."""
+
+    def __init__(self, catalog: Catalog, model_id: str, background: int = BACKGROUND_IMAGES) -> None:
+        self.catalog = catalog
+        self.model_id = model_id
+        self.background = background
+
+    # --- reading -------------------------------------------------------------------------
+
+    def get(self, name: str) -> StoredLabel:
+        label = store.get_label(self.catalog, name)
+        if label is None:
+            raise LabelError(f"no custom label is named {name!r}", "name", 404, "unknown_label")
+        return label
+
+    def all(self) -> list[StoredLabel]:
+        return store.all_labels(self.catalog)
+
+    def is_stale(self, label: StoredLabel) -> bool:
+        return label.model_id != self.model_id
+
+    def state(self, label: StoredLabel) -> str:
+        if self.is_stale(label):
+            return "stale"
+        if label.weights is None:
+            return "empty"
+        return "scoring" if label.scoring else "ready"
+
+    def stale_message(self, label: StoredLabel) -> str:
+        return (f"custom label {label.name!r} was learned with model {label.model_id}, but the library is now "
+                f"indexed with {self.model_id}: relearn it from its examples (PATCH /api/v1/labels/<name> with "
+                f'{{"relearn": true}}, or `lookalike label relearn NAME`); its examples are kept')
+
+    def resolve(self, names: Sequence[str], field: str = "class") -> tuple[int, ...]:
+        """Label ids for class filters `label:<name>`; unknown or stale labels are refused."""
+        if not names:
+            return ()
+        known = {name.casefold(): (label_id, name, model) for label_id, name, model in store.label_names(self.catalog)}
+        ids = []
+        for name in names:
+            if not name.strip():
+                raise LabelError("class filter 'label:' needs a label name, e.g. label:receipts", field, 400,
+                                 "unknown_class")
+            found = known.get(name.strip().casefold())
+            if found is None:
+                hint = f"; the labels are {', '.join(repr(n) for _, n, _ in known.values())}" if known else ""
+                raise LabelError(f"unknown custom label {name!r} in class filter {LABEL_PREFIX}{name}{hint}",
+                                 field, 400, "unknown_class")
+            if found[2] != self.model_id:
+                label = store.get_label_by_id(self.catalog, found[0])
+                raise LabelError(self.stale_message(label) if label else "label changed", field, 409,
+                                 "label_needs_relearning")
+            ids.append(found[0])
+        return tuple(dict.fromkeys(ids))
+
+    def to_json(self, label: StoredLabel, counts: dict[int, int] | None = None) -> dict[str, object]:
+        """The label as the API and `lookalike label show --json` give it."""
+        ids = store.ids_for_hashes(self.catalog, (*label.positives, *label.negatives), self.model_id)
+        positive_ids = sorted(ids[h] for h in label.positives if h in ids)
+        negative_ids = sorted(ids[h] for h in label.negatives if h in ids)
+        state = self.state(label)
+        count = 0 if state in ("stale", "empty") else (
+            counts if counts is not None else store.member_counts(self.catalog)).get(label.id, 0)
+        out: dict[str, object] = {
+            "name": label.name,
+            "state": state,
+            "positive_ids": positive_ids,
+            "negative_ids": negative_ids,
+            "missing_examples": len(label.positives) + len(label.negatives) - len(positive_ids) - len(negative_ids),
+            "threshold": round(label.threshold, 6),
+            "threshold_auto": label.threshold_auto,
+            "default_threshold": label.learning.get("default_threshold"),
+            "count": count,
+            "quality": label.learning.get("quality"),
+            "model_id": label.model_id,
+            "created_at": label.created_at.isoformat(),
+            "updated_at": label.updated_at.isoformat(),
+        }
+        if state == "stale":
+            out["message"] = self.stale_message(label)
+        return out
+
+    def members(self, label: StoredLabel, offset: int, limit: int) -> tuple[list[Member], int]:
+        """Images with a stored score, best first: members, then the near misses of the borderline band."""
+        if self.is_stale(label):
+            raise LabelError(self.stale_message(label), "name", 409, "label_needs_relearning")
+        rows, total = store.scored_members(self.catalog, label.id, offset, limit)
+        low, high = borderline_band(label.threshold)
+        hashes = store.hashes_for_ids(self.catalog, [i for i, _ in rows])
+        positives, negatives = set(label.positives), set(label.negatives)
+
+        def example(image_id: int) -> str | None:
+            h = hashes.get(image_id, ("", ""))[0]
+            return "positive" if h in positives else "negative" if h in negatives else None
+
+        return [Member(i, s, s >= label.threshold, low <= s < high, example(i)) for i, s in rows], total
+
+    # --- changing ------------------------------------------------------------------------
+
+    def create(self, name: object, positive_ids: object, negative_ids: object = None,
+               threshold: object = None) -> StoredLabel:
+        """Learn a new label from its examples (scores come with `rescore`)."""
+        text = check_name(name)
+        positives = _id_list(positive_ids, "positive_ids")
+        negatives = _id_list(negative_ids, "negative_ids")
+        if not positives:
+            raise LabelError("positive_ids must name at least one image of the label", "positive_ids")
+        both = sorted(set(positives) & set(negatives))
+        if both:
+            raise LabelError(f"image {both[0]} is in both positive_ids and negative_ids", "negative_ids")
+        chosen = _threshold(threshold)
+        hashes = self._hashes(positives, "positive_ids") + self._hashes(negatives, "negative_ids")
+        pos_hashes, neg_hashes = hashes[:len(positives)], hashes[len(positives):]
+        if store.get_label(self.catalog, text) is not None:
+            raise LabelError(f"a label named {text!r} exists already", "name", 409, "duplicate_label")
+        learned = self._learn(text, pos_hashes, neg_hashes, 0)
+        try:
+            label = store.create_label(self.catalog, text, learned, pos_hashes, neg_hashes,
+                                       None if isinstance(chosen, _Unchanged) else chosen)
+        except DuplicateLabelError as exc:
+            raise LabelError(str(exc), "name", 409, "duplicate_label") from None
+        log.info("custom label %r learned from %d positive and %d negative examples", text, len(pos_hashes),
+                 len(neg_hashes))
+        return label
+
+    def change(self, name: str, add_positive_ids: object = None, add_negative_ids: object = None,
+               remove_ids: object = None, threshold: object = UNCHANGED, relearn: bool = False) -> StoredLabel:
+        """Add examples (an image given with the other polarity is flipped), remove examples, set the
+        threshold (None: back to the learned default). The label is relearned when its examples change,
+        when asked to, and always when it was learned with another model."""
+        add_pos = _id_list(add_positive_ids, "add_positive_ids")
+        add_neg = _id_list(add_negative_ids, "add_negative_ids")
+        remove = _id_list(remove_ids, "remove_ids")
+        clash = sorted((set(add_pos) & set(add_neg)) | (set(remove) & (set(add_pos) | set(add_neg))))
+        if clash:
+            raise LabelError(f"image {clash[0]} is named twice among add_positive_ids, add_negative_ids and "
+                             "remove_ids", "remove_ids" if clash[0] in remove else "add_negative_ids")
+        chosen = _threshold(threshold)
+        pos_add = self._hashes(add_pos, "add_positive_ids")
+        neg_add = self._hashes(add_neg, "add_negative_ids")
+        for _ in range(SAVE_ATTEMPTS):
+            label = self.get(name)
+            removed = self._removed_hashes(label, remove)
+            positives = [h for h in label.positives if h not in removed and h not in neg_add]
+            negatives = [h for h in label.negatives if h not in removed and h not in pos_add]
+            positives += [h for h in pos_add if h not in positives]
+            negatives += [h for h in neg_add if h not in negatives]
+            if len(positives) + len(negatives) > MAX_EXAMPLES:
+                raise LabelError(f"a label holds at most {MAX_EXAMPLES} examples", "add_positive_ids")
+            changed = (tuple(positives), tuple(negatives)) != (label.positives, label.negatives)
+            learned = None
+            if changed or relearn or self.is_stale(label):
+                learned = self._learn(label.name, positives, negatives, label.version)
+            new_threshold = False if isinstance(chosen, _Unchanged) else chosen
+            if store.save_label(self.catalog, label, learned, positives, negatives, new_threshold):
+                return self.get(label.name)
+        raise LabelError(f"label {name!r} is being changed by someone else; try again", "name", 409, "conflict")
+
+    def delete(self, name: str) -> None:
+        if not store.delete_label(self.catalog, name):
+            raise LabelError(f"no custom label is named {name!r}", "name", 404, "unknown_label")
+
+    # --- scoring -----------------------------------------------------------------------
+
+    def rescore(self, label_id: int) -> bool:
+        """Score every image for a label whose scores are behind; False when there was nothing to do
+        or another process is on it. Images committed meanwhile are scored afterwards, as the tail."""
+        label = store.get_label_by_id(self.catalog, label_id)
+        if label is None or not label.scoring:
+            return False
+        max_id = self.catalog.max_image_id()
+        if label.weights is None or self.is_stale(label):
+            return store.replace_scores(self.catalog, label, 1.0, max_id, np.empty(0, np.int64), np.empty(0))
+        if not store.claim_rescoring(self.catalog, label):
+            return False
+        try:
+            floor = floor_for(label.threshold)
+            ids, scores = self._score_range(label, 0, max_id, floor)
+            done = store.replace_scores(self.catalog, label, floor, max_id, ids, scores)
+        finally:
+            store.release_claim(self.catalog, label.id)
+        if done:
+            log.info("custom label %r: %d images scored at or above %.3f", label.name, len(ids), floor)
+            self.score_new_images()
+        return done
+
+    def pending(self) -> list[int]:
+        """Ids of the labels whose scores are behind (a rescoring that has not finished)."""
+        return [label.id for label in self.all() if label.scoring]
+
+    def score_new_images(self) -> int:
+        """Score the images committed after each label's last scoring; returns how many labels gained scores."""
+        labels = [label for label in self.all()
+                  if label.weights is not None and not label.scoring and not self.is_stale(label)]
+        if not labels:
+            return 0
+        max_id = self.catalog.max_image_id()
+        start = min(label.scored_max_id for label in labels)
+        if start >= max_id:
+            return 0
+        kept: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {label.id: [] for label in labels}
+        examples = {label.id: self._example_ids(label) for label in labels}
+        for ids, vectors in store.iter_vectors(self.catalog, start, max_id):
+            for label in labels:
+                newer = ids > label.scored_max_id
+                if not newer.any():
+                    continue
+                scores = self._scores(label, ids[newer], vectors[newer], examples[label.id])
+                keep = scores >= label.scored_floor
+                kept[label.id].append((ids[newer][keep], scores[keep]))
+        written = 0
+        for label in labels:
+            parts = kept[label.id]
+            ids = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.int64)
+            scores = np.concatenate([p[1] for p in parts]) if parts else np.empty(0, np.float32)
+            written += store.append_scores(self.catalog, label, max_id, ids, scores)
+        return written
+
+    def catch_up(self) -> None:
+        """After indexing: forget examples whose images are gone (relearning those labels), finish
+        pending scorings, score new images."""
+        self.forget_missing_examples()
+        for label_id in self.pending():
+            self.rescore(label_id)
+        self.score_new_images()
+
+    def forget_missing_examples(self) -> list[str]:
+        """Drop examples no image holds any more (their files left the library) and relearn those labels;
+        a label left without positives becomes empty. Returns the names of the labels changed."""
+        changed = []
+        for label_id, gone in store.missing_examples(self.catalog, self.model_id).items():
+            for _ in range(SAVE_ATTEMPTS):
+                label = store.get_label_by_id(self.catalog, label_id)
+                if label is None:
+                    break
+                positives = [h for h in label.positives if h not in gone]
+                negatives = [h for h in label.negatives if h not in gone]
+                learned = self._learn(label.name, positives, negatives, label.version)
+                if store.save_label(self.catalog, label, learned, positives, negatives, False):
+                    log.info("custom label %r: %d example image(s) left the library; %s", label.name,
+                             len(gone), f"relearned from {len(positives)} positive example(s)" if positives
+                             else "no positive example is left, so the label is empty")
+                    changed.append(label.name)
+                    break
+        return changed
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _hashes(self, ids: list[int], field: str) -> list[str]:
+        found = store.hashes_for_ids(self.catalog, ids)
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise LabelError(f"{field}: no indexed image has id {missing[0]}"
+                             + (f" (nor {len(missing) - 1} more)" if len(missing) > 1 else ""), field)
+        other = [i for i in ids if found[i][1] != self.model_id]
+        if other:
+            raise LabelError(f"{field}: image {other[0]} was indexed with model {found[other[0]][1]}, not "
+                             f"{self.model_id}: index the library again first", field, 409, "model_mismatch")
+        return [found[i][0] for i in ids]
+
+    def _removed_hashes(self, label: StoredLabel, ids: list[int]) -> set[str]:
+        found = store.hashes_for_ids(self.catalog, ids)
+        examples = set(label.positives) | set(label.negatives)
+        for i in ids:
+            if i not in found or found[i][0] not in examples:
+                raise LabelError(f"remove_ids: image {i} is not an example of label {label.name!r}", "remove_ids")
+        return {found[i][0] for i in ids}
+
+    def _example_ids(self, label: StoredLabel) -> tuple[set[int], set[int]]:
+        ids = store.ids_for_hashes(self.catalog, (*label.positives, *label.negatives), self.model_id)
+        return ({ids[h] for h in label.positives if h in ids}, {ids[h] for h in label.negatives if h in ids})
+
+    def _learn(self, name: str, positives: Sequence[str], negatives: Sequence[str], salt: int) -> Learned:
+        """Weights from the examples' vectors under the current model (a label without positives is empty)."""
+        ids = store.ids_for_hashes(self.catalog, (*positives, *negatives), self.model_id)
+        pos_ids = [ids[h] for h in positives if h in ids]
+        neg_ids = [ids[h] for h in negatives if h in ids]
+        if not pos_ids:
+            return Learned(self.model_id, None, 0.0, 1.0, None)
+        vectors = self.catalog.embeddings(pos_ids + neg_ids)
+        seed = zlib.crc32(name.casefold().encode()) ^ salt
+        background = self._background(set(pos_ids) | set(neg_ids), len(vectors[pos_ids[0]]), seed)
+        try:
+            learned = learn_label(np.stack([vectors[i] for i in pos_ids]),
+                                  np.stack([vectors[i] for i in neg_ids]) if neg_ids else np.empty((0, 0)),
+                                  background, seed=seed)
+        except LearningError as exc:
+            raise LabelError(f"cannot learn label {name!r}: {exc}", "positive_ids", 409, "model_mismatch") from None
+        quality = learned.quality.to_json() if learned.quality else None
+        return Learned(self.model_id, learned.weights, learned.bias, learned.threshold, quality)
+
+    def _background(self, exclude: set[int], dimension: int, seed: int) -> np.ndarray:
+        """Vectors of up to `self.background` random library images that are not examples."""
+        ids = self.catalog.image_ids()
+        ids = ids[~np.isin(ids, np.fromiter(exclude, np.int64, len(exclude)))]
+        rng = np.random.default_rng(seed)
+        chosen = rng.choice(ids, size=min(self.background, len(ids)), replace=False) if len(ids) else ids
+        vectors = self.catalog.embeddings([int(i) for i in chosen])
+        rows = [v for v in vectors.values() if len(v) == dimension]
+        return np.stack(rows) if rows else np.zeros((0, dimension), np.float32)
+
+    def _score_range(self, label: StoredLabel, after_id: int, up_to_id: int,
+                     floor: float) -> tuple[np.ndarray, np.ndarray]:
+        examples = self._example_ids(label)
+        found_ids, found_scores = [], []
+        for ids, vectors in store.iter_vectors(self.catalog, after_id, up_to_id):
+            scores = self._scores(label, ids, vectors, examples)
+            keep = scores >= floor
+            found_ids.append(ids[keep])
+            found_scores.append(scores[keep])
+        if not found_ids:
+            return np.empty(0, np.int64), np.empty(0, np.float32)
+        return np.concatenate(found_ids), np.concatenate(found_scores)
+
+    @staticmethod
+    def _scores(label: StoredLabel, ids: np.ndarray, vectors: np.ndarray,
+                examples: tuple[set[int], set[int]]) -> np.ndarray:
+        """The label's scores of `vectors`; the user's word decides for examples (1 for positives, 0 for negatives)."""
+        assert label.weights is not None
+        if vectors.shape[1] != len(label.weights):
+            return np.zeros(len(ids), np.float32)
+        scores = vectors @ label.weights + np.float32(label.bias)
+        scores = (1.0 / (1.0 + np.exp(-np.clip(scores, -60, 60)))).astype(np.float32)
+        positives, negatives = examples
+        if positives or negatives:
+            scores[np.isin(ids, list(positives))] = 1.0
+            scores[np.isin(ids, list(negatives))] = 0.0
+        return scores
+
+
+def keep_labels_up_to_date(catalog: Catalog, model_id: str, step: str) -> None:
+    """Run a LabelBook step ("score_new_images" or "catch_up") for a writer; a failure is logged, not raised:
+    the images are committed whatever becomes of their label scores, and the next run catches up."""
+    try:
+        getattr(LabelBook(catalog, model_id), step)()
+    except Exception:
+        log.exception("custom labels could not be brought up to date (%s); the next indexing run retries", step)
+
+
+def _threshold(value: object) -> float | None | _Unchanged:
+    """A threshold from a request: a number from 0 to 1, None (the learned default) or UNCHANGED."""
+    if value is UNCHANGED or isinstance(value, _Unchanged):
+        return UNCHANGED
+    if value is None or value == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) <= 1.0:
+        raise LabelError(f"threshold must be a number from 0 to 1, or null for the learned default; got {value!r}",
+                         "threshold")
+    return float(value)
