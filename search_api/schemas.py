@@ -23,7 +23,8 @@ class SearchParams(BaseModel):
     class_: list[str] = Field(
         default_factory=list, alias="class",
         description="Keep only images of these ImageNet classes or WordNet concepts (class id, class name, concept "
-                    "name such as dog or vehicle, or WordNet id; repeat for any of several). See class_rule.")
+                    "name such as dog or vehicle, or WordNet id) or custom labels (label:<name>); repeat for any "
+                    "of several. See class_rule.")
     class_rule: Literal["top1", "top5"] = Field(
         "top5", description="top5: an image matches a class that is its top-1 prediction, or in its top-5 with "
                             "probability >= class_min_probability; top1: only its top-1 prediction counts.")
@@ -66,11 +67,17 @@ class Label(BaseModel):
     probability: float
 
 
+class CustomLabelScore(BaseModel):
+    name: str = Field(description="A custom label the image has (filter with class=label:<name>).")
+    score: float = Field(ge=0.0, le=1.0, description="The image's score for it (at or above its threshold).")
+
+
 class Hit(BaseModel):
     id: int
     path: str
     score: float = Field(description="Cosine similarity of the feature vectors.")
     labels: list[Label] = Field(description="Top-5 ImageNet predictions of the image.")
+    custom_labels: list[CustomLabelScore] = Field(description="The custom labels the image has, best score first.")
     file_url: str
     thumbnail_url: str = Field(description="A small upright WebP preview without metadata.")
     duplicates: list[int] = Field(default_factory=list,
@@ -127,18 +134,21 @@ class ImageDetails(BaseModel):
     size: int
     content_hash: str
     labels: list[Label]
+    custom_labels: list[CustomLabelScore] = Field(default_factory=list,
+                                                  description="The custom labels the image has, best score first.")
     file_url: str
     thumbnail_url: str = Field(description="A small upright WebP preview without metadata.")
 
 
 class ClassCount(BaseModel):
-    kind: Literal["class", "concept"]
-    class_id: int | None = Field(description="ImageNet class index; null for a concept.")
+    kind: Literal["class", "concept", "label"]
+    class_id: int | None = Field(description="ImageNet class index; null for a concept or a custom label.")
     name: str = Field(description="A value for the class parameter that selects exactly this entry.")
     count: int = Field(description="Images matching it under the class rule.")
     concept_id: str | None = Field(None, description="Concepts: the WordNet id.")
     names: list[str] | None = Field(None, description="Concepts: every WordNet name.")
     classes: int | None = Field(None, description="Concepts: number of ImageNet classes below it.")
+    label: str | None = Field(None, description="Custom labels: the label's name (`name` is label:<name>).")
 
 
 class ClassesResponse(BaseModel):
@@ -155,7 +165,8 @@ class ClassesParams(BaseModel):
 
 class BrowseParams(BaseModel):
     class_: list[str] = Field(default_factory=list, alias="class",
-                              description="Classes or concepts to list (repeatable); none: every image, newest first.")
+                              description="Classes, concepts or custom labels (label:<name>) to list (repeatable); "
+                                          "none: every image, newest first.")
     class_rule: Literal["top1", "top5"] = Field("top5", description="When an image counts as showing a class.")
     class_min_probability: float = Field(None, ge=0.0, le=1.0,  # type: ignore[assignment]
                                          description="Minimum probability of a top-5 match.")
@@ -164,12 +175,14 @@ class BrowseParams(BaseModel):
 
 
 class MatchedClass(BaseModel):
-    class_id: int
-    name: str
+    class_id: int | None = Field(description="ImageNet class index; null for a custom label.")
+    name: str = Field(description="The class name, or label:<name> for a custom label.")
+    label: str | None = Field(None, description="Custom labels: the label's name.")
 
 
 class BrowseImage(ImageDetails):
-    probability: float = Field(description="Probability of the image's most probable matching class.")
+    probability: float = Field(description="Probability of the image's most probable matching class (for a custom "
+                                           "label: its score).")
     matched_class: MatchedClass
 
 
@@ -206,3 +219,87 @@ class Ready(Stats):
     status: str
     in_step: bool = Field(description="The index holds exactly the catalog's images (false for a moment while an "
                                       "indexer runs).")
+
+
+# --- custom labels ------------------------------------------------------------------------------
+
+IDS = "Catalog ids of indexed images."
+
+
+class LabelCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=64,
+                      description="Unique (ignoring case); letters, digits, spaces and -_.'&()+#@!, ; not the name "
+                                  "of an ImageNet class.")
+    positive_ids: list[int] = Field(min_length=1, description=f"Images of the label. {IDS}")
+    negative_ids: list[int] = Field(default_factory=list, description=f"Images that are not of the label. {IDS}")
+    threshold: float | None = Field(None, ge=0.0, le=1.0,
+                                    description="Lowest score of an image that has the label; null: the learned "
+                                                "default.")
+
+
+class LabelChange(BaseModel):
+    add_positive_ids: list[int] = Field(default_factory=list,
+                                        description=f"New positive examples (a negative example moves over). {IDS}")
+    add_negative_ids: list[int] = Field(default_factory=list,
+                                        description=f"New negative examples (a positive example moves over). {IDS}")
+    remove_ids: list[int] = Field(default_factory=list, description=f"Examples to forget. {IDS}")
+    threshold: float | None = Field(None, ge=0.0, le=1.0,
+                                    description="Set the threshold; null: back to the learned default; absent: keep.")
+    relearn: bool = Field(False, description="Learn again from the examples (needed after a model change).")
+
+
+class LabelQuality(BaseModel):
+    folds: int = Field(description="Cross-validation folds over the positive examples.")
+    auc: float = Field(description="Chance that a positive example the label did not see scores above a random "
+                                   "library image.")
+    recall: float = Field(description="Share of held-out positive examples at or above the default threshold.")
+
+
+class CustomLabel(BaseModel):
+    name: str
+    state: Literal["ready", "scoring", "empty", "stale"] = Field(
+        description="ready; scoring: new scores are being computed (the old ones answer meanwhile); empty: no "
+                    "positive example is left; stale: learned with another model, relearn it to use it.")
+    positive_ids: list[int]
+    negative_ids: list[int]
+    missing_examples: int = Field(description="Examples whose images are not in the catalog under the current model.")
+    threshold: float
+    threshold_auto: bool = Field(description="The threshold follows the learned default.")
+    default_threshold: float | None = Field(description="The threshold learning suggests (cross-validated).")
+    count: int = Field(description="Images that have the label.")
+    quality: LabelQuality | None = Field(description="Cross-validated estimate; null with fewer than 3 positives.")
+    model_id: str = Field(description="The model whose vectors the label was learned on.")
+    created_at: str
+    updated_at: str
+    message: str | None = Field(None, description="For a stale label: how to relearn it.")
+
+
+class LabelList(BaseModel):
+    labels: list[CustomLabel]
+
+
+class LabelDeleted(BaseModel):
+    name: str
+    deleted: bool
+
+
+class MembersParams(BaseModel):
+    offset: int = Field(0, ge=0, description="Images to skip.")
+    limit: int = Field(50, ge=1, le=500, description="Images per page.")
+
+
+class LabelMember(ImageDetails):
+    score: float = Field(description="The image's score for the label.")
+    member: bool = Field(description="At or above the threshold: the image has the label.")
+    borderline: bool = Field(description="Close to the threshold: worth confirming or rejecting.")
+    example: Literal["positive", "negative"] | None = Field(description="The image is an example of the label.")
+
+
+class LabelMembers(BaseModel):
+    label: CustomLabel
+    members: list[LabelMember] = Field(description="Best score first: the members, then the near misses.")
+    total: int
+    offset: int
+    limit: int
+    next_offset: int | None
+    borderline: list[float] = Field(description="The scores counted as borderline: [low, high).")
