@@ -182,8 +182,9 @@ def set_threshold(obj: CliContext, name: str, threshold: str, as_json: bool) -> 
         try:
             value = float(threshold)
         except ValueError:
-            raise click.BadParameter(f"{threshold!r} is not a number from 0 to 1 nor 'auto'",
-                                     param_hint="THRESHOLD") from None
+            value = -1.0
+        if not 0.0 <= value <= 1.0:
+            raise click.BadParameter(f"{threshold!r} is not a number from 0 to 1 nor 'auto'", param_hint="THRESHOLD")
     with _book(obj) as book:
         book.change(name, threshold=value)
         _report(_rescore(book, name), as_json)
