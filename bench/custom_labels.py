@@ -234,8 +234,10 @@ def main() -> None:
     parser.add_argument("--learners", default=",".join(LEARNERS), help="comma-separated names (see LEARNERS)")
     parser.add_argument("--rescore", type=int, default=100_000, help="catalog size for the rescoring time (0: skip)")
     parser.add_argument("--dim", type=int, default=1792)
-    parser.add_argument("--database-url", default=None, help="catalog for the rescoring time (default: SQLite in a "
-                        "temporary folder); its tables are created and must be empty")
+    parser.add_argument("--database-url", default=None, help="catalog for the rescoring time (default: SQLite in "
+                        "--work-dir); it must be empty or hold the bench's images")
+    parser.add_argument("--work-dir", type=Path, default=Path("build/label-bench"),
+                        help="where the synthetic catalog and its index are kept between runs")
     args = parser.parse_args()
     if args.tree:
         files, labels, names = tree_files(args.tree)
@@ -245,7 +247,7 @@ def main() -> None:
     if args.rescore:
         from bench.label_timing import timings
 
-        timings(args.rescore, args.dim, args.database_url)
+        timings(args.rescore, args.dim, args.database_url, args.work_dir)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -25,6 +26,7 @@ from indexer.label_learning import LearningError, learn_label
 from indexer.labels import CUSTOM_LABEL_PREFIX, imagenet_classes
 from storage import labels as store
 from storage.catalog import MAX_IMAGE_ID, Catalog
+from storage.label_scan import index_scores, published_vectors
 from storage.labels import DuplicateLabelError, Learned, StoredLabel, borderline_band, floor_for
 
 log = logging.getLogger(__name__)
@@ -117,10 +119,13 @@ def _id_list(value: object, field: str) -> list[int]:
 class LabelBook:
     """Labels of one catalog, for the model `model_id` (the one the catalog's vectors come from)."""
 
-    def __init__(self, catalog: Catalog, model_id: str, background: int = BACKGROUND_IMAGES) -> None:
+    def __init__(self, catalog: Catalog, model_id: str, background: int = BACKGROUND_IMAGES,
+                 index_dir: Path | None = None) -> None:
+        """`index_dir`: where the published index generations are, to score from them instead of the catalog."""
         self.catalog = catalog
         self.model_id = model_id
         self.background = background
+        self.index_dir = index_dir
 
     # --- reading -------------------------------------------------------------------------
 
@@ -292,7 +297,7 @@ class LabelBook:
             return False
         try:
             floor = floor_for(label.threshold)
-            ids, scores = self._score_range(label, 0, max_id, floor)
+            ids, scores = self._score_all(label, max_id, floor)
             done = store.replace_scores(self.catalog, label, floor, max_id, ids, scores)
         finally:
             store.release_claim(self.catalog, label.id)
@@ -316,20 +321,17 @@ class LabelBook:
         if start >= max_id:
             return 0
         kept: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {label.id: [] for label in labels}
-        examples = {label.id: self._example_ids(label) for label in labels}
         for ids, vectors in store.iter_vectors(self.catalog, start, max_id):
             for label in labels:
                 newer = ids > label.scored_max_id
-                if not newer.any():
-                    continue
-                scores = self._scores(label, ids[newer], vectors[newer], examples[label.id])
-                keep = scores >= label.scored_floor
-                kept[label.id].append((ids[newer][keep], scores[keep]))
+                if newer.any():
+                    scores = self._scores(label, vectors[newer])
+                    keep = scores >= label.scored_floor
+                    kept[label.id].append((ids[newer][keep], scores[keep]))
         written = 0
         for label in labels:
-            parts = kept[label.id]
-            ids = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.int64)
-            scores = np.concatenate([p[1] for p in parts]) if parts else np.empty(0, np.float32)
+            ids, scores = _joined(kept[label.id])
+            ids, scores = self._with_examples(label, ids, scores, label.scored_max_id, max_id)
             written += store.append_scores(self.catalog, label, max_id, ids, scores)
         return written
 
@@ -407,49 +409,81 @@ class LabelBook:
         return Learned(self.model_id, learned.weights, learned.bias, learned.threshold, quality)
 
     def _background(self, exclude: set[int], dimension: int, seed: int) -> np.ndarray:
-        """Vectors of up to `self.background` random library images that are not examples."""
-        ids = self.catalog.image_ids()
-        ids = ids[~np.isin(ids, np.fromiter(exclude, np.int64, len(exclude)))]
+        """Vectors of up to `self.background` random library images that are not examples.
+
+        Large libraries are sampled by drawing random ids below the highest one (ids have few gaps);
+        small ones are simply listed."""
         rng = np.random.default_rng(seed)
-        chosen = rng.choice(ids, size=min(self.background, len(ids)), replace=False) if len(ids) else ids
-        vectors = self.catalog.embeddings([int(i) for i in chosen])
-        rows = [v for v in vectors.values() if len(v) == dimension]
+        count, max_id = self.catalog.count_images(), self.catalog.max_image_id()
+        wanted = min(self.background, max(count - len(exclude), 0))
+        found: dict[int, np.ndarray] = {}
+        if count > 4 * self.background:
+            for _ in range(8):
+                missing = wanted - len(found)
+                if missing <= 0:
+                    break
+                draw = rng.integers(1, max_id + 1, size=int(missing * max_id / count * 1.2) + 16)
+                fresh = [int(i) for i in np.unique(draw) if int(i) not in exclude and int(i) not in found]
+                found.update(self.catalog.embeddings(fresh[:missing]))
+        if len(found) < wanted:
+            ids = self.catalog.image_ids()
+            ids = ids[~np.isin(ids, np.fromiter(exclude, np.int64, len(exclude)))]
+            chosen = rng.choice(ids, size=min(wanted, len(ids)), replace=False) if len(ids) else ids
+            found = self.catalog.embeddings([int(i) for i in chosen])
+        rows = [v for v in found.values() if len(v) == dimension]
         return np.stack(rows) if rows else np.zeros((0, dimension), np.float32)
 
-    def _score_range(self, label: StoredLabel, after_id: int, up_to_id: int,
-                     floor: float) -> tuple[np.ndarray, np.ndarray]:
-        examples = self._example_ids(label)
-        found_ids, found_scores = [], []
-        for ids, vectors in store.iter_vectors(self.catalog, after_id, up_to_id):
-            scores = self._scores(label, ids, vectors, examples)
+    def _score_all(self, label: StoredLabel, max_id: int, floor: float) -> tuple[np.ndarray, np.ndarray]:
+        """Every image's score at or above `floor`: from the published index where it can be scanned (and the
+        catalog for the images after it), else from the catalog alone."""
+        assert label.weights is not None
+        published = published_vectors(self.index_dir, self.catalog, self.model_id) if self.index_dir else None
+        parts = []
+        start = 0
+        if published is not None and published.index.dimension == len(label.weights):
+            ids, scores = index_scores(published.index, label.weights, label.bias, floor)
+            parts.append((ids, scores))
+            start = published.high_water
+        for ids, vectors in store.iter_vectors(self.catalog, start, max_id):
+            scores = self._scores(label, vectors)
             keep = scores >= floor
-            found_ids.append(ids[keep])
-            found_scores.append(scores[keep])
-        if not found_ids:
-            return np.empty(0, np.int64), np.empty(0, np.float32)
-        return np.concatenate(found_ids), np.concatenate(found_scores)
+            parts.append((ids[keep], scores[keep]))
+        ids, scores = _joined(parts)
+        return self._with_examples(label, ids, scores, 0, max_id)
+
+    def _with_examples(self, label: StoredLabel, ids: np.ndarray, scores: np.ndarray, after_id: int,
+                       up_to_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """The user's word decides for examples: a positive scores 1 (and is stored whatever the model
+        said), a negative 0 (not stored); only examples with after_id < id <= up_to_id are concerned."""
+        positives, negatives = self._example_ids(label)
+        positives = {i for i in positives if after_id < i <= up_to_id}
+        keep = ~np.isin(ids, np.fromiter(negatives | positives, np.int64, len(negatives | positives)))
+        extra = np.fromiter(sorted(positives), np.int64, len(positives))
+        return (np.concatenate([ids[keep], extra]),
+                np.concatenate([scores[keep], np.ones(len(extra), np.float32)]))
 
     @staticmethod
-    def _scores(label: StoredLabel, ids: np.ndarray, vectors: np.ndarray,
-                examples: tuple[set[int], set[int]]) -> np.ndarray:
-        """The label's scores of `vectors`; the user's word decides for examples (1 for positives, 0 for negatives)."""
+    def _scores(label: StoredLabel, vectors: np.ndarray) -> np.ndarray:
+        """The label's scores of `vectors` (zeros for vectors of another dimension)."""
         assert label.weights is not None
         if vectors.shape[1] != len(label.weights):
-            return np.zeros(len(ids), np.float32)
-        scores = vectors @ label.weights + np.float32(label.bias)
-        scores = (1.0 / (1.0 + np.exp(-np.clip(scores, -60, 60)))).astype(np.float32)
-        positives, negatives = examples
-        if positives or negatives:
-            scores[np.isin(ids, list(positives))] = 1.0
-            scores[np.isin(ids, list(negatives))] = 0.0
-        return scores
+            return np.zeros(len(vectors), np.float32)
+        logits = vectors @ label.weights + np.float32(label.bias)
+        return (1.0 / (1.0 + np.exp(-np.clip(logits, -60, 60)))).astype(np.float32)
 
 
-def keep_labels_up_to_date(catalog: Catalog, model_id: str, step: str) -> None:
+def _joined(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    if not parts:
+        return np.empty(0, np.int64), np.empty(0, np.float32)
+    return (np.concatenate([p[0] for p in parts]).astype(np.int64),
+            np.concatenate([p[1] for p in parts]).astype(np.float32))
+
+
+def keep_labels_up_to_date(catalog: Catalog, model_id: str, step: str, index_dir: Path | None = None) -> None:
     """Run a LabelBook step ("score_new_images" or "catch_up") for a writer; a failure is logged, not raised:
     the images are committed whatever becomes of their label scores, and the next run catches up."""
     try:
-        getattr(LabelBook(catalog, model_id), step)()
+        getattr(LabelBook(catalog, model_id, index_dir=index_dir), step)()
     except Exception:
         log.exception("custom labels could not be brought up to date (%s); the next indexing run retries", step)
 

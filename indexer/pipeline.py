@@ -198,7 +198,7 @@ class LibraryIndexer:
             report.removed = len(plan.removed)
         self._rebuild_if_needed()
         self._publish()
-        keep_labels_up_to_date(self.catalog, self.model_id, "catch_up")
+        keep_labels_up_to_date(self.catalog, self.model_id, "catch_up", self.store.directory)
         if self._pruned_content and self.settings.indexer.thumbnail_size:
             prune_thumbnails(self.settings.storage.data_dir, self.catalog.content_hashes())
         report.seconds = time.perf_counter() - started
@@ -305,7 +305,7 @@ class LibraryIndexer:
             return
         ids, orphans = self.catalog.apply(new_images=new_images, files=files, rejected=rejected)
         if ids:
-            keep_labels_up_to_date(self.catalog, self.model_id, "score_new_images")
+            keep_labels_up_to_date(self.catalog, self.model_id, "score_new_images", self.store.directory)
         vectors = np.stack([img.embedding for img in new_images]) if new_images else None
         self._index_changes(ids, vectors, orphans)
         interval = self.settings.indexer.publish_every_seconds

@@ -32,7 +32,7 @@ def _book(obj: CliContext) -> Iterator[LabelBook]:
         raise click.ClickException(str(exc)) from None
     catalog = Catalog(settings.storage.resolved_database_url())
     try:
-        yield LabelBook(catalog, mid)
+        yield LabelBook(catalog, mid, index_dir=settings.storage.data_dir / "index")
     except LabelError as exc:
         raise click.ClickException(str(exc)) from None
     finally:

@@ -35,7 +35,7 @@ class LabelJobs:
         self._lock = threading.Lock()
 
     def book(self) -> LabelBook:
-        return LabelBook(self.service.catalog, self.service.model_id)
+        return LabelBook(self.service.catalog, self.service.model_id, index_dir=self.service.store.directory)
 
     def rescore(self, label_id: int) -> Future[bool]:
         with self._lock:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
-from sqlalchemy import and_, delete, func, insert, or_, select, union_all, update
+from sqlalchemy import and_, delete, func, or_, select, union_all, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -247,9 +247,11 @@ def ids_for_hashes(catalog: Catalog, hashes: Iterable[str], model_id: str) -> di
     found: dict[str, int] = {}
     with catalog.session() as s:
         for start in range(0, len(wanted), 500):
-            rows = s.execute(select(ImageRow.content_hash, ImageRow.id).where(
-                ImageRow.content_hash.in_(wanted[start:start + 500]), ImageRow.model_id == model_id))
-            found.update({h: int(i) for h, i in rows})
+            # By hash alone (its unique index), the model checked here: given both, a database without
+            # statistics may scan the model's index, which every row matches.
+            rows = s.execute(select(ImageRow.content_hash, ImageRow.id, ImageRow.model_id)
+                             .where(ImageRow.content_hash.in_(wanted[start:start + 500])))
+            found.update({h: int(i) for h, i, m in rows if m == model_id})
     return found
 
 
@@ -326,8 +328,10 @@ def _iter_vectors_binary(catalog: Catalog, after_id: int, up_to_id: int,
 
 def _stack(rows: Sequence[Sequence[object]]) -> tuple[np.ndarray, np.ndarray]:
     ids = np.fromiter((int(r[0]) for r in rows), dtype=np.int64, count=len(rows))  # type: ignore[call-overload]
-    blob = b"".join(bytes(r[1]) for r in rows)  # type: ignore[call-overload]
-    return ids, np.frombuffer(blob, dtype="<f4").reshape(len(rows), -1)
+    vectors = np.empty((len(rows), len(rows[0][1]) // 4), dtype="<f4")  # type: ignore[arg-type]
+    for k, row in enumerate(rows):
+        vectors[k] = np.frombuffer(row[1], dtype="<f4")  # type: ignore[call-overload]
+    return ids, vectors
 
 
 # --- writing ------------------------------------------------------------------------------------
@@ -463,10 +467,32 @@ def append_scores(catalog: Catalog, label: StoredLabel, max_id: int, ids: np.nda
 
 
 def _insert_scores(s: Session, label_id: int, ids: np.ndarray, scores: np.ndarray) -> None:
+    """Insert the scores of the images that still exist (ids read from an index, or read before a
+    deletion, may not), in id order, through the driver's executemany (no ORM: 100,000 rows)."""
+    if len(ids) == 0:
+        return
+    order = np.argsort(ids, kind="stable")
+    ids, scores = ids[order], scores[order]
+    keep = np.isin(ids, _existing_ids(s, ids))
+    ids, scores = ids[keep], scores[keep]
+    conn = s.connection()
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    sql = f"INSERT INTO {LabelScoreRow.__tablename__} (label_id, image_id, score) VALUES ({mark}, {mark}, {mark})"
     for start in range(0, len(ids), INSERT_CHUNK):
-        rows = [{"label_id": label_id, "image_id": int(i), "score": float(v)}
-                for i, v in zip(ids[start:start + INSERT_CHUNK], scores[start:start + INSERT_CHUNK], strict=True)]
-        s.execute(insert(LabelScoreRow), rows)
+        rows = [(label_id, int(i), float(v)) for i, v in zip(ids[start:start + INSERT_CHUNK].tolist(),
+                                                              scores[start:start + INSERT_CHUNK].tolist(), strict=True)]
+        conn.exec_driver_sql(sql, rows)
+
+
+def _existing_ids(s: Session, ids: np.ndarray) -> np.ndarray:
+    """Which of the sorted `ids` are images: a few by IN lists, many by one scan of their id range."""
+    if len(ids) <= 2_000:
+        found: list[int] = []
+        for start in range(0, len(ids), 500):
+            found.extend(s.scalars(select(ImageRow.id).where(ImageRow.id.in_(ids[start:start + 500].tolist()))))
+        return np.asarray(found, dtype=np.int64)
+    in_range = select(ImageRow.id).where(ImageRow.id >= int(ids[0]), ImageRow.id <= int(ids[-1]))
+    return np.fromiter(s.scalars(in_range), dtype=np.int64)
 
 
 def floor_for(threshold: float) -> float:
