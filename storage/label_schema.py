@@ -18,7 +18,8 @@ from storage.schema import Base, _now
 class CustomLabelRow(Base):
     """A label: its name, the model whose vectors it was learned on, its weights and threshold.
 
-    `version` grows with every change that needs new scores; `scored_version` is the version whose
+    `revision` grows with every change (writers compare and set it); `version` grows with every change
+    that needs new scores; `scored_version` is the version whose
     scores the scores table holds (they differ while a rescoring is pending), `scored_floor` the
     lowest score stored and `scored_max_id` the highest image id scored so far (newer images are
     the tail still to score).
@@ -36,6 +37,7 @@ class CustomLabelRow(Base):
     threshold_auto: Mapped[bool] = mapped_column(Boolean, default=True)  # follows the learned default
     # JSON: what learning reported (the default threshold, the cross-validated quality estimate).
     learning: Mapped[str | None] = mapped_column(Text, nullable=True)
+    revision: Mapped[int] = mapped_column(Integer, default=0)
     version: Mapped[int] = mapped_column(Integer, default=1)
     scored_version: Mapped[int] = mapped_column(Integer, default=0)
     scored_floor: Mapped[float] = mapped_column(Float, default=1.0)

@@ -45,6 +45,7 @@ class StoredLabel:
     threshold: float
     threshold_auto: bool
     learning: dict[str, object]  # default_threshold, quality (or None)
+    revision: int
     version: int
     scored_version: int
     scored_floor: float
@@ -83,7 +84,7 @@ def _stored(row: CustomLabelRow, examples: Sequence[LabelExampleRow] = ()) -> St
     return StoredLabel(
         id=row.id, name=row.name, model_id=row.model_id, weights=weights, bias=float(row.bias),
         threshold=float(row.threshold), threshold_auto=bool(row.threshold_auto),
-        learning=json.loads(row.learning) if row.learning else {}, version=row.version,
+        learning=json.loads(row.learning) if row.learning else {}, revision=row.revision, version=row.version,
         scored_version=row.scored_version, scored_floor=float(row.scored_floor), scored_max_id=row.scored_max_id,
         created_at=row.created_at, updated_at=row.updated_at,
         positives=tuple(e.content_hash for e in examples if e.positive),
@@ -344,7 +345,7 @@ def create_label(catalog: Catalog, name: str, learned: Learned, positives: Seque
     row = CustomLabelRow(name=name, name_key=name_key(name), model_id=learned.model_id,
                          weights=_blob(learned.weights), bias=learned.bias,
                          threshold=learned.threshold if threshold is None else threshold,
-                         threshold_auto=threshold is None, learning=learned.report(), version=1,
+                         threshold_auto=threshold is None, learning=learned.report(), revision=0, version=1,
                          scored_version=0, scored_floor=1.0, scored_max_id=0, created_at=now, updated_at=now)
     try:
         with catalog.session() as s, s.begin():
@@ -363,13 +364,13 @@ def create_label(catalog: Catalog, name: str, learned: Learned, positives: Seque
 
 def save_label(catalog: Catalog, label: StoredLabel, learned: Learned | None, positives: Sequence[str],
                negatives: Sequence[str], threshold: float | None | bool) -> bool:
-    """Replace the examples and (when `learned` is given) the weights, if the label is still at `label.version`.
+    """Replace the examples and (when `learned` is given) the weights, if the label is still at `label.revision`.
 
     `threshold`: a number sets it; None returns it to the learned default; False leaves it as it is.
     The version grows (new scores are needed) unless only a threshold within the stored scores changed.
     Returns False when the label changed (or went) meanwhile: nothing was written.
     """
-    values: dict[str, object] = {"updated_at": _now()}
+    values: dict[str, object] = {"updated_at": _now(), "revision": label.revision + 1}
     if learned is not None:
         values.update(model_id=learned.model_id, weights=_blob(learned.weights), bias=learned.bias,
                       learning=learned.report())
@@ -386,7 +387,7 @@ def save_label(catalog: Catalog, label: StoredLabel, learned: Learned | None, po
     now = values["updated_at"]
     with catalog.session() as s, s.begin():
         changed = s.execute(update(CustomLabelRow).where(CustomLabelRow.id == label.id,
-                                                         CustomLabelRow.version == label.version).values(**values))
+                                                         CustomLabelRow.revision == label.revision).values(**values))
         if changed.rowcount != 1:
             return False
         _replace_examples(s, label, positives, negatives, now)  # type: ignore[arg-type]

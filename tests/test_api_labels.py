@@ -92,7 +92,8 @@ def test_teach_read_change_and_delete_a_label(client: FlaskClient) -> None:
     assert created.status_code == 201 and created.headers["Location"].endswith("/api/v1/labels/Reds")
     body = created.get_json()
     assert body["name"] == "Reds" and body["state"] == "ready" and body["count"] == 6
-    assert body["positive_ids"] == sorted(ids["red"][:2]) and body["negative_ids"] == [] and body["missing_examples"] == 0
+    assert body["positive_ids"] == sorted(ids["red"][:2]) and body["negative_ids"] == []
+    assert body["missing_examples"] == 0
     assert body["threshold_auto"] and body["threshold"] == body["default_threshold"]
     assert body["quality"] is None  # two examples are too few for an estimate
     assert client.get("/api/v1/labels/reds").get_json() == body  # any case
@@ -144,6 +145,24 @@ def test_bad_requests_get_problems_naming_the_field(client: FlaskClient) -> None
         assert assert_problem(client.patch("/api/v1/labels/reds", json=body), 400, code)["field"] == field
     assert [label["name"] for label in client.get("/api/v1/labels").get_json()["labels"]] == ["reds"]
     assert client.get("/api/v1/labels/reds").get_json()["positive_ids"] == sorted(ids["red"][:2])
+
+
+def test_names_beyond_ascii_work_in_paths_and_filters(client: FlaskClient) -> None:
+    ids = ids_by_colour(client)
+    created = client.post("/api/v1/labels", json={"name": "Café rouge (été)", "positive_ids": ids["red"][:2]})
+    location = created.headers["Location"]
+    assert created.status_code == 201 and "%C3%A9" in location
+    assert client.get(location).get_json()["name"] == "Café rouge (été)"
+    query = jpeg(colour_image(GREEN))
+    found = search(client, query, "?k=20&class=label:caf%C3%89 ROUGE (%C3%89t%C3%A9)").get_json()
+    assert result_ids(found) == set(ids["red"])
+    assert client.get("/api/v1/labels/caf%C3%A9%20rouge%20(%C3%A9t%C3%A9)/members").status_code == 200
+    for name in ("rouge/noir", "a\nb", "x" * 65):
+        assert_problem(client.post("/api/v1/labels", json={"name": name, "positive_ids": ids["red"][:1]}), 400,
+                       "invalid_label")
+    huge = client.post("/api/v1/labels", data=b'{"name": "big", "positive_ids": [' + b"1," * 600_000 + b"1]}",
+                       content_type="application/json")
+    assert assert_problem(huge, 400, "invalid_label", "at most 1000")["field"] == "positive_ids"
 
 
 def test_class_label_filters_search_similar_batch_and_browse(client: FlaskClient) -> None:

@@ -306,3 +306,53 @@ def test_an_index_missing_images_is_not_used_for_scoring(catalog: Catalog, libra
     IndexStore(tmp_path).publish(index, catalog.max_image_id())
     assert published_vectors(tmp_path, catalog, CATALOG_MODEL) is None
     assert published_vectors(tmp_path, catalog, "another-model@64") is None
+
+
+def test_concurrent_changes_lose_no_example(catalog: Catalog, library: list[int]) -> None:
+    import threading
+
+    book = LabelBook(catalog, CATALOG_MODEL)
+    book.create("zero", [library[0]])
+    added = [library[3], library[6], library[9], library[12]]
+    outcomes: dict[int, str] = {}
+
+    def add(image_id: int) -> None:
+        try:
+            LabelBook(catalog, CATALOG_MODEL).change("zero", add_positive_ids=[image_id])
+            outcomes[image_id] = "ok"
+        except LabelError as exc:
+            outcomes[image_id] = exc.code
+
+    threads = [threading.Thread(target=add, args=(i,)) for i in added]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert set(outcomes.values()) <= {"ok", "conflict"} and "ok" in outcomes.values()
+    label = book.get("zero")
+    hashes = store.hashes_for_ids(catalog, [i for i, result in outcomes.items() if result == "ok"])
+    assert {h for h, _ in hashes.values()} <= set(label.positives)  # every accepted change is kept
+    assert f"{0:064x}" in label.positives
+
+
+def test_an_abandoned_rescoring_is_taken_over(catalog: Catalog, library: list[int]) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from sqlalchemy import update
+
+    from storage.label_schema import CustomLabelRow
+
+    book = LabelBook(catalog, CATALOG_MODEL)
+    label = book.create("zero", [library[0]])
+    assert store.claim_rescoring(catalog, label)  # its process was killed before it finished
+    assert book.rescore(label.id) is False
+    long_ago = datetime.now(timezone.utc) - timedelta(seconds=store.CLAIM_SECONDS + 5)
+    with catalog.session() as s, s.begin():
+        s.execute(update(CustomLabelRow).where(CustomLabelRow.id == label.id).values(scoring_since=long_ago))
+    assert book.rescore(label.id) and not book.get("zero").scoring
+
+
+def test_too_many_examples_are_refused(catalog: Catalog, library: list[int]) -> None:
+    with pytest.raises(LabelError, match="at most 1000") as caught:
+        LabelBook(catalog, CATALOG_MODEL).create("many", list(range(1, 1002)))
+    assert caught.value.field == "positive_ids"

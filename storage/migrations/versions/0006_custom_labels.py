@@ -28,6 +28,7 @@ def upgrade() -> None:
         sa.Column("threshold", sa.Float(), nullable=False),
         sa.Column("threshold_auto", sa.Boolean(), nullable=False),
         sa.Column("learning", sa.Text(), nullable=True),
+        sa.Column("revision", sa.Integer(), nullable=False),
         sa.Column("version", sa.Integer(), nullable=False),
         sa.Column("scored_version", sa.Integer(), nullable=False),
         sa.Column("scored_floor", sa.Float(), nullable=False),
