@@ -52,7 +52,10 @@ def _image_ids(book: LabelBook, images: tuple[str, ...]) -> list[int]:
         if image.isdigit():
             ids.append(int(image))
             continue
-        found = book.catalog.image_id_for_path(os.path.abspath(os.path.expanduser(image)))
+        try:
+            found = book.catalog.image_id_for_path(os.path.abspath(os.path.expanduser(image)))
+        except (UnicodeError, ValueError):  # a name the catalog cannot hold as given
+            found = None
         if found is None:
             raise click.ClickException(f"{_printable(image)}: not an indexed image (give an image id or the path of "
                                        "an indexed file)")
