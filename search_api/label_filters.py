@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import request
 
 from indexer.custom_labels import LABEL_PREFIX, LabelError, split_label_filters
+from indexer.labels import class_name
 from search_api.label_jobs import label_jobs
 from search_api.problems import ApiProblem
 from search_api.results import image_json
@@ -31,8 +32,6 @@ def browse_labelled(svc: SearchService, class_ids: frozenset[int] | None, labels
     records = svc.catalog.get_images([e.image_id for e in entries])
     found = labels_of_images(svc.catalog, list(records), svc.model_id)
     names = {label_id: name for label_id, name, _ in label_names(svc.catalog)}
-    from indexer.labels import class_name
-
     listed = []
     for entry in entries:
         record = records.get(entry.image_id)

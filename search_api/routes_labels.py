@@ -10,7 +10,7 @@ from flask import Blueprint, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
 
 from indexer.custom_labels import UNCHANGED, LabelBook, LabelError
-from search_api import schemas
+from search_api import label_schemas as schemas
 from search_api.label_jobs import label_jobs
 from search_api.openapi import operation
 from search_api.params import parse_int
