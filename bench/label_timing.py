@@ -16,8 +16,8 @@ from sqlalchemy import func, insert, select
 
 from indexer.custom_labels import LabelBook
 from indexer.label_learning import learn_label
-from storage import labels as store
 from storage.catalog import Catalog
+from storage.label_queries import ids_with_labels, member_counts, scored_members
 from storage.schema import FileRow, ImageRow
 from storage.sync import build_from_catalog
 from storage.vector_index import IndexStore
@@ -107,11 +107,11 @@ def timings(n: int, dim: int, database_url: str | None, work_dir: Path) -> None:
             started = time.perf_counter()
             book.rescore(label.id)
             rescored = time.perf_counter() - started
-            count = store.member_counts(catalog).get(label.id, 0)
+            count = member_counts(catalog).get(label.id, 0)
             started = time.perf_counter()
             changed = book.change("bench label", add_positive_ids=members[5:6])
             book.rescore(changed.id)
-            visible = store.ids_with_labels(catalog, [changed.id])
+            visible = ids_with_labels(catalog, [changed.id])
             seen = time.perf_counter() - started
             print(f"  scoring from {source}:")
             print(f"    create (learn from the catalog's vectors): {1000 * created:.0f} ms")
@@ -121,7 +121,7 @@ def timings(n: int, dim: int, database_url: str | None, work_dir: Path) -> None:
             started = time.perf_counter()
             broad = book.change("bench label", threshold=1e-9)  # every image has it: the most rows to write
             book.rescore(broad.id)
-            stored = store.scored_members(catalog, broad.id, 0, 1)[1]
+            stored = scored_members(catalog, broad.id, 0, 1)[1]
             print(f"    the worst case, a label every image has: rescore {time.perf_counter() - started:.2f} s "
                   f"({stored:,} scores written)")
             book.delete("bench label")

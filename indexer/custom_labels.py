@@ -15,45 +15,34 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from indexer.label_learning import LearningError, learn_label
-from indexer.labels import CUSTOM_LABEL_PREFIX, imagenet_classes
+from indexer.label_names import (
+    LABEL_PREFIX,
+    MAX_EXAMPLES,
+    UNCHANGED,
+    LabelError,
+    Unchanged,
+    check_name,
+    id_list,
+    parse_threshold,
+)
+from indexer.label_scoring import joined, score_library, vector_scores, with_examples
 from storage import labels as store
-from storage.catalog import MAX_IMAGE_ID, Catalog
-from storage.label_scan import index_scores, published_vectors
+from storage.catalog import Catalog
+from storage.label_queries import member_counts, scored_members
+from storage.label_scan import iter_vectors
 from storage.labels import DuplicateLabelError, Learned, StoredLabel, borderline_band, floor_for
 
 log = logging.getLogger(__name__)
 
-LABEL_PREFIX = CUSTOM_LABEL_PREFIX
-MAX_NAME_LENGTH = 64
-NAME_PUNCTUATION = frozenset(" -_.'&()+#@!,")
 BACKGROUND_IMAGES = 1000  # random library images the label is learned against
-MAX_EXAMPLES = 1000
 SAVE_ATTEMPTS = 3
-
-
-class LabelError(ValueError):
-    """A request about labels that cannot be done; names the field at fault and an HTTP-like status."""
-
-    def __init__(self, message: str, field: str | None = None, status: int = 400, code: str = "invalid_label") -> None:
-        super().__init__(message)
-        self.field = field
-        self.status = status
-        self.code = code
-
-
-class _Unchanged:
-    pass
-
-
-UNCHANGED = _Unchanged()  # PATCH without a threshold: leave it as it is
 
 
 @dataclass(frozen=True)
@@ -65,55 +54,6 @@ class Member:
     member: bool
     borderline: bool
     example: str | None  # "positive", "negative" or None
-
-
-@lru_cache(maxsize=1)
-def _imagenet_names() -> frozenset[str]:
-    names: set[str] = set()
-    for cls in imagenet_classes():
-        names.update(n.casefold() for n in (cls.name, cls.wnid, ", ".join(cls.synonyms), *cls.synonyms))
-    return frozenset(names)
-
-
-def check_name(name: object) -> str:
-    """The label name as it will be stored, or LabelError naming the field `name`."""
-    if not isinstance(name, str) or not name.strip():
-        raise LabelError("name must be a non-empty string", "name")
-    text = name.strip()
-    if len(text) > MAX_NAME_LENGTH:
-        raise LabelError(f"name must be at most {MAX_NAME_LENGTH} characters, got {len(text)}", "name")
-    bad = sorted({c for c in text if not (c.isalnum() or c in NAME_PUNCTUATION)})
-    if bad:
-        raise LabelError(f"name may hold letters, digits, spaces and {''.join(sorted(NAME_PUNCTUATION - {' '}))}; "
-                         f"{text!r} holds {', '.join(repr(c) for c in bad)}", "name")
-    if text.isdigit():
-        raise LabelError(f"name {text!r} is a number, which class filters read as an ImageNet class id", "name")
-    if text.casefold() in _imagenet_names():
-        raise LabelError(f"{text!r} is the name of an ImageNet class: choose another name for your label "
-                         f"(for example 'my {text}')", "name", code="imagenet_class_name")
-    return text
-
-
-def split_label_filters(values: Iterable[str]) -> list[str]:
-    """The label names among class filter values ("label:rex" -> "rex"), as given."""
-    return [v.strip()[len(LABEL_PREFIX):].strip() for v in values if is_label_filter(v)]
-
-
-def is_label_filter(value: str) -> bool:
-    return value.strip().casefold().startswith(LABEL_PREFIX)
-
-
-def _id_list(value: object, field: str) -> list[int]:
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        raise LabelError(f"{field} must be a list of image ids (integers)", field)
-    if len(value) > MAX_EXAMPLES:
-        raise LabelError(f"{field} holds {len(value)} ids; at most {MAX_EXAMPLES} are accepted", field)
-    out_of_range = [v for v in value if not 0 < v <= MAX_IMAGE_ID]
-    if out_of_range:
-        raise LabelError(f"{field}: no image has id {out_of_range[0]}", field)
-    return list(dict.fromkeys(value))
 
 
 class LabelBook:
@@ -182,7 +122,7 @@ class LabelBook:
         negative_ids = sorted(ids[h] for h in label.negatives if h in ids)
         state = self.state(label)
         count = 0 if state in ("stale", "empty") else (
-            counts if counts is not None else store.member_counts(self.catalog)).get(label.id, 0)
+            counts if counts is not None else member_counts(self.catalog)).get(label.id, 0)
         out: dict[str, object] = {
             "name": label.name,
             "state": state,
@@ -206,7 +146,7 @@ class LabelBook:
         """Images with a stored score, best first: members, then the near misses of the borderline band."""
         if self.is_stale(label):
             raise LabelError(self.stale_message(label), "name", 409, "label_needs_relearning")
-        rows, total = store.scored_members(self.catalog, label.id, offset, limit)
+        rows, total = scored_members(self.catalog, label.id, offset, limit)
         low, high = borderline_band(label.threshold)
         hashes = store.hashes_for_ids(self.catalog, [i for i, _ in rows])
         positives, negatives = set(label.positives), set(label.negatives)
@@ -223,14 +163,14 @@ class LabelBook:
                threshold: object = None) -> StoredLabel:
         """Learn a new label from its examples (scores come with `rescore`)."""
         text = check_name(name)
-        positives = _id_list(positive_ids, "positive_ids")
-        negatives = _id_list(negative_ids, "negative_ids")
+        positives = id_list(positive_ids, "positive_ids")
+        negatives = id_list(negative_ids, "negative_ids")
         if not positives:
             raise LabelError("positive_ids must name at least one image of the label", "positive_ids")
         both = sorted(set(positives) & set(negatives))
         if both:
             raise LabelError(f"image {both[0]} is in both positive_ids and negative_ids", "negative_ids")
-        chosen = _threshold(threshold)
+        chosen = parse_threshold(threshold)
         hashes = self._hashes(positives, "positive_ids") + self._hashes(negatives, "negative_ids")
         pos_hashes, neg_hashes = hashes[:len(positives)], hashes[len(positives):]
         if store.get_label(self.catalog, text) is not None:
@@ -238,7 +178,7 @@ class LabelBook:
         learned = self._learn(text, pos_hashes, neg_hashes, 0)
         try:
             label = store.create_label(self.catalog, text, learned, pos_hashes, neg_hashes,
-                                       None if isinstance(chosen, _Unchanged) else chosen)
+                                       None if isinstance(chosen, Unchanged) else chosen)
         except DuplicateLabelError as exc:
             raise LabelError(str(exc), "name", 409, "duplicate_label") from None
         log.info("custom label %r learned from %d positive and %d negative examples", text, len(pos_hashes),
@@ -250,14 +190,14 @@ class LabelBook:
         """Add examples (an image given with the other polarity is flipped), remove examples, set the
         threshold (None: back to the learned default). The label is relearned when its examples change,
         when asked to, and always when it was learned with another model."""
-        add_pos = _id_list(add_positive_ids, "add_positive_ids")
-        add_neg = _id_list(add_negative_ids, "add_negative_ids")
-        remove = _id_list(remove_ids, "remove_ids")
+        add_pos = id_list(add_positive_ids, "add_positive_ids")
+        add_neg = id_list(add_negative_ids, "add_negative_ids")
+        remove = id_list(remove_ids, "remove_ids")
         clash = sorted((set(add_pos) & set(add_neg)) | (set(remove) & (set(add_pos) | set(add_neg))))
         if clash:
             raise LabelError(f"image {clash[0]} is named twice among add_positive_ids, add_negative_ids and "
                              "remove_ids", "remove_ids" if clash[0] in remove else "add_negative_ids")
-        chosen = _threshold(threshold)
+        chosen = parse_threshold(threshold)
         pos_add = self._hashes(add_pos, "add_positive_ids")
         neg_add = self._hashes(add_neg, "add_negative_ids")
         for _ in range(SAVE_ATTEMPTS):
@@ -273,7 +213,7 @@ class LabelBook:
             learned = None
             if changed or relearn or self.is_stale(label):
                 learned = self._learn(label.name, positives, negatives, label.version)
-            new_threshold = False if isinstance(chosen, _Unchanged) else chosen
+            new_threshold = False if isinstance(chosen, Unchanged) else chosen
             if store.save_label(self.catalog, label, learned, positives, negatives, new_threshold):
                 return self.get(label.name)
         raise LabelError(f"label {name!r} is being changed by someone else; try again", "name", 409, "conflict")
@@ -297,7 +237,8 @@ class LabelBook:
             return False
         try:
             floor = floor_for(label.threshold)
-            ids, scores = self._score_all(label, max_id, floor)
+            ids, scores = score_library(self.catalog, self.model_id, self.index_dir, label, max_id, floor,
+                                        self._example_ids(label))
             done = store.replace_scores(self.catalog, label, floor, max_id, ids, scores)
         finally:
             store.release_claim(self.catalog, label.id)
@@ -321,17 +262,17 @@ class LabelBook:
         if start >= max_id:
             return 0
         kept: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {label.id: [] for label in labels}
-        for ids, vectors in store.iter_vectors(self.catalog, start, max_id):
+        for ids, vectors in iter_vectors(self.catalog, start, max_id):
             for label in labels:
                 newer = ids > label.scored_max_id
                 if newer.any():
-                    scores = self._scores(label, vectors[newer])
+                    scores = vector_scores(label, vectors[newer])
                     keep = scores >= label.scored_floor
                     kept[label.id].append((ids[newer][keep], scores[keep]))
         written = 0
         for label in labels:
-            ids, scores = _joined(kept[label.id])
-            ids, scores = self._with_examples(label, ids, scores, label.scored_max_id, max_id)
+            ids, scores = joined(kept[label.id])
+            ids, scores = with_examples(ids, scores, self._example_ids(label), label.scored_max_id, max_id)
             written += store.append_scores(self.catalog, label, max_id, ids, scores)
         return written
 
@@ -433,51 +374,6 @@ class LabelBook:
         rows = [v for v in found.values() if len(v) == dimension]
         return np.stack(rows) if rows else np.zeros((0, dimension), np.float32)
 
-    def _score_all(self, label: StoredLabel, max_id: int, floor: float) -> tuple[np.ndarray, np.ndarray]:
-        """Every image's score at or above `floor`: from the published index where it can be scanned (and the
-        catalog for the images after it), else from the catalog alone."""
-        assert label.weights is not None
-        published = published_vectors(self.index_dir, self.catalog, self.model_id) if self.index_dir else None
-        parts = []
-        start = 0
-        if published is not None and published.index.dimension == len(label.weights):
-            ids, scores = index_scores(published.index, label.weights, label.bias, floor)
-            parts.append((ids, scores))
-            start = published.high_water
-        for ids, vectors in store.iter_vectors(self.catalog, start, max_id):
-            scores = self._scores(label, vectors)
-            keep = scores >= floor
-            parts.append((ids[keep], scores[keep]))
-        ids, scores = _joined(parts)
-        return self._with_examples(label, ids, scores, 0, max_id)
-
-    def _with_examples(self, label: StoredLabel, ids: np.ndarray, scores: np.ndarray, after_id: int,
-                       up_to_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """The user's word decides for examples: a positive scores 1 (and is stored whatever the model
-        said), a negative 0 (not stored); only examples with after_id < id <= up_to_id are concerned."""
-        positives, negatives = self._example_ids(label)
-        positives = {i for i in positives if after_id < i <= up_to_id}
-        keep = ~np.isin(ids, np.fromiter(negatives | positives, np.int64, len(negatives | positives)))
-        extra = np.fromiter(sorted(positives), np.int64, len(positives))
-        return (np.concatenate([ids[keep], extra]),
-                np.concatenate([scores[keep], np.ones(len(extra), np.float32)]))
-
-    @staticmethod
-    def _scores(label: StoredLabel, vectors: np.ndarray) -> np.ndarray:
-        """The label's scores of `vectors` (zeros for vectors of another dimension)."""
-        assert label.weights is not None
-        if vectors.shape[1] != len(label.weights):
-            return np.zeros(len(vectors), np.float32)
-        logits = vectors @ label.weights + np.float32(label.bias)
-        return (1.0 / (1.0 + np.exp(-np.clip(logits, -60, 60)))).astype(np.float32)
-
-
-def _joined(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    if not parts:
-        return np.empty(0, np.int64), np.empty(0, np.float32)
-    return (np.concatenate([p[0] for p in parts]).astype(np.int64),
-            np.concatenate([p[1] for p in parts]).astype(np.float32))
-
 
 def keep_labels_up_to_date(catalog: Catalog, model_id: str, step: str, index_dir: Path | None = None) -> None:
     """Run a LabelBook step ("score_new_images" or "catch_up") for a writer; a failure is logged, not raised:
@@ -486,15 +382,3 @@ def keep_labels_up_to_date(catalog: Catalog, model_id: str, step: str, index_dir
         getattr(LabelBook(catalog, model_id, index_dir=index_dir), step)()
     except Exception:
         log.exception("custom labels could not be brought up to date (%s); the next indexing run retries", step)
-
-
-def _threshold(value: object) -> float | None | _Unchanged:
-    """A threshold from a request: a number from 0 to 1, None (the learned default) or UNCHANGED."""
-    if value is UNCHANGED or isinstance(value, _Unchanged):
-        return UNCHANGED
-    if value is None or value == "auto":
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) <= 1.0:
-        raise LabelError(f"threshold must be a number from 0 to 1, or null for the learned default; got {value!r}",
-                         "threshold")
-    return float(value)

@@ -21,7 +21,8 @@ MEMBERS_SHOWN = 50
 @contextmanager
 def _book(obj: CliContext) -> Iterator[LabelBook]:
     """The label book of the configured catalog and model; label errors become one-line messages."""
-    from indexer.custom_labels import LabelBook, LabelError
+    from indexer.custom_labels import LabelBook
+    from indexer.label_names import LabelError
     from indexer.model import ModelUnavailableError, model_id
     from storage.catalog import Catalog
 
@@ -220,7 +221,7 @@ def list_labels(obj: CliContext, as_json: bool) -> None:
       lookalike label list
       lookalike label list --json | jq '.labels[].name'
     """
-    from storage.labels import member_counts
+    from storage.label_queries import member_counts
 
     with _book(obj) as book:
         for pending in book.pending():

@@ -40,7 +40,8 @@ def _classes(values: tuple[str, ...]) -> frozenset[int] | None:
 
 def _labels(service, values: tuple[str, ...]) -> tuple[int, ...]:  # type: ignore[no-untyped-def]
     """Custom labels named by `--class label:NAME`."""
-    from indexer.custom_labels import LabelBook, LabelError, split_label_filters
+    from indexer.custom_labels import LabelBook
+    from indexer.label_names import LabelError, split_label_filters
 
     try:
         return LabelBook(service.catalog, service.model_id).resolve(split_label_filters(values))

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from flask import request
 
-from indexer.custom_labels import LABEL_PREFIX, LabelError, split_label_filters
+from indexer.label_names import LABEL_PREFIX, LabelError, split_label_filters
 from indexer.labels import class_name
 from search_api.label_jobs import label_jobs
 from search_api.problems import ApiProblem
 from search_api.results import image_json
 from search_api.service import SearchService
 from storage.class_rule import ClassRule
-from storage.labels import browse_with_labels, label_names, labels_of_images, member_counts
+from storage.label_queries import browse_with_labels, labels_of_images, member_counts
+from storage.labels import label_names
 
 
 def parse_label_filters() -> tuple[int, ...]:

@@ -6,7 +6,7 @@ from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from indexer.class_search import NameMatch, match_names
-from indexer.custom_labels import is_label_filter
+from indexer.label_names import is_label_filter
 from indexer.labels import class_name
 from search_api import schemas
 from search_api.class_counts import ClassCounts

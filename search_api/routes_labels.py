@@ -9,14 +9,16 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
 
-from indexer.custom_labels import UNCHANGED, LabelBook, LabelError
+from indexer.custom_labels import LabelBook
+from indexer.label_names import UNCHANGED, LabelError
 from search_api import label_schemas as schemas
 from search_api.label_jobs import label_jobs
 from search_api.openapi import operation
 from search_api.params import parse_int
 from search_api.problems import ApiProblem
 from search_api.results import image_json
-from storage.labels import borderline_band, labels_of_images, member_counts
+from storage.label_queries import labels_of_images, member_counts
+from storage.labels import borderline_band
 
 bp = Blueprint("labels", __name__, url_prefix="/api/v1")
 

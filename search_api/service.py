@@ -22,7 +22,7 @@ from search_api import metrics
 from search_api.dedupe import collapse_near_duplicates
 from storage.catalog import Catalog, ImageRecord
 from storage.class_rule import ClassRule
-from storage.labels import ids_with_labels, labels_of_images
+from storage.label_queries import ids_with_labels, labels_of_images
 from storage.sync import open_index
 from storage.vector_index import IndexStore, Manifest, VectorIndex
 

@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
-from sqlalchemy import and_, delete, func, or_, select, union_all, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from storage.catalog import MAX_IMAGE_ID, Catalog
-from storage.class_rule import ClassRule
 from storage.label_schema import CustomLabelRow, LabelExampleRow, LabelScoreRow
-from storage.schema import ImageRow, PredictionRow
+from storage.schema import ImageRow
 
 log = logging.getLogger(__name__)
 
@@ -136,109 +135,6 @@ def label_names(catalog: Catalog) -> list[tuple[int, str, str]]:
     return [(int(i), str(n), str(m)) for i, n, m in rows]
 
 
-def _member(label: type[CustomLabelRow] = CustomLabelRow):  # type: ignore[no-untyped-def]
-    """SQL condition: a score row gives its image the label (at or above the threshold)."""
-    return and_(LabelScoreRow.label_id == label.id, LabelScoreRow.score >= label.threshold)
-
-
-def member_counts(catalog: Catalog) -> dict[int, int]:
-    """label id -> images at or above its threshold (from the stored scores)."""
-    with catalog.session() as s:
-        rows = s.execute(select(CustomLabelRow.id, func.count(LabelScoreRow.image_id))
-                         .join(LabelScoreRow, _member()).group_by(CustomLabelRow.id)).all()
-    return {int(i): int(n) for i, n in rows}
-
-
-def ids_with_labels(catalog: Catalog, label_ids: Collection[int]) -> np.ndarray:
-    """Ids of the images that have at least one of the labels, ascending."""
-    if not label_ids:
-        return np.empty(0, np.int64)
-    with catalog.session() as s:
-        ids = s.scalars(select(LabelScoreRow.image_id).join(CustomLabelRow, _member())
-                        .where(CustomLabelRow.id.in_(sorted(label_ids))).distinct()).all()
-    return np.asarray(sorted(ids), dtype=np.int64)
-
-
-def labels_of_images(catalog: Catalog, image_ids: Sequence[int], model_id: str) -> dict[int, list[tuple[str, float]]]:
-    """image id -> (label name, score) of the labels it has, best score first (labels of `model_id` only)."""
-    ids = [i for i in image_ids if 0 < i <= MAX_IMAGE_ID]
-    out: dict[int, list[tuple[str, float]]] = {}
-    if not ids:
-        return out
-    with catalog.session() as s:
-        for start in range(0, len(ids), 500):
-            rows = s.execute(
-                select(LabelScoreRow.image_id, CustomLabelRow.name, LabelScoreRow.score)
-                .join(CustomLabelRow, _member())
-                .where(LabelScoreRow.image_id.in_(ids[start:start + 500]), CustomLabelRow.model_id == model_id)
-            ).all()
-            for image_id, name, score in rows:
-                out.setdefault(int(image_id), []).append((str(name), float(score)))
-    for found in out.values():
-        found.sort(key=lambda pair: (-pair[1], pair[0].casefold()))
-    return out
-
-
-def scored_members(catalog: Catalog, label_id: int, offset: int, limit: int) -> tuple[list[tuple[int, float]], int]:
-    """One page of the images with a stored score (best first, then by id) and how many there are."""
-    with catalog.session() as s:
-        total = int(s.scalar(select(func.count()).select_from(LabelScoreRow)
-                             .where(LabelScoreRow.label_id == label_id)) or 0)
-        rows = s.execute(select(LabelScoreRow.image_id, LabelScoreRow.score)
-                         .where(LabelScoreRow.label_id == label_id)
-                         .order_by(LabelScoreRow.score.desc(), LabelScoreRow.image_id)
-                         .offset(offset).limit(limit)).all()
-    return [(int(i), float(sc)) for i, sc in rows], total
-
-
-@dataclass(frozen=True)
-class LabelledEntry:
-    image_id: int
-    class_id: int | None  # the best match is an ImageNet class...
-    label_id: int | None  # ...or a custom label
-    confidence: float  # its probability, or the label's score
-
-
-def browse_with_labels(catalog: Catalog, class_ids: Collection[int] | None, rule: ClassRule,
-                       label_ids: Collection[int], offset: int, limit: int) -> tuple[list[LabelledEntry], int]:
-    """Images of any of the classes (under `rule`) or custom labels, most confident first (then by id),
-    and how many there are: class probabilities and label scores are ranked together."""
-    parts = [select(LabelScoreRow.image_id.label("image_id"), LabelScoreRow.score.label("confidence"))
-             .join(CustomLabelRow, _member()).where(CustomLabelRow.id.in_(sorted(label_ids)))]
-    if class_ids:
-        parts.append(select(PredictionRow.image_id.label("image_id"), PredictionRow.probability.label("confidence"))
-                     .where(rule.matches(class_ids)))
-    matches = union_all(*parts).subquery() if len(parts) > 1 else parts[0].subquery()
-    best = func.max(matches.c.confidence).label("best")
-    with catalog.session() as s:
-        total = int(s.scalar(select(func.count(matches.c.image_id.distinct()))) or 0)
-        page = s.execute(select(matches.c.image_id, best).group_by(matches.c.image_id)
-                         .order_by(best.desc(), matches.c.image_id).offset(offset).limit(limit)).all()
-        ids = [int(r.image_id) for r in page]
-        which: dict[int, tuple[float, int | None, int | None]] = {}
-        if ids:
-            for image_id, label_id, score in s.execute(
-                select(LabelScoreRow.image_id, LabelScoreRow.label_id, LabelScoreRow.score)
-                .join(CustomLabelRow, _member())
-                .where(CustomLabelRow.id.in_(sorted(label_ids)), LabelScoreRow.image_id.in_(ids))
-            ):
-                _keep_best(which, int(image_id), float(score), None, int(label_id))
-            if class_ids:
-                for image_id, class_id, probability in s.execute(
-                    select(PredictionRow.image_id, PredictionRow.class_id, PredictionRow.probability)
-                    .where(rule.matches(class_ids), PredictionRow.image_id.in_(ids))
-                ):
-                    _keep_best(which, int(image_id), float(probability), int(class_id), None)
-    entries = [LabelledEntry(i, which[i][1], which[i][2], which[i][0]) for i in ids if i in which]
-    return entries, total
-
-
-def _keep_best(found: dict[int, tuple[float, int | None, int | None]], image_id: int, confidence: float,
-               class_id: int | None, label_id: int | None) -> None:
-    if image_id not in found or confidence > found[image_id][0]:
-        found[image_id] = (confidence, class_id, label_id)
-
-
 # --- examples and vectors ----------------------------------------------------------------------
 
 
@@ -281,58 +177,6 @@ def missing_examples(catalog: Catalog, model_id: str) -> dict[int, set[str]]:
     for label_id, content_hash in rows:
         out.setdefault(int(label_id), set()).add(str(content_hash))
     return out
-
-
-def iter_vectors(catalog: Catalog, after_id: int = 0, up_to_id: int = MAX_IMAGE_ID,
-                 batch: int = 5_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(ids, unit vectors [n, D]) of the images with after_id < id <= up_to_id, in id order.
-
-    On PostgreSQL the rows come in the binary protocol: the text form of a 7 kB bytea costs
-    twice the time to send and parse.
-    """
-    engine = catalog.engine
-    if engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg":
-        yield from _iter_vectors_binary(catalog, after_id, up_to_id, batch)
-        return
-    last = after_id
-    while True:
-        with engine.connect() as conn:
-            rows = conn.execute(select(ImageRow.id, ImageRow.embedding)
-                                .where(ImageRow.id > last, ImageRow.id <= up_to_id)
-                                .order_by(ImageRow.id).limit(batch)).all()
-        if not rows:
-            return
-        ids, vectors = _stack(rows)
-        last = int(ids[-1])
-        yield ids, vectors
-
-
-def _iter_vectors_binary(catalog: Catalog, after_id: int, up_to_id: int,
-                         batch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    raw = catalog.engine.raw_connection()
-    try:
-        last = after_id
-        while True:
-            with raw.driver_connection.cursor(binary=True) as cur:  # type: ignore[union-attr]
-                cur.execute("SELECT id, embedding FROM images WHERE id > %s AND id <= %s ORDER BY id LIMIT %s",
-                            (last, up_to_id, batch))
-                rows = cur.fetchall()
-            raw.driver_connection.rollback()  # type: ignore[union-attr]
-            if not rows:
-                return
-            ids, vectors = _stack(rows)
-            last = int(ids[-1])
-            yield ids, vectors
-    finally:
-        raw.close()
-
-
-def _stack(rows: Sequence[Sequence[object]]) -> tuple[np.ndarray, np.ndarray]:
-    ids = np.fromiter((int(r[0]) for r in rows), dtype=np.int64, count=len(rows))  # type: ignore[call-overload]
-    vectors = np.empty((len(rows), len(rows[0][1]) // 4), dtype="<f4")  # type: ignore[arg-type]
-    for k, row in enumerate(rows):
-        vectors[k] = np.frombuffer(row[1], dtype="<f4")  # type: ignore[call-overload]
-    return ids, vectors
 
 
 # --- writing ------------------------------------------------------------------------------------

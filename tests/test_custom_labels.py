@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 from helpers import CATALOG_MODEL
 
-from indexer.custom_labels import LabelBook, LabelError, check_name, split_label_filters
+from indexer.custom_labels import LabelBook
 from indexer.label_learning import fit_logistic, learn_label, ranking_auc
+from indexer.label_names import LabelError, check_name, split_label_filters
 from indexer.labels import resolve_classes
 from storage import labels as store
 from storage.catalog import Catalog, FileRef, NewImage
 from storage.index_factory import IndexConfig
+from storage.label_queries import ids_with_labels, scored_members
 from storage.label_scan import published_vectors
 from storage.sync import build_from_catalog
 from storage.vector_index import IndexStore
@@ -55,7 +57,7 @@ def teach(book: LabelBook, name: str, positives: list[int], negatives: list[int]
 
 def members(book: LabelBook, name: str) -> set[int]:
     label = book.get(name)
-    return set(store.ids_with_labels(book.catalog, [label.id]).tolist())
+    return set(ids_with_labels(book.catalog, [label.id]).tolist())
 
 
 def test_a_label_taught_from_three_images_finds_its_cluster(catalog: Catalog, library: list[int]) -> None:
@@ -136,7 +138,7 @@ def test_threshold_moves_within_the_stored_scores_without_rescoring(catalog: Cat
     assert floor < label.threshold
     raised = book.change("zero", threshold=0.99)
     assert not raised.scoring and raised.version == label.version and not raised.threshold_auto
-    assert members(book, "zero") == {i for i, s in store.scored_members(catalog, label.id, 0, 100)[0] if s >= 0.99}
+    assert members(book, "zero") == {i for i, s in scored_members(catalog, label.id, 0, 100)[0] if s >= 0.99}
     lowered = book.change("zero", threshold=floor / 4)  # below what is stored: new scores needed
     assert lowered.scoring
     book.rescore(lowered.id)
@@ -244,7 +246,7 @@ def test_deleting_a_label_leaves_the_images(catalog: Catalog, library: list[int]
     label = teach(book, "zero", [library[0]])
     book.delete("ZERO")
     assert book.all() == [] and catalog.count_images() == len(library)
-    assert store.ids_with_labels(catalog, [label.id]).size == 0
+    assert ids_with_labels(catalog, [label.id]).size == 0
     with pytest.raises(LabelError) as caught:
         book.delete("zero")
     assert (caught.value.status, caught.value.code) == (404, "unknown_label")
@@ -255,7 +257,7 @@ def test_scores_go_with_their_images(catalog: Catalog, library: list[int]) -> No
     label = teach(book, "zero", [library[0]])
     catalog.apply(removed_paths=["/lib/3.jpg"])  # cluster 0, not an example
     assert library[3] not in members(book, "zero")
-    assert library[3] not in {i for i, _ in store.scored_members(catalog, label.id, 0, 100)[0]}
+    assert library[3] not in {i for i, _ in scored_members(catalog, label.id, 0, 100)[0]}
 
 
 def test_the_learner_matches_a_reference_fit_and_ranks_held_out_positives() -> None:
@@ -289,11 +291,11 @@ def test_scores_from_the_published_index_match_the_catalog(catalog: Catalog, lib
     assert (scanned is not None) == (factory != "HNSW8")  # HNSW cannot be scanned exhaustively
     label = fast.create("zero", [library[0], library[3]])
     fast.rescore(label.id)
-    from_index = dict(store.scored_members(catalog, label.id, 0, 1000)[0])
+    from_index = dict(scored_members(catalog, label.id, 0, 1000)[0])
     plain.change("zero", threshold=0.1)
     plain.change("zero", threshold=None)  # same weights, new version: scored again, from the catalog
     plain.rescore(label.id)
-    from_catalog = dict(store.scored_members(catalog, label.id, 0, 1000)[0])
+    from_catalog = dict(scored_members(catalog, label.id, 0, 1000)[0])
     assert library[6] not in from_index and set(from_index) == set(from_catalog)
     assert {newer[1]} <= set(from_index)  # seed 201 is in cluster 0
     tolerance = 1e-2 if "SQ8" in factory else 1e-5
