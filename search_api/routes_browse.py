@@ -16,6 +16,7 @@ from search_api.params import parse_class_rule, parse_classes, parse_int
 from search_api.results import image_json
 from search_api.service import SearchService
 from storage.browse import browse_images
+from storage.label_queries import labels_of_images
 
 bp = Blueprint("browse", __name__, url_prefix="/api/v1")
 
@@ -49,6 +50,7 @@ def images() -> ResponseReturnValue:
         return jsonify(browse_labelled(svc, classes, labels, rule, offset, limit))
     page = browse_images(svc.catalog, classes, rule, offset, limit)
     records = svc.catalog.get_images([e.image_id for e in page.entries])
+    custom = labels_of_images(svc.catalog, list(records), svc.model_id)
     listed = []
     for entry in page.entries:
         record = records.get(entry.image_id)
@@ -56,7 +58,8 @@ def images() -> ResponseReturnValue:
             continue
         matched = None if entry.class_id is None else {"class_id": entry.class_id, "name": class_name(entry.class_id)}
         probability = None if entry.probability is None else round(float(entry.probability), 6)
-        listed.append({**image_json(record), "probability": probability, "matched_class": matched})
+        listed.append({**image_json(record, custom.get(entry.image_id, [])), "probability": probability,
+                       "matched_class": matched})
     next_offset = offset + limit if offset + limit < page.total else None
     return jsonify({"images": listed, "total": page.total, "offset": offset, "limit": limit,
                     "next_offset": next_offset})

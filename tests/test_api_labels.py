@@ -211,8 +211,13 @@ def test_every_hit_carries_its_custom_labels(client: FlaskClient) -> None:
                                                                     reverse=True)
     green = next(h for h in body["results"] if h["id"] == ids["green"][0])
     assert green["custom_labels"] == [{"name": "warm", "score": 1.0}]  # an example has its label
-    details = client.get(f"/api/v1/images/{ids['red'][0]}/similar?k=1").get_json()["results"][0]
-    assert "custom_labels" in details
+    similar = client.get(f"/api/v1/images/{ids['red'][0]}/similar?k=1").get_json()["results"][0]
+    assert "custom_labels" in similar
+    details = client.get(f"/api/v1/images/{ids['green'][0]}").get_json()
+    assert details["custom_labels"] == [{"name": "warm", "score": 1.0}]
+    browsed = client.get("/api/v1/images?class=tree frog").get_json()["images"]
+    assert {i["id"]: i["custom_labels"] for i in browsed}[ids["green"][0]] == [{"name": "warm", "score": 1.0}]
+    assert client.get("/api/v1/images?limit=50").get_json()["images"][0]["custom_labels"] is not None
 
 
 def test_custom_labels_and_imagenet_classes_do_not_leak(client: FlaskClient) -> None:

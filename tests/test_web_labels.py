@@ -142,3 +142,20 @@ def test_suggestions_offer_your_labels_and_a_link_opens_a_label(page: WebDriver,
     wait_for(page, lambda d: text_of(d, "label-title") == "deep blue", "the label page from a link")
     shown = settled_cards(page, "the label's images")
     assert {c["id"] for c in shown} >= set(blues)
+
+
+def test_teach_a_label_from_a_browsed_class(page: WebDriver, site: str) -> None:
+    page.get(site + "/#browse=jellyfish")
+    wait_for(page, lambda d: "jellyfish" in text_of(d, "results-title"), "the browsed class")
+    browsed = settled_cards(page, "the jellyfish")
+    page.find_element(By.CSS_SELECTOR, f"#results .card[data-id='{browsed[0]['id']}'] .card-check").click()
+    page.find_element(By.ID, "select-all").click()
+    wait_for(page, lambda d: text_of(d, "selection-count") == f"{len(browsed)} images selected", "all selected")
+    page.find_element(By.ID, "teach-name").send_keys("sea blue")
+    page.find_element(By.ID, "teach-button").click()
+    wait_for(page, lambda d: text_of(d, "label-title") == "sea blue", "the new label's page")
+    shown = settled_cards(page, "the label's images")
+    examples = [c["id"] for c in shown if "example" in card_state(page, c["id"])["classes"]]
+    assert sorted(examples) == sorted(c["id"] for c in browsed)
+    assert sorted(api(site, "/labels/sea%20blue")["positive_ids"]) == sorted(c["id"] for c in browsed)
+    assert "#label=sea" in page.current_url
