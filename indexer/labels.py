@@ -106,10 +106,14 @@ def concept_query_name(concept: Concept, prefer: str | None = None) -> str:
     return concept.wnid
 
 
+CUSTOM_LABEL_PREFIX = "label:"  # `label:<name>` filters name custom labels (indexer.custom_labels), never classes
+
+
 def resolve_classes(values: Iterable[str]) -> frozenset[int] | None:
-    """Union of the classes named by several filters (blank ones ignored); None when there are none."""
+    """Union of the classes named by several filters (blank ones and `label:` filters ignored); None when there
+    are none."""
     ids: set[int] = set()
     for value in values:
-        if value.strip():
+        if value.strip() and not value.strip().casefold().startswith(CUSTOM_LABEL_PREFIX):
             ids |= resolve_class(value)
     return frozenset(ids) or None

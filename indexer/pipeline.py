@@ -20,6 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from indexer.batch_commit import Unstored
+from indexer.custom_labels import keep_labels_up_to_date
 from indexer.model import Embedder, top_k
 from indexer.prepare import PrepareConfig, Prepared, close_decode_pool, decode_pool, ordered_prefetch
 from indexer.reindex import Reembed, Reindex, local_reembed
@@ -270,6 +271,7 @@ class LibraryIndexer:
             report.removed = len(plan.removed)
         self._rebuild_if_needed()
         self._publish()
+        keep_labels_up_to_date(self.catalog, self.model_id, "catch_up", self.store.directory)
         if self._pruned_content and self.settings.indexer.thumbnail_size:
             prune_thumbnails(self.settings.storage.data_dir, self.catalog.content_hashes())
         report.seconds = time.perf_counter() - started
@@ -396,6 +398,8 @@ class LibraryIndexer:
             log.warning("the catalog refused a batch of %d files (%s: %s): committing them one at a time",
                         len(files) + len(rejected), type(exc).__name__, exc)
             new_images, ids, orphans = self._unstored.commit_apart(self.catalog, new_images, files, rejected)
+        if ids:
+            keep_labels_up_to_date(self.catalog, self.model_id, "score_new_images", self.store.directory)
         vectors = np.stack([img.embedding for img in new_images]) if new_images else None
         self._index_changes(ids, vectors, orphans)
         interval = self.settings.indexer.publish_every_seconds

@@ -56,6 +56,7 @@ def cli(ctx: click.Context, config: str | None, verbose: int) -> None:
       lookalike index ~/Pictures
       lookalike search cat.jpg --k 5
       lookalike similar ~/Pictures/beach.jpg
+      lookalike label create rex 12 40 41 && lookalike search --class label:rex dog.jpg
       lookalike stats --json
       lookalike serve --port 8000
 
@@ -196,11 +197,12 @@ def demo(obj: CliContext, folder: Path, host: str | None, port: int | None, no_s
 def _register() -> None:
     from lookalike.cli_duplicates import duplicates
     from lookalike.cli_index import errors, index
+    from lookalike.cli_label import label
     from lookalike.cli_model import config, model
     from lookalike.cli_search import search, similar
     from lookalike.cli_storage import backup, rebuild, verify
 
-    for command in (index, errors, duplicates, search, similar, rebuild, verify, backup, model, config):
+    for command in (index, errors, duplicates, search, similar, label, rebuild, verify, backup, model, config):
         cli.add_command(command)
 
 

@@ -39,6 +39,17 @@ def _classes(values: tuple[str, ...]) -> frozenset[int] | None:
         raise click.ClickException(f"--class {exc.value}: {exc}") from None
 
 
+def _labels(service, values: tuple[str, ...]) -> tuple[int, ...]:  # type: ignore[no-untyped-def]
+    """Custom labels named by `--class label:NAME`."""
+    from indexer.custom_labels import LabelBook
+    from indexer.label_names import LabelError, split_label_filters
+
+    try:
+        return LabelBook(service.catalog, service.model_id).resolve(split_label_filters(values))
+    except LabelError as exc:
+        raise click.ClickException(f"--class: {exc}") from None
+
+
 def _print_table(query: dict[str, Any], raw_paths: dict[int, str]) -> None:
     """One query as a table; paths are printed from `raw_paths` (id -> catalog path), escaped for the terminal."""
     labels = ", ".join(f"{lab['name']} {lab['probability']:.2f}" for lab in query["labels"][:3])
@@ -102,8 +113,8 @@ _common = [
     click.option("-k", "--k", "k", type=click.IntRange(1, 1000), default=None,
                  help="Number of results (default: search.default_k)."),
     click.option("--class", "classes", multiple=True, metavar="CLASS",
-                 help="Only images of this ImageNet class (id, name or WordNet id) or concept "
-                      "(dog, bird, vehicle, ...); repeat for several."),
+                 help="Only images of this ImageNet class (id, name or WordNet id), concept "
+                      "(dog, bird, vehicle, ...) or custom label (label:NAME); repeat for several."),
     click.option("--class-rule", type=click.Choice(["top5", "top1"]), default="top5", show_default=True,
                  help="When an image shows a class: its top-1 prediction, or (top5) also within its top 5 with "
                       "at least --class-min-probability."),
@@ -135,6 +146,7 @@ def search(obj: CliContext, images: tuple[Path, ...], k: int | None, classes: tu
       lookalike search cat.jpg
       lookalike search --k 20 --class "tiger cat" --class tabby cat.jpg
       lookalike search --class dog --class-rule top1 puppy.jpg
+      lookalike search --class label:receipts scan.jpg
       lookalike search --json a.jpg b.jpg | jq '.queries[0].results[0].path'
       lookalike search --html sheet.html holiday/*.jpg
     """
@@ -146,6 +158,7 @@ def search(obj: CliContext, images: tuple[Path, ...], k: int | None, classes: tu
     class_ids = _classes(classes)
     rule = obj.settings.search.class_rule(class_rule, class_min_probability)
     service = _engine(obj)
+    labels = _labels(service, classes)
     k = k or obj.settings.search.default_k
     queries = _Queries(service)
     for image in images:
@@ -156,7 +169,7 @@ def search(obj: CliContext, images: tuple[Path, ...], k: int | None, classes: tu
             raise click.ClickException(f"{human(image)}: {exc}") from None
         from search_api.service import labels_json
 
-        hits = service.search(vector, k, class_ids, min_score, class_rule=rule)
+        hits = service.search(vector, k, class_ids, min_score, class_rule=rule, labels=labels)
         queries.add({"image": display_path(str(image)), "labels": labels_json(predictions),
                      "results": [h.to_json() for h in hits]}, hits, str(image), upload=data)
     queries.output(as_json, html_path)
@@ -181,6 +194,7 @@ def similar(obj: CliContext, image: str, k: int | None, classes: tuple[str, ...]
     class_ids = _classes(classes)
     rule = obj.settings.search.class_rule(class_rule, class_min_probability)
     service = _engine(obj)
+    labels = _labels(service, classes)
     if image.isdigit():
         image_id: int | None = int(image)
     else:
@@ -189,7 +203,7 @@ def similar(obj: CliContext, image: str, k: int | None, classes: tuple[str, ...]
     if record is None:
         raise click.ClickException(f"{human(image)}: not an indexed image (give an image id or the path of an "
                                    "indexed file)")
-    hits = service.similar(record.id, k or obj.settings.search.default_k, class_ids, min_score, rule) or []
+    hits = service.similar(record.id, k or obj.settings.search.default_k, class_ids, min_score, rule, labels) or []
     queries = _Queries(service)
     queries.add({"image": display_path(record.path), "id": record.id, "labels": labels_json(record.predictions),
                  "results": [h.to_json() for h in hits]}, hits, record.path)

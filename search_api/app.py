@@ -6,12 +6,14 @@ from flask import Flask
 
 from indexer.settings import Settings, load_settings
 from search_api import (
+    label_jobs,
     metrics,
     problems,
     routes_browse,
     routes_docs,
     routes_health,
     routes_images,
+    routes_labels,
     routes_page,
     routes_search,
 )
@@ -28,9 +30,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     service = app.extensions["lookalike"] = SearchService(settings)
     app.extensions["lookalike.class_counts"] = ClassCounts(service)
+    label_jobs.init_app(app, service)
     problems.init_app(app)
     metrics.init_app(app)
-    for bp in (routes_search.bp, routes_images.bp, routes_browse.bp, routes_health.bp, routes_page.bp):
+    for bp in (routes_search.bp, routes_images.bp, routes_browse.bp, routes_labels.bp, routes_health.bp,
+               routes_page.bp):
         app.register_blueprint(bp)
     routes_docs.init_app(app)
     return app

@@ -47,6 +47,7 @@ class Operation:
     problems: Sequence[int] = ()
     tags: Sequence[str] = ()
     path_params: Mapping[str, str] = field(default_factory=dict)
+    status: int = 200  # the success status (201 for a created resource)
 
     def models(self) -> list[type[BaseModel]]:
         media = [*self.body.values(), *(self.response.values() if isinstance(self.response, Mapping)
@@ -63,12 +64,14 @@ def operation(
     problems: Sequence[int] = (),
     tags: Sequence[str] = (),
     path_params: Mapping[str, str] | None = None,
+    status: int = 200,
 ) -> Callable[[F], F]:
     """Describe a view for the OpenAPI document; the view itself is returned unchanged.
 
     `response` is the JSON model of the 200 answer, or {media type: model | "binary" | "text" | "object"}.
     """
-    op = Operation(summary, query, dict(body or {}), response, tuple(problems), tuple(tags), dict(path_params or {}))
+    op = Operation(summary, query, dict(body or {}), response, tuple(problems), tuple(tags), dict(path_params or {}),
+                   status)
 
     def attach(view: F) -> F:
         view.__openapi__ = op  # type: ignore[attr-defined]
@@ -133,10 +136,10 @@ def _operation_json(view: Callable[..., Any], op: Operation | None, rule: Rule, 
                 "parameters": _path_parameters(rule, None),
                 "responses": {"200": {"description": "OK (not described yet)"}}}
     response = op.response if isinstance(op.response, Mapping) else {"application/json": op.response}
-    ok: dict[str, Any] = {"description": "OK"}
+    ok: dict[str, Any] = {"description": HTTPStatus(op.status).phrase}
     if op.response is not None:
         ok["content"] = {media: {"schema": _schema(model)} for media, model in response.items()}
-    responses: dict[str, Any] = {"200": ok}
+    responses: dict[str, Any] = {str(op.status): ok}
     for status in op.problems:
         responses[str(status)] = _problem(status, HTTPStatus(status).phrase)
     responses["default"] = _problem("default", "Any other error (405, 500, ...), as a problem")

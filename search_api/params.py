@@ -69,9 +69,11 @@ def parse_flag(name: str) -> bool:
 
 def parse_query_options(settings: SearchSettings) -> QueryOptions:
     """k, class, class_rule, class_min_probability, min_score, offset and dedupe of the current request."""
+    from search_api.label_filters import parse_label_filters
+
     return QueryOptions(k=parse_k(settings), class_ids=parse_classes(), min_score=parse_min_score(),
                         offset=parse_offset(settings), dedupe=parse_flag("dedupe"),
-                        class_rule=parse_class_rule(settings))
+                        class_rule=parse_class_rule(settings), labels=parse_label_filters())
 
 
 def parse_class_rule(settings: SearchSettings) -> ClassRule:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from flask import url_for
 
-from search_api.service import Hit, SearchPage, labels_json
+from search_api.service import Hit, SearchPage, custom_labels_json, labels_json
 from storage.catalog import ImageRecord
 from storage.paths import display_path
 
 
-def image_json(record: ImageRecord) -> dict[str, object]:
+def image_json(record: ImageRecord, custom_labels: Sequence[tuple[str, float]] | None = None) -> dict[str, object]:
+    """An image's details; `custom_labels` (name, score) when the caller looked them up."""
+    extra = {} if custom_labels is None else {"custom_labels": custom_labels_json(custom_labels)}
     return {
         "id": record.id,
         "path": display_path(record.path),
@@ -20,6 +24,7 @@ def image_json(record: ImageRecord) -> dict[str, object]:
         "size": record.size,
         "content_hash": record.content_hash,
         "labels": labels_json(record.predictions),
+        **extra,
         "file_url": url_for("images.image_file", image_id=record.id),
         "thumbnail_url": url_for("images.image_thumbnail", image_id=record.id),
     }

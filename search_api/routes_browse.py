@@ -6,14 +6,17 @@ from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from indexer.class_search import NameMatch, match_names
+from indexer.label_names import is_label_filter
 from indexer.labels import class_name
 from search_api import schemas
 from search_api.class_counts import ClassCounts
+from search_api.label_filters import browse_labelled, label_suggestions, parse_label_filters
 from search_api.openapi import operation
 from search_api.params import parse_class_rule, parse_classes, parse_int
 from search_api.results import image_json
 from search_api.service import SearchService
 from storage.browse import browse_images
+from storage.label_queries import labels_of_images
 
 bp = Blueprint("browse", __name__, url_prefix="/api/v1")
 
@@ -39,11 +42,15 @@ def images() -> ResponseReturnValue:
     """Images of the `class` filters, most confident first; every image, newest first, without one."""
     svc = service()
     classes = parse_classes()
+    labels = parse_label_filters()
     rule = parse_class_rule(svc.settings.search)
     offset = parse_int("offset", 0, 0, MAX_OFFSET)
     limit = parse_int("limit", DEFAULT_PAGE, 1, MAX_PAGE)
+    if labels:
+        return jsonify(browse_labelled(svc, classes, labels, rule, offset, limit))
     page = browse_images(svc.catalog, classes, rule, offset, limit)
     records = svc.catalog.get_images([e.image_id for e in page.entries])
+    custom = labels_of_images(svc.catalog, list(records), svc.model_id)
     listed = []
     for entry in page.entries:
         record = records.get(entry.image_id)
@@ -51,32 +58,36 @@ def images() -> ResponseReturnValue:
             continue
         matched = None if entry.class_id is None else {"class_id": entry.class_id, "name": class_name(entry.class_id)}
         probability = None if entry.probability is None else round(float(entry.probability), 6)
-        listed.append({**image_json(record), "probability": probability, "matched_class": matched})
+        listed.append({**image_json(record, custom.get(entry.image_id, [])), "probability": probability,
+                       "matched_class": matched})
     next_offset = offset + limit if offset + limit < page.total else None
     return jsonify({"images": listed, "total": page.total, "offset": offset, "limit": limit,
                     "next_offset": next_offset})
 
 
 @bp.get("/classes")
-@operation(summary="Classes present in the catalog with image counts; with q, autocomplete of classes and concepts",
+@operation(summary="Custom labels and the classes present in the catalog, with image counts; with q, autocomplete "
+                   "of custom labels, classes and concepts",
            query=schemas.ClassesParams, response=schemas.ClassesResponse, problems=(400,), tags=("images",))
 def classes() -> ResponseReturnValue:
-    """Without `q`: the classes present in the catalog, most common first. With `q`: classes and
-    concepts whose names contain it, exact names first, then prefix matches, each by image count."""
+    """Without `q`: the custom labels, then the classes present in the catalog, most common first. With `q`:
+    custom labels, classes and concepts whose names contain it, exact names first, then prefix matches, each by
+    image count (custom labels first)."""
     svc = service()
     rule = parse_class_rule(svc.settings.search)
     query = request.args.get("q", "").strip()
+    own = label_suggestions(svc, query)  # the library's custom labels come first
     if not query:
         limit = parse_int("limit", MAX_SUGGESTIONS, 1, MAX_SUGGESTIONS)
         counts = svc.catalog.class_counts(rule)[:limit]
-        return jsonify({"classes": [{"kind": "class", "class_id": c, "name": class_name(c), "count": n}
-                                    for c, n in counts]})
+        return jsonify({"classes": [*own, *({"kind": "class", "class_id": c, "name": class_name(c), "count": n}
+                                            for c, n in counts)][:limit]})
     limit = parse_int("limit", DEFAULT_SUGGESTIONS, 1, MAX_SUGGESTIONS)
-    matches = match_names(query)
+    matches = [] if is_label_filter(query) else match_names(query)
     table = class_counts().table(rule) if matches else None
     counted = [(m, table.count(m.class_ids)) for m in matches] if table is not None else []
     counted.sort(key=lambda mc: (not mc[0].exact, not mc[0].prefix, -mc[1], mc[0].name.casefold()))
-    return jsonify({"classes": [_suggestion(m, n) for m, n in counted[:limit]]})
+    return jsonify({"classes": [*own, *(_suggestion(m, n) for m, n in counted)][:limit]})
 
 
 def _suggestion(match: NameMatch, count: int) -> dict[str, object]:

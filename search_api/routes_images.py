@@ -21,6 +21,7 @@ from search_api.problems import ApiProblem
 from search_api.results import image_json
 from search_api.service import SearchService
 from storage.catalog import FileRef, ImageRecord
+from storage.label_queries import labels_of_images
 from storage.paths import display_path, printable
 
 log = logging.getLogger(__name__)
@@ -40,11 +41,13 @@ def _record(image_id: int) -> ImageRecord:
 
 
 @bp.get("/images/<int:image_id>")
-@operation(summary="Metadata of an indexed image: paths, size, dimensions, format, top-5 labels",
+@operation(summary="Metadata of an indexed image: paths, size, dimensions, format, top-5 labels, custom labels",
            response=schemas.ImageDetails, problems=(404,), tags=("images",),
            path_params={"image_id": "catalog id of the image"})
 def image(image_id: int) -> ResponseReturnValue:
-    return jsonify(image_json(_record(image_id)))
+    svc = service()
+    custom = labels_of_images(svc.catalog, [image_id], svc.model_id).get(image_id, [])
+    return jsonify(image_json(_record(image_id), custom))
 
 
 def _library_files(image_id: int) -> list[FileRef]:

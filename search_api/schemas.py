@@ -23,7 +23,8 @@ class SearchParams(BaseModel):
     class_: list[str] = Field(
         default_factory=list, alias="class",
         description="Keep only images of these ImageNet classes or WordNet concepts (class id, class name, concept "
-                    "name such as dog or vehicle, or WordNet id; repeat for any of several). See class_rule.")
+                    "name such as dog or vehicle, or WordNet id) or custom labels (label:<name>); repeat for any "
+                    "of several. See class_rule.")
     class_rule: Literal["top1", "top5"] = Field(
         "top5", description="top5: an image matches a class that is its top-1 prediction, or in its top-5 with "
                             "probability >= class_min_probability; top1: only its top-1 prediction counts.")
@@ -66,11 +67,17 @@ class Label(BaseModel):
     probability: float
 
 
+class CustomLabelScore(BaseModel):
+    name: str = Field(description="A custom label the image has (filter with class=label:<name>).")
+    score: float = Field(ge=0.0, le=1.0, description="The image's score for it (at or above its threshold).")
+
+
 class Hit(BaseModel):
     id: int
     path: str
     score: float = Field(description="Cosine similarity of the feature vectors.")
     labels: list[Label] = Field(description="Top-5 ImageNet predictions of the image.")
+    custom_labels: list[CustomLabelScore] = Field(description="The custom labels the image has, best score first.")
     file_url: str
     thumbnail_url: str = Field(description="A small upright WebP preview without metadata.")
     duplicates: list[int] = Field(default_factory=list,
@@ -127,18 +134,21 @@ class ImageDetails(BaseModel):
     size: int
     content_hash: str
     labels: list[Label]
+    custom_labels: list[CustomLabelScore] = Field(default_factory=list,
+                                                  description="The custom labels the image has, best score first.")
     file_url: str
     thumbnail_url: str = Field(description="A small upright WebP preview without metadata.")
 
 
 class ClassCount(BaseModel):
-    kind: Literal["class", "concept"]
-    class_id: int | None = Field(description="ImageNet class index; null for a concept.")
+    kind: Literal["class", "concept", "label"]
+    class_id: int | None = Field(description="ImageNet class index; null for a concept or a custom label.")
     name: str = Field(description="A value for the class parameter that selects exactly this entry.")
     count: int = Field(description="Images matching it under the class rule.")
     concept_id: str | None = Field(None, description="Concepts: the WordNet id.")
     names: list[str] | None = Field(None, description="Concepts: every WordNet name.")
     classes: int | None = Field(None, description="Concepts: number of ImageNet classes below it.")
+    label: str | None = Field(None, description="Custom labels: the label's name (`name` is label:<name>).")
 
 
 class ClassesResponse(BaseModel):
@@ -155,7 +165,8 @@ class ClassesParams(BaseModel):
 
 class BrowseParams(BaseModel):
     class_: list[str] = Field(default_factory=list, alias="class",
-                              description="Classes or concepts to list (repeatable); none: every image, newest first.")
+                              description="Classes, concepts or custom labels (label:<name>) to list (repeatable); "
+                                          "none: every image, newest first.")
     class_rule: Literal["top1", "top5"] = Field("top5", description="When an image counts as showing a class.")
     class_min_probability: float = Field(None, ge=0.0, le=1.0,  # type: ignore[assignment]
                                          description="Minimum probability of a top-5 match.")
@@ -164,12 +175,14 @@ class BrowseParams(BaseModel):
 
 
 class MatchedClass(BaseModel):
-    class_id: int
-    name: str
+    class_id: int | None = Field(description="ImageNet class index; null for a custom label.")
+    name: str = Field(description="The class name, or label:<name> for a custom label.")
+    label: str | None = Field(None, description="Custom labels: the label's name.")
 
 
 class BrowseImage(ImageDetails):
-    probability: float = Field(description="Probability of the image's most probable matching class.")
+    probability: float = Field(description="Probability of the image's most probable matching class (for a custom "
+                                           "label: its score).")
     matched_class: MatchedClass
 
 
@@ -206,3 +219,4 @@ class Ready(Stats):
     status: str
     in_step: bool = Field(description="The index holds exactly the catalog's images (false for a moment while an "
                                       "indexer runs).")
+

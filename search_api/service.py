@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from search_api.dedupe import collapse_near_duplicates
 from storage.catalog import Catalog, ImageRecord
 from storage.class_rule import ClassRule
 from storage.errors import CatalogError, DamagedVectorError
+from storage.label_queries import ids_with_labels, labels_of_images
 from storage.paths import display_path
 from storage.sync import build_from_catalog, check_model, open_index
 from storage.vector_index import IndexDamagedError, IndexMismatchError, IndexStore, Manifest, VectorIndex, usable
@@ -40,12 +41,14 @@ class Hit:
     score: float
     # With dedupe: ids of the near-duplicate images collapsed into this one (None without dedupe).
     duplicates: tuple[int, ...] | None = None
+    custom_labels: tuple[tuple[str, float], ...] = ()  # (name, score) of the custom labels the image has
 
     def to_json(self) -> dict[str, object]:
         """The fields every search result carries, in the API and in `lookalike search --json`."""
         out: dict[str, object] = {"id": self.record.id, "path": display_path(self.record.path),
                                   "score": round(self.score, 6),
-                                  "labels": labels_json(self.record.predictions)}
+                                  "labels": labels_json(self.record.predictions),
+                                  "custom_labels": custom_labels_json(self.custom_labels)}
         if self.duplicates is not None:
             # Files with identical content are one catalog image already: its other paths are exact duplicates.
             out["duplicates"] = list(self.duplicates)
@@ -72,6 +75,7 @@ class QueryOptions:
     offset: int = 0
     dedupe: bool = False
     class_rule: ClassRule | None = None  # None: the configured rule
+    labels: tuple[int, ...] = ()  # custom labels (class=label:<name>), any of them or of class_ids
 
 
 def labels_json(predictions: Collection[tuple[int, float]]) -> list[dict[str, object]]:
@@ -79,6 +83,10 @@ def labels_json(predictions: Collection[tuple[int, float]]) -> list[dict[str, ob
         {"class_id": class_id, "name": class_name(class_id), "probability": round(float(prob), 6)}
         for class_id, prob in predictions
     ]
+
+
+def custom_labels_json(found: Collection[tuple[str, float]]) -> list[dict[str, object]]:
+    return [{"name": name, "score": round(float(score), 6)} for name, score in found]
 
 
 class SearchService:
@@ -194,10 +202,14 @@ class SearchService:
         metrics.EMBED_SECONDS.observe(time.perf_counter() - started)
         return results
 
-    def allowed_ids(self, class_ids: Collection[int] | None, rule: ClassRule | None = None) -> np.ndarray | None:
-        if not class_ids:
+    def allowed_ids(self, class_ids: Collection[int] | None, rule: ClassRule | None = None,
+                    labels: Collection[int] = ()) -> np.ndarray | None:
+        """Images of any of the classes or custom labels; None when there is no filter."""
+        if not class_ids and not labels:
             return None
-        return self.catalog.ids_matching_classes(class_ids, rule or self.settings.search.class_rule())
+        ids = (self.catalog.ids_matching_classes(class_ids, rule or self.settings.search.class_rule())
+               if class_ids else np.empty(0, np.int64))
+        return np.union1d(ids, ids_with_labels(self.catalog, labels)) if labels else ids
 
     def search(
         self,
@@ -207,9 +219,11 @@ class SearchService:
         min_score: float | None = None,
         exclude_id: int | None = None,
         class_rule: ClassRule | None = None,
+        labels: Sequence[int] = (),
     ) -> list[Hit]:
         """The k nearest indexed images, best first, filtered by class inside the search."""
-        return self.search_page(vector, QueryOptions(k, class_ids, min_score, class_rule=class_rule), exclude_id).hits
+        options = QueryOptions(k, class_ids, min_score, class_rule=class_rule, labels=tuple(labels))
+        return self.search_page(vector, options, exclude_id).hits
 
     def search_page(self, vector: np.ndarray, options: QueryOptions, exclude_id: int | None = None) -> SearchPage:
         """One page of neighbours, best first; with dedupe, near-duplicate groups count as one result."""
@@ -219,14 +233,18 @@ class SearchService:
         finally:
             metrics.SEARCH_SECONDS.observe(time.perf_counter() - started)
         end = options.offset + options.k
-        return SearchPage(hits[options.offset:end], end if len(hits) > end else None)
+        return SearchPage(self._with_custom_labels(hits[options.offset:end]), end if len(hits) > end else None)
+
+    def _with_custom_labels(self, hits: list[Hit]) -> list[Hit]:
+        found = labels_of_images(self.catalog, [h.record.id for h in hits], self.model_id)
+        return [replace(h, custom_labels=tuple(found.get(h.record.id, ()))) for h in hits]
 
     def _ranked(self, vector: np.ndarray, options: QueryOptions, exclude_id: int | None) -> list[Hit]:
         """At least offset+k+1 ranked hits when that many exist (one more tells that a next page exists)."""
         index = self.index()
         if index is None:
             return []
-        allowed = self.allowed_ids(options.class_ids, options.class_rule)
+        allowed = self.allowed_ids(options.class_ids, options.class_rule, options.labels)
         if allowed is not None and exclude_id is not None:
             allowed = allowed[allowed != exclude_id]
         needed = options.offset + options.k + 1
@@ -270,9 +288,11 @@ class SearchService:
             return rebuilt
 
     def similar(self, image_id: int, k: int, class_ids: Collection[int] | None = None,
-                min_score: float | None = None, class_rule: ClassRule | None = None) -> list[Hit] | None:
+                min_score: float | None = None, class_rule: ClassRule | None = None,
+                labels: Sequence[int] = ()) -> list[Hit] | None:
         """Neighbours of an indexed image (itself excluded); None when the id is unknown."""
-        page = self.similar_page(image_id, QueryOptions(k, class_ids, min_score, class_rule=class_rule))
+        page = self.similar_page(image_id, QueryOptions(k, class_ids, min_score, class_rule=class_rule,
+                                                        labels=tuple(labels)))
         return None if page is None else page.hits
 
     def similar_page(self, image_id: int, options: QueryOptions) -> SearchPage | None:

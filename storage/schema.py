@@ -112,3 +112,7 @@ class StagedPredictionRow(Base):
     rank: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     class_id: Mapped[int] = mapped_column(SmallInteger)
     probability: Mapped[float] = mapped_column(Float)
+
+
+# Custom labels' tables join the same metadata (Alembic compares the catalog against all of them).
+from storage import label_schema as _label_schema  # noqa: E402, F401

@@ -6,6 +6,7 @@ imports another.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -16,7 +17,7 @@ import subprocess
 import time
 import urllib.request
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,24 @@ def drop_everything(url: str) -> None:
     meta.reflect(engine)
     meta.drop_all(engine)
     engine.dispose()
+
+
+@contextlib.contextmanager
+def private_postgres_database() -> Iterator[str]:
+    """The URL of a new, empty database on the tests' PostgreSQL server, dropped afterwards: for tests that
+    keep a whole data dir on PostgreSQL without touching the shared test database."""
+    import sqlalchemy as sa
+
+    name = f"lookalike_test_{os.getpid()}_{time.time_ns()}"
+    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        yield POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 def survivors(mark: str, grace_seconds: float = 0.0) -> list[psutil.Process]:

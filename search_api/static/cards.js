@@ -33,6 +33,7 @@ export function fileName(path) {
 export function card(item, {mode, className, onChoose}) {
   const node = document.getElementById("card-template").content.firstElementChild.cloneNode(true);
   node.dataset.id = item.id;
+  node.__item = item;
   const img = node.querySelector("img");
   // The WebP thumbnail, else the original (browsers show no TIFF and not every HEIC or AVIF),
   // else say there is no preview instead of showing a broken image.
@@ -48,6 +49,9 @@ export function card(item, {mode, className, onChoose}) {
   if (mode === "score") {
     score.textContent = Number(item.score).toFixed(3);
     score.title = "Similarity (cosine, 1 = identical)";
+  } else if (mode === "label") {
+    score.textContent = percent(item.score);
+    score.title = "Score for this label (the threshold decides who has it)";
   } else if (typeof item.probability === "number") {
     score.textContent = percent(item.probability);
     score.title = `Probability of ${item.matched_class ? item.matched_class.name : className}`;
@@ -55,6 +59,13 @@ export function card(item, {mode, className, onChoose}) {
   node.querySelector(".card-id").textContent = `#${item.id}`;
   const labels = node.querySelector(".card-labels");
   for (const label of notableLabels(item.labels, CARD_LABEL_MIN, 2)) labels.append(labelElement(label, "span"));
+  for (const custom of item.custom_labels || []) {
+    const chip = document.createElement("span");
+    chip.className = "label custom";
+    chip.textContent = custom.name;
+    chip.title = `Your label ${custom.name} (score ${percent(custom.score)})`;
+    labels.append(chip);
+  }
   const path = node.querySelector(".card-path");
   path.textContent = fileName(item.path);
   path.title = item.path || "";

@@ -2,6 +2,7 @@
 // Talks only to this app's JSON API; every text from the server is set with textContent.
 import {api, plural} from "./api.js";
 import {QUERY_LABEL_MIN, card, fileName, labelElement, notableLabels} from "./cards.js";
+import {decorate, initLabels, leaveLabel, openLabel} from "./labels.js";
 import {attachSuggestions} from "./suggestions.js";
 
 // The page's first title, as the template wrote it: shown again when the view is cleared.
@@ -13,6 +14,7 @@ const state = {
   filter: null,     // the chosen class or concept name, passed as class=<name>
   anyTop5: false,   // count an image as showing the class whenever it is among its top 5 predictions
   view: null,       // {kind: "upload", file} | {kind: "similar", id, item} | {kind: "browse", name, nextOffset}
+                    // | {kind: "label", name, nextOffset}: a custom label's page (labels.js)
   seq: 0,           // number of the newest request; answers to older ones are dropped
   previewUrl: null, // object URL of the uploaded query image
   lastUpload: null, // the last uploaded file, searched again when Back returns to it
@@ -90,7 +92,8 @@ function renderResults(items, mode, append = false) {
   const grid = $("results");
   if (!append) grid.replaceChildren();
   const className = state.view && state.view.name;
-  grid.append(...items.map((item) => card(item, {mode, className, onChoose: (hit) => searchSimilar(hit.id, {item: hit})})));
+  grid.append(...items.map((item) => decorate(card(item, {mode, className,
+    onChoose: (hit) => searchSimilar(hit.id, {item: hit})}), item, mode)));
 }
 
 function showQuery(title, imageUrl, labels) {
@@ -142,6 +145,7 @@ async function classCount(name, params) {
 // --- searching -----------------------------------------------------------------------------
 
 function begin(view, busyText) {
+  if (view.kind !== "label") leaveLabel();
   state.view = {...view, nextOffset: null};
   state.seq += 1;
   clearError();
@@ -255,6 +259,7 @@ function more() {
   if (view.kind === "upload") searchUpload(view.file, {push: false, offset: view.nextOffset});
   else if (view.kind === "similar") searchSimilar(view.id, {item: view.item, push: false, offset: view.nextOffset});
   else if (view.kind === "browse") browse(view.name, {offset: view.nextOffset});
+  else if (view.kind === "label") openLabel(view.name, {push: false, offset: view.nextOffset});
 }
 
 function rerun() {
@@ -283,6 +288,7 @@ function updateHash() {
   const view = state.view;
   if (view && view.kind === "similar") setHash({similar: view.id});
   else if (view && view.kind === "browse") setHash({browse: view.name});
+  else if (view && view.kind === "label") setHash({label: view.name});
   else setHash({});
 }
 
@@ -291,7 +297,9 @@ function applyHash() {
   const browseName = params.get("browse");
   setFilter(browseName || params.get("class"), {run: false});
   const similar = params.get("similar");
-  if (browseName) browse(browseName, {push: false});
+  const labelName = params.get("label");
+  if (labelName) openLabel(labelName, {push: false});
+  else if (browseName) browse(browseName, {push: false});
   else if (similar && /^\d+$/.test(similar)) searchSimilar(Number(similar), {push: false});
   else if (state.lastUpload) searchUpload(state.lastUpload, {push: false});
 }
@@ -317,7 +325,7 @@ async function chooseClass(text) {
     const body = await api(`/classes?${new URLSearchParams({q: text, limit: "20"})}`);
     const lower = text.toLowerCase();
     const found = (body.classes || []).find((c) => c.name.toLowerCase() === lower
-      || String(c.class_id) === text || c.concept_id === text);
+      || String(c.class_id) === text || c.concept_id === text || (c.label && c.label.toLowerCase() === lower));
     if (found) {
       setFilter(found.name);
       return;
@@ -337,19 +345,39 @@ function initFilter() {
   $("filter-clear").addEventListener("click", () => {
     const browsing = state.view && state.view.kind === "browse";
     setFilter(null, {run: !browsing});
-    if (browsing) {
-      state.view = null;
-      $("results").replaceChildren();
-      $("more-button").hidden = true;
-      $("results-title").textContent = START_TITLE;
-      setStatus("");
-      setHash({});
-    }
+    if (browsing) resetView();
   });
   $("browse-button").addEventListener("click", () => state.filter && browse(state.filter));
   $("more-button").addEventListener("click", more);
   $("looser-button").addEventListener("click", () => setFilter(state.filter, {anyTop5: true}));
 }
+
+// The page as it first opened (the filter stays).
+function resetView() {
+  state.view = null;
+  state.seq += 1;
+  leaveLabel();
+  $("results").replaceChildren();
+  $("more-button").hidden = true;
+  $("query").hidden = true;
+  $("results-title").textContent = START_TITLE;
+  setStatus("");
+  setHash({});
+}
+
+// What labels.js may do to the page.
+const pageApi = {
+  begin, beginMore, failed, setStatus, showError, clearError,
+  isCurrent: (seq) => seq === state.seq,
+  showPage: (items, mode, append, nextOffset) => showPage(items, mode, append, nextOffset),
+  setHash,
+  filter: () => state.filter,
+  setFilter: (name, options = {}) => {
+    setFilter(name, {...options, run: false});
+    if (options.run !== false) resetView();
+  },
+  reset: resetView,
+};
 
 // --- choosing, dropping and pasting an image ------------------------------------------------
 
@@ -401,6 +429,7 @@ document.addEventListener("DOMContentLoaded", () => {
   START_TITLE = $("results-title").textContent;
   initUpload();
   initFilter();
+  initLabels(pageApi);
   window.addEventListener("popstate", applyHash);
   loadStats();
   applyHash();

@@ -42,11 +42,11 @@ export function attachSuggestions(input, list, {onChoose, onError}) {
     name.className = "option-name";
     name.textContent = item.name;
     li.append(name);
-    if (item.kind === "concept") {
+    if (item.kind === "concept" || item.kind === "label") {
       const kind = document.createElement("span");
-      kind.className = "kind";
-      kind.textContent = "concept";
-      kind.title = "A group of related classes";
+      kind.className = item.kind === "label" ? "kind yours" : "kind";
+      kind.textContent = item.kind === "label" ? "your label" : "concept";
+      kind.title = item.kind === "label" ? "A label you taught" : "A group of related classes";
       li.append(kind);
     }
     if (typeof item.count === "number") {
