@@ -138,13 +138,66 @@ def jpeg(image: Image.Image) -> bytes:
     return encode(image, "JPEG", quality=95)
 
 
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG that claims `width` x `height` pixels but holds almost no data."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(b"\0" * 10))
+            + png_chunk(b"IEND", b""))
+
+
+# --- decode amplification: small or legal-sized uploads that cost far more to decode than to send ----------
+
+
+def png_text_bomb(total_bytes: int) -> bytes:
+    """A valid 64x64 PNG padded to `total_bytes` with tiny tEXt chunks (about 50,000 per megabyte)."""
+    small = encode(Image.new("RGB", (64, 64), (10, 20, 30)), "PNG")
+    at = small.index(b"IDAT") - 4
+    text = png_chunk(b"tEXt", b"k\x00v")
+    return small[:at] + text * ((total_bytes - len(small)) // len(text)) + small[at:]
+
+
+def png_pixel_bomb(width: int, height: int) -> bytes:
+    """A complete black RGB PNG: about 3 kB per megapixel on the wire, 3 bytes per pixel decoded."""
+    row = b"\x00" * (1 + width * 3)
+    compressor = zlib.compressobj(9)
+    pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + png_chunk(b"IDAT", pixels) + png_chunk(b"IEND", b""))
+
+
+def jpeg_segments(data: bytes) -> list[tuple[int, bytes]]:
+    """(marker, bytes) of each segment after SOI; a scan (SOS) includes its entropy-coded data."""
+    segments, at = [], 2
+    while at < len(data):
+        marker = data[at + 1]
+        if marker == 0xD9:
+            segments.append((marker, data[at:at + 2]))
+            break
+        end = at + 2 + struct.unpack(">H", data[at + 2:at + 4])[0]
+        if marker == 0xDA:
+            while True:
+                end = data.index(b"\xff", end)
+                if data[end + 1] == 0 or 0xD0 <= data[end + 1] <= 0xD7:
+                    end += 2
+                    continue
+                break
+        segments.append((marker, data[at:end]))
+        at = end
+    return segments
+
+
+def jpeg_scan_bomb(side: int = 7000, repeat: int = 50) -> bytes:
+    """A smooth `side` x `side` progressive JPEG whose 10 scans each appear `repeat` times: every scan
+    walks every block of the image, so decoding costs `repeat` times a normal one (7000, 50: ~15 MB)."""
+    ramp = np.linspace(0, 255, side, dtype=np.float32)
+    planes = (np.add.outer(ramp, ramp) / 2, np.add.outer(ramp, -ramp) / 2 + 128, np.full((side, side), 90.0))
+    image = Image.fromarray(np.stack(planes, -1).astype(np.uint8), "RGB")
+    segments = jpeg_segments(encode(image, "JPEG", quality=50, progressive=True))
+    return b"\xff\xd8" + b"".join(body * (repeat if marker == 0xDA else 1) for marker, body in segments)
 
 
 def sha256_of(path: Path) -> str:

@@ -7,7 +7,6 @@ import io
 import os
 import resource
 import struct
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from helpers import (
     jpeg,
     make_settings,
     png_header_only,
+    png_pixel_bomb,
     run_index,
     write_image,
 )
@@ -74,20 +74,9 @@ def jpeg_bomb(width: int, height: int) -> bytes:
     return bytes(data)
 
 
-def zlib_png(width: int, height: int) -> bytes:
-    """A real, complete black PNG: small on the wire, `width * height * 3` bytes once decoded."""
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-    row = b"\x00" + b"\x00" * (width * 3)
-    compressor = zlib.compressobj(9)
-    pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
-
-
 BOMBS = {
     "png-header": png_header_only(100_000, 100_000),
-    "png-real-zlib": zlib_png(6000, 6000),  # 36 megapixels in about 100 kB
+    "png-real-zlib": png_pixel_bomb(6000, 6000),  # 36 megapixels in about 100 kB
     "gif": gif_bomb(65_535, 65_535),
     "tiff": tiff_bomb(100_000, 100_000),
     "webp": webp_bomb(16_384, 16_384),
