@@ -96,9 +96,3 @@ def init_app(app: Flask) -> None:
         return response
 
     app.register_blueprint(bp)
-
-
-def mark_worker_dead(pid: int) -> None:
-    """Gunicorn child_exit hook: drop a dead worker's live gauges from the shared directory."""
-    if os.environ.get(MULTIPROC_ENV):
-        multiprocess.mark_process_dead(pid)

@@ -10,9 +10,11 @@ import hashlib
 import io
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
+import sys
 import time
 import urllib.request
 import zlib
@@ -320,6 +322,86 @@ def http_search(base: str, image: Path, k: int) -> dict[str, Any]:
                                      headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     with urllib.request.urlopen(request, timeout=60) as r:
         return dict(json.load(r))
+
+
+class ServerProcess:
+    """`lookalike serve` in a session of its own on a free loopback port, its output in `log`.
+
+    Leaving the `with` block ends it and every process it started (workers, decode processes),
+    whatever state they are in, so nothing outlives the test.
+    """
+
+    def __init__(self, env: dict[str, str], log: Path, workers: int = 1, args: tuple[str, ...] = (),
+                 python_args: tuple[str, ...] = ("-m", "lookalike")) -> None:
+        self.env, self.log_path, self.workers_wanted, self.args = env, log, workers, args
+        self.python_args = python_args  # how Python starts the command (the arguments follow)
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.seen: set[int] = set()  # every descendant ever listed, ended on exit
+
+    def __enter__(self) -> ServerProcess:
+        with self.log_path.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, *self.python_args, *self.args, "serve", "--host", "127.0.0.1",
+                 "--port", str(self.port), "--workers", str(self.workers_wanted)],
+                env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_ready(self.proc, self.base)
+        wait_for(lambda: len(self.worker_pids()) == self.workers_wanted, 60, "the workers")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import psutil
+
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.descendants()
+            self.proc.kill()
+            self.proc.wait(30)
+        for pid in self.seen:
+            try:
+                psutil.Process(pid).kill()
+            except psutil.Error:
+                pass
+
+    def descendants(self) -> list[int]:
+        import psutil
+
+        assert self.proc is not None
+        try:
+            pids = [p.pid for p in psutil.Process(self.proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+        self.seen.update(pids)
+        return pids
+
+    def worker_pids(self) -> set[int]:
+        """Live gunicorn workers: the server's children that are not zombies."""
+        import psutil
+
+        assert self.proc is not None
+        workers = set()
+        for child in psutil.Process(self.proc.pid).children():
+            try:
+                if child.status() != psutil.STATUS_ZOMBIE:
+                    workers.add(child.pid)
+            except psutil.NoSuchProcess:
+                continue
+        self.seen.update(workers)
+        return workers
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, group: bool = False, seconds: float = 30) -> int:
+        """Send `sig` (to the whole session, as Ctrl-C in a terminal does, with `group`); its exit status."""
+        assert self.proc is not None
+        self.descendants()
+        if group:
+            os.killpg(self.proc.pid, sig)
+        else:
+            self.proc.send_signal(sig)
+        return self.proc.wait(seconds)
 
 
 # --- a library that changes ---------------------------------------------------------------
