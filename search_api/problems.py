@@ -1,16 +1,82 @@
-"""RFC 9457 problem details: one shape for every error response, never a traceback."""
+"""RFC 9457 problem details: one shape for every error response, never a traceback.
+
+Every status has a fixed title and `code` (Python renames HTTP phrases between versions: 3.13 calls
+413 "Content Too Large"), and every known domain error has its status and code here, in one place.
+"""
 
 from __future__ import annotations
 
 import logging
-from http import HTTPStatus
+from dataclasses import dataclass
 
 from flask import Flask, Response, json, request
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
+
+from indexer.model import ModelUnavailableError
+from storage.vector_index import IndexMismatchError
 
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+
+# status: (title, code). The codes are part of the API: never derive them from http.HTTPStatus.
+STATUS_TITLES: dict[int, tuple[str, str]] = {
+    400: ("Bad Request", "bad_request"),
+    401: ("Unauthorized", "unauthorized"),
+    403: ("Forbidden", "forbidden"),
+    404: ("Not Found", "not_found"),
+    405: ("Method Not Allowed", "method_not_allowed"),
+    406: ("Not Acceptable", "not_acceptable"),
+    408: ("Request Timeout", "request_timeout"),
+    409: ("Conflict", "conflict"),
+    410: ("Gone", "gone"),
+    411: ("Length Required", "length_required"),
+    412: ("Precondition Failed", "precondition_failed"),
+    413: ("Request Entity Too Large", "request_entity_too_large"),
+    414: ("URI Too Long", "uri_too_long"),
+    415: ("Unsupported Media Type", "unsupported_media_type"),
+    416: ("Requested Range Not Satisfiable", "requested_range_not_satisfiable"),
+    417: ("Expectation Failed", "expectation_failed"),
+    422: ("Unprocessable Entity", "unprocessable_entity"),
+    428: ("Precondition Required", "precondition_required"),
+    429: ("Too Many Requests", "too_many_requests"),
+    431: ("Request Header Fields Too Large", "request_header_fields_too_large"),
+    500: ("Internal Server Error", "internal_server_error"),
+    501: ("Not Implemented", "not_implemented"),
+    502: ("Bad Gateway", "bad_gateway"),
+    503: ("Service Unavailable", "service_unavailable"),
+    504: ("Gateway Timeout", "gateway_timeout"),
+    505: ("HTTP Version Not Supported", "http_version_not_supported"),
+}
+
+
+def status_title(status: int) -> str:
+    return STATUS_TITLES.get(status, ("Error", ""))[0]
+
+
+def status_code(status: int) -> str:
+    """The problem `code` of an error that has no more specific one."""
+    return STATUS_TITLES.get(status, ("", f"http_{status}"))[1]
+
+
+@dataclass(frozen=True)
+class DomainProblem:
+    status: int
+    code: str
+    # What the client is told; None: the exception's own message, which already says what to do.
+    detail: str | None = None
+    retry_after: int | None = None
+
+
+# Errors of the search engine underneath the routes, each with the answer it deserves.
+DOMAIN_PROBLEMS: dict[type[Exception], DomainProblem] = {
+    IndexMismatchError: DomainProblem(503, "model_mismatch"),
+    ModelUnavailableError: DomainProblem(503, "model_unavailable"),
+    # Host names and credentials in the driver's message are for the log, not for clients.
+    OperationalError: DomainProblem(503, "catalog_unavailable", "the catalog database cannot be reached or is "
+                                    "busy; the server log has the details", retry_after=5),
+}
 
 
 class ApiProblem(Exception):
@@ -28,7 +94,7 @@ def problem_body(status: int, detail: str, code: str, **extra: object) -> dict[s
     """The RFC 9457 members of a problem; also used for the per-item errors of a batch."""
     return {
         "type": "about:blank",
-        "title": HTTPStatus(status).phrase,
+        "title": status_title(status),
         "status": status,
         "detail": detail,
         "code": code,
@@ -50,19 +116,33 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
-        detail = exc.description or HTTPStatus(status).description
+        detail = exc.description or status_title(status)
         if status == 413:
             detail = _too_large_detail(app)
-        response = problem_response(status, detail, HTTPStatus(status).phrase.lower().replace(" ", "_"))
+        response = problem_response(status, detail, status_code(status))
         allowed = getattr(exc, "valid_methods", None)
         if allowed:
             response.headers["Allow"] = ", ".join(allowed)
         return response
 
+    for kind, problem in DOMAIN_PROBLEMS.items():
+        app.register_error_handler(kind, _domain_handler(problem))
+
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return problem_response(500, "internal error; the server log has the details", "internal_error")
+
+
+def _domain_handler(problem: DomainProblem):  # type: ignore[no-untyped-def]
+    def handle(exc: Exception) -> Response:
+        log.warning("%s %s: %s (%s)", request.method, request.path, problem.code, exc)
+        response = problem_response(problem.status, problem.detail or str(exc), problem.code)
+        if problem.retry_after is not None:
+            response.headers["Retry-After"] = str(problem.retry_after)
+        return response
+
+    return handle
 
 
 def _too_large_detail(app: Flask) -> str:

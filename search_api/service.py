@@ -16,18 +16,20 @@ import numpy as np
 
 from indexer.images import ImageRejected, decode_image
 from indexer.labels import class_name
-from indexer.model import Embedder, model_id, stand_in_note, top_k
+from indexer.model import Embedder, ModelUnavailableError, model_id, stand_in_note, top_k
 from indexer.settings import Settings
 from search_api import metrics
 from search_api.dedupe import collapse_near_duplicates
 from storage.catalog import Catalog, ImageRecord
 from storage.class_rule import ClassRule
 from storage.sync import open_index
-from storage.vector_index import IndexStore, Manifest, VectorIndex
+from storage.vector_index import IndexMismatchError, IndexStore, Manifest, VectorIndex
 
 log = logging.getLogger(__name__)
 
 RELOAD_CHECK_SECONDS = 1.0
+# After the model failed to load, requests get that error without a new attempt for this long.
+MODEL_RETRY_SECONDS = 30.0
 
 Embedded = tuple[np.ndarray, list[tuple[int, float]]]  # a query's feature vector and top-5 predictions
 
@@ -92,6 +94,7 @@ class SearchService:
         self._index: VectorIndex | None = None
         self._manifest: Manifest | None = None
         self._checked_at = 0.0
+        self._model_error: tuple[str, float] | None = None  # why the model last failed to load, and when
         self._lock = threading.Lock()
 
     # --- components ----------------------------------------------------------------------
@@ -106,15 +109,35 @@ class SearchService:
 
     @property
     def embedder(self) -> Embedder:
+        """The model, loaded on first use; after a failed load, the same error for MODEL_RETRY_SECONDS."""
         with self._lock:
             if self._embedder is None:
-                self._embedder = Embedder.from_settings(self.settings.model)
+                self.check_model()
+                try:
+                    self._embedder = Embedder.from_settings(self.settings.model)
+                except ModelUnavailableError as exc:
+                    self._model_error = (str(exc), time.monotonic())
+                    raise
+                self._model_error = None
             return self._embedder
 
+    def check_model(self) -> None:
+        """Raise ModelUnavailableError while the last attempt to load the model failed recently."""
+        failed = self._model_error
+        if failed is not None and time.monotonic() - failed[1] < MODEL_RETRY_SECONDS:
+            raise ModelUnavailableError(failed[0])
+
     def warm_up(self) -> None:
-        """Load the model, run it once and load the index, so the first query is not slow."""
-        self.embedder.warm_up(1)
-        self.index()
+        """Load the model, run it once and load the index, so the first query is not slow.
+
+        A model that cannot load or does not match the catalog is logged, not raised: the server
+        stays up and answers 503 with the reason (on /readyz too) until the operator fixes it.
+        """
+        try:
+            self.embedder.warm_up(1)
+            self.index()
+        except (ModelUnavailableError, IndexMismatchError) as exc:
+            log.error("not ready: %s", exc)
 
     def is_ready(self) -> bool:
         return self._embedder is not None

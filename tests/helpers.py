@@ -293,12 +293,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_ready(proc: subprocess.Popen[bytes], base: str, seconds: float = 180) -> dict[str, Any]:
-    """Poll `/readyz` of a server started as `proc` until it answers 200; fails if the process ends."""
+def wait_ready(proc: subprocess.Popen[bytes], base: str, seconds: float = 180,
+               probe: str = "/readyz") -> dict[str, Any]:
+    """Poll `probe` of a server started as `proc` until it answers 200; fails if the process ends."""
     deadline = time.monotonic() + seconds
     while True:
         try:
-            with urllib.request.urlopen(f"{base}/readyz", timeout=5) as r:
+            with urllib.request.urlopen(f"{base}{probe}", timeout=5) as r:
                 return dict(json.load(r))
         except OSError:
             assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else "server exited"
@@ -332,8 +333,9 @@ class ServerProcess:
     """
 
     def __init__(self, env: dict[str, str], log: Path, workers: int = 1, args: tuple[str, ...] = (),
-                 python_args: tuple[str, ...] = ("-m", "lookalike")) -> None:
+                 python_args: tuple[str, ...] = ("-m", "lookalike"), probe: str = "/readyz") -> None:
         self.env, self.log_path, self.workers_wanted, self.args = env, log, workers, args
+        self.probe = probe  # entered once this path answers 200
         self.python_args = python_args  # how Python starts the command (the arguments follow)
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -346,7 +348,7 @@ class ServerProcess:
                 [sys.executable, *self.python_args, *self.args, "serve", "--host", "127.0.0.1",
                  "--port", str(self.port), "--workers", str(self.workers_wanted)],
                 env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_ready(self.proc, self.base)
+        wait_ready(self.proc, self.base, probe=self.probe)
         wait_for(lambda: len(self.worker_pids()) == self.workers_wanted, 60, "the workers")
         return self
 

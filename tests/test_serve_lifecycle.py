@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import threading
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -156,3 +158,16 @@ def test_no_control_socket_is_shared_with_other_servers(env: dict[str, str], tmp
     with ServerProcess(env, tmp_path / "serve.log") as server:
         assert server.stop(signal.SIGTERM) == 0
     assert not (tmp_path / "home" / ".gunicorn").exists()
+
+
+def test_a_model_that_cannot_load_leaves_the_server_up_saying_why(env: dict[str, str], tmp_path: Path) -> None:
+    missing = tmp_path / "moved-module"
+    env = {**env, "LOOKALIKE_MODEL__HANDLE": str(missing)}
+    with ServerProcess(env, tmp_path / "serve.log", probe="/healthz") as server:
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(f"{server.base}/readyz", timeout=30)
+        assert answer.value.code == 503
+        body = json.loads(answer.value.read())
+        assert body["code"] == "model_unavailable" and str(missing) in body["detail"]
+        assert server.stop(signal.SIGTERM) == 0
+    assert "Traceback" not in server.output()
