@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Flask
+from werkzeug.routing import IntegerConverter
 
 from indexer.settings import Settings, load_settings
 from search_api import (
@@ -19,10 +20,17 @@ from search_api.class_counts import ClassCounts
 from search_api.service import SearchService
 
 
+class AsciiIntegerConverter(IntegerConverter):
+    """`<int:...>` in ASCII digits only: werkzeug's `\\d+` also matches other scripts' digits ("\\u0663")."""
+
+    regex = r"[0-9]+"
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     """The HTTP API for `settings` (default: config file and environment, as the CLI reads them)."""
     settings = settings or load_settings()
     app = Flask(__name__)
+    app.url_map.converters["int"] = AsciiIntegerConverter  # before any route is added
     app.config["MAX_CONTENT_LENGTH"] = int(settings.api.max_upload_mb * 1024 * 1024)
     app.config["MAX_FORM_PARTS"] = settings.api.max_form_parts
     app.json.sort_keys = False  # type: ignore[attr-defined]
