@@ -24,7 +24,8 @@ from werkzeug.routing import IntegerConverter, Rule
 
 from indexer.settings import Settings
 from search_api import schemas
-from search_api.problems import PROBLEM_JSON, status_title
+from search_api.http_status import status_title
+from search_api.problems import PROBLEM_JSON
 from storage.catalog import MAX_IMAGE_ID
 
 F = TypeVar("F", bound=Callable[..., Any])
