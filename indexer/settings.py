@@ -100,7 +100,9 @@ class ApiSettings(_Section):
     max_upload_mb: float = Field(32.0, gt=0)
     max_upload_pixels: int = Field(50_000_000, ge=1)
     workers: int = Field(1, ge=1, le=64)
-    threads: int = Field(4, ge=1, le=256)
+    threads: int = Field(64, ge=1, le=1024)
+    read_timeout: float = Field(60.0, gt=0, le=3600)
+    send_timeout: float = Field(60.0, gt=0, le=3600)
     max_batch_images: int = Field(16, ge=1, le=1024)
     max_form_parts: int = Field(64, ge=2)
 

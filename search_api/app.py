@@ -17,6 +17,7 @@ from search_api import (
     routes_search,
 )
 from search_api.class_counts import ClassCounts
+from search_api.request_body import LookalikeRequest
 from search_api.service import SearchService
 
 
@@ -30,6 +31,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     """The HTTP API for `settings` (default: config file and environment, as the CLI reads them)."""
     settings = settings or load_settings()
     app = Flask(__name__)
+    app.request_class = LookalikeRequest  # bodies within the size limit, chunked or not; framing errors are 4xx
     app.url_map.converters["int"] = AsciiIntegerConverter  # before any route is added
     app.config["MAX_CONTENT_LENGTH"] = int(settings.api.max_upload_mb * 1024 * 1024)
     app.config["MAX_FORM_PARTS"] = settings.api.max_form_parts

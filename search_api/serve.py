@@ -72,7 +72,8 @@ class LookalikeServer(BaseApplication):  # type: ignore[misc]
         self.options = {
             "bind": f"{host}:{port}",
             "workers": workers,
-            "worker_class": "gthread",
+            # gthread with a time budget per request for reading and sending (see gunicorn_worker).
+            "worker_class": "search_api.gunicorn_worker.LookalikeWorker",
             "threads": settings.api.threads,
             # Loading the model takes a while; do not let the arbiter kill a worker that is warming up.
             "timeout": 300,

@@ -325,6 +325,32 @@ def http_search(base: str, image: Path, k: int) -> dict[str, Any]:
         return dict(json.load(r))
 
 
+def raw_http(port: int, request: bytes, timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
+    """Send `request` as is over a new loopback connection; the status, headers and body of the answer."""
+    import http.client
+    import threading
+
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        def send() -> None:  # from a thread: a server may answer (and close) before it read everything
+            try:
+                sock.sendall(request)
+            except OSError:
+                pass
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        answer = response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        sender.join(timeout)
+        return answer
+
+
+def chunked(*chunks: bytes) -> bytes:
+    """A chunked transfer-coding body holding `chunks`, with its last chunk."""
+    return b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+
+
 class ServerProcess:
     """`lookalike serve` in a session of its own on a free loopback port, its output in `log`.
 
@@ -333,8 +359,9 @@ class ServerProcess:
     """
 
     def __init__(self, env: dict[str, str], log: Path, workers: int = 1, args: tuple[str, ...] = (),
-                 python_args: tuple[str, ...] = ("-m", "lookalike"), probe: str = "/readyz") -> None:
-        self.env, self.log_path, self.workers_wanted, self.args = env, log, workers, args
+                 python_args: tuple[str, ...] = ("-m", "lookalike"), probe: str = "/readyz",
+                 cwd: Path | None = None) -> None:
+        self.env, self.log_path, self.workers_wanted, self.args, self.cwd = env, log, workers, args, cwd
         self.probe = probe  # entered once this path answers 200
         self.python_args = python_args  # how Python starts the command (the arguments follow)
         self.port = free_port()
@@ -347,7 +374,7 @@ class ServerProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, *self.python_args, *self.args, "serve", "--host", "127.0.0.1",
                  "--port", str(self.port), "--workers", str(self.workers_wanted)],
-                env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                env=self.env, cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         wait_ready(self.proc, self.base, probe=self.probe)
         wait_for(lambda: len(self.worker_pids()) == self.workers_wanted, 60, "the workers")
         return self
