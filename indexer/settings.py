@@ -103,6 +103,11 @@ class ApiSettings(_Section):
     threads: int = Field(64, ge=1, le=1024)
     read_timeout: float = Field(60.0, gt=0, le=3600)
     send_timeout: float = Field(60.0, gt=0, le=3600)
+    decode_processes: int = Field(2, ge=0, le=64)
+    decode_cpu_seconds: float = Field(2.0, gt=0, le=600)
+    decode_memory_mb: int = Field(1024, ge=64)
+    model_concurrency: int = Field(1, ge=1, le=64)
+    queue_timeout: float = Field(30.0, gt=0, le=3600)
     max_batch_images: int = Field(16, ge=1, le=1024)
     max_form_parts: int = Field(64, ge=2)
 

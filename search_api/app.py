@@ -19,6 +19,7 @@ from search_api import (
 from search_api.class_counts import ClassCounts
 from search_api.request_body import LookalikeRequest
 from search_api.service import SearchService
+from search_api.upload_decoder import upload_decoder
 
 
 class AsciiIntegerConverter(IntegerConverter):
@@ -36,7 +37,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = int(settings.api.max_upload_mb * 1024 * 1024)
     app.config["MAX_FORM_PARTS"] = settings.api.max_form_parts
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    service = app.extensions["lookalike"] = SearchService(settings)
+    service = app.extensions["lookalike"] = SearchService(settings, upload_decoder(settings.api))
     app.extensions["lookalike.class_counts"] = ClassCounts(service)
     problems.init_app(app)
     metrics.init_app(app)

@@ -14,6 +14,7 @@ from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
 from indexer.model import ModelUnavailableError
+from search_api.busy import ServerBusy
 from search_api.http_status import status_code, status_title
 from storage.vector_index import IndexMismatchError
 
@@ -38,6 +39,7 @@ DOMAIN_PROBLEMS: dict[type[Exception], DomainProblem] = {
     # Host names and credentials in the driver's message are for the log, not for clients.
     OperationalError: DomainProblem(503, "catalog_unavailable", "the catalog database cannot be reached or is "
                                     "busy; the server log has the details", retry_after=5),
+    ServerBusy: DomainProblem(503, "server_busy", retry_after=2),
 }
 
 

@@ -14,12 +14,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from indexer.images import ImageRejected, decode_image
+from indexer.images import ImageRejected
 from indexer.labels import class_name
 from indexer.model import Embedder, ModelUnavailableError, model_id, stand_in_note, top_k
 from indexer.settings import Settings
 from search_api import metrics
+from search_api.busy import ServerBusy
 from search_api.dedupe import collapse_near_duplicates
+from search_api.upload_decoder import DecodeRequest, InlineDecoder, UploadDecoder
 from storage.catalog import Catalog, ImageRecord
 from storage.class_rule import ClassRule
 from storage.sync import open_index
@@ -83,8 +85,11 @@ def labels_json(predictions: Collection[tuple[int, float]]) -> list[dict[str, ob
 class SearchService:
     """Shared by all request threads of one worker process; the model loads on first use."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, decoder: UploadDecoder | None = None) -> None:
         self.settings = settings
+        # Uploads are decoded in the calling thread unless the server provides its decode processes.
+        self.decoder = decoder or InlineDecoder(wait_seconds=settings.api.queue_timeout)
+        self._model_slots = threading.BoundedSemaphore(settings.api.model_concurrency)
         self.model_id = model_id(settings.model.handle, settings.model.image_size)
         self.data_dir = settings.storage.data_dir
         self.store = IndexStore(self.data_dir / "index")
@@ -133,11 +138,16 @@ class SearchService:
         A model that cannot load or does not match the catalog is logged, not raised: the server
         stays up and answers 503 with the reason (on /readyz too) until the operator fixes it.
         """
+        self.decoder.start()
         try:
             self.embedder.warm_up(1)
             self.index()
         except (ModelUnavailableError, IndexMismatchError) as exc:
             log.error("not ready: %s", exc)
+
+    def close(self) -> None:
+        """Stop the decode processes, if any."""
+        self.decoder.close()
 
     def is_ready(self) -> bool:
         return self._embedder is not None
@@ -183,16 +193,24 @@ class SearchService:
         # A small, highly compressed upload may claim hundreds of megapixels: uploads have their own cap.
         max_pixels, setting = min((self.settings.api.max_upload_pixels, "api.max_upload_pixels"),
                                   (self.settings.indexer.max_image_pixels, "indexer.max_image_pixels"))
+        request = DecodeRequest(size, max_pixels, setting)
         decoded: list[np.ndarray | ImageRejected] = []
         for data in images:
             try:
-                decoded.append(decode_image(data, size, max_pixels, setting).pixels)
+                decoded.append(self.decoder.decode(data, request))
             except ImageRejected as exc:
                 decoded.append(exc)
         good = [d for d in decoded if isinstance(d, np.ndarray)]
         embedded: list[Embedded] = []
         if good:
-            out = self.embedder.embed(np.stack(good))
+            embedder = self.embedder
+            wait = self.settings.api.queue_timeout
+            if not self._model_slots.acquire(timeout=wait):
+                raise ServerBusy(f"the model stayed busy for {wait:g} s (api.model_concurrency, api.queue_timeout)")
+            try:
+                out = embedder.embed(np.stack(good))
+            finally:
+                self._model_slots.release()
             embedded = list(zip(out.features, top_k(out.probabilities), strict=True))
         rows = iter(embedded)
         results = [item if isinstance(item, ImageRejected) else next(rows) for item in decoded]

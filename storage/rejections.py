@@ -18,7 +18,7 @@ class Rejection:
     root: str
     size: int
     mtime_ns: int
-    kind: str  # empty, not_image, unsupported_format, corrupt, too_many_pixels, unreadable
+    kind: str  # empty, not_image, unsupported_format, corrupt, too_many_pixels, too_costly, unreadable
     reason: str
     rejected_at: datetime | None = None
 

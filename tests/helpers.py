@@ -72,6 +72,7 @@ def make_settings(data_dir: Path, handle: Path | str, **sections: dict[str, obje
         "storage": {"data_dir": str(data_dir)},
         # Threads start faster than worker processes; tests that need processes ask for them.
         "indexer": {"decode_workers": 2, "commit_every": 4, "decode_in_processes": False},
+        "api": {"decode_processes": 0},
     }
     for section, values in sections.items():
         overrides[section] = {**overrides.get(section, {}), **values}
