@@ -59,10 +59,13 @@ def build_library(root: Path) -> None:
 
 
 def server_env(args: argparse.Namespace, data_dir: Path) -> dict[str, str]:
-    return {**os.environ, "LOOKALIKE_CONFIG": "", "LOOKALIKE_MODEL__HANDLE": str(args.module.resolve()),
-            "LOOKALIKE_MODEL__IMAGE_SIZE": str(args.image_size), "LOOKALIKE_STORAGE__DATA_DIR": str(data_dir),
-            "LOOKALIKE_LOGGING__LEVEL": "WARNING", "PYTHONPATH": str(args.server_path.resolve()),
-            "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**os.environ, "LOOKALIKE_CONFIG": "", "LOOKALIKE_MODEL__HANDLE": str(args.module.resolve()),
+           "LOOKALIKE_MODEL__IMAGE_SIZE": str(args.image_size), "LOOKALIKE_STORAGE__DATA_DIR": str(data_dir),
+           "LOOKALIKE_LOGGING__LEVEL": "WARNING", "PYTHONPATH": str(args.server_path.resolve()),
+           "TF_CPP_MIN_LOG_LEVEL": "3"}
+    if args.threads:
+        env["LOOKALIKE_API__THREADS"] = str(args.threads)
+    return env
 
 
 def start_server(env: dict[str, str], port: int, cwd: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -214,7 +217,8 @@ def big_file_id(port: int) -> int:
 
 
 def slow_phase(port: int, photo: bytes, file_id: int, args: argparse.Namespace) -> None:
-    sockets = [(kind, slow_client(kind, port, file_id)) for kind in SLOW_KINDS for _ in range(8)]
+    each = args.slow_clients // len(SLOW_KINDS)
+    sockets = [(kind, slow_client(kind, port, file_id)) for kind in SLOW_KINDS for _ in range(each)]
     opened = time.monotonic()
     body, content_type = multipart(photo)
     searches = []
@@ -232,8 +236,10 @@ def slow_phase(port: int, photo: bytes, file_id: int, args: argparse.Namespace) 
     took = [s for _, s in searches]
     print(f"  search with {len(sockets)} slow clients: {len(searches)} sent, statuses "
           f"{sorted({st for st, _ in searches})}, max {max(took) * 1000:.0f} ms")
+    # A client that reads nothing cannot see the connection end before the data queued ahead of it:
+    # those are drained only after the others, and judged by how much of the file they got.
     closed_at: dict[str, list[float]] = {kind: [] for kind in SLOW_KINDS}
-    open_left = list(sockets)
+    open_left = [(kind, sock) for kind, sock in sockets if kind != "unread_file"]
     deadline = opened + args.close_wait
     while open_left and time.monotonic() < deadline:
         for item in list(open_left):
@@ -241,13 +247,30 @@ def slow_phase(port: int, photo: bytes, file_id: int, args: argparse.Namespace) 
                 closed_at[item[0]].append(time.monotonic() - opened)
                 open_left.remove(item)
         time.sleep(0.25)
-    for kind in SLOW_KINDS:
+    for kind in SLOW_KINDS[:-1]:
         times = closed_at[kind]
         still = sum(1 for k, _ in open_left if k == kind)
         when = f"closed after {min(times):.1f}-{max(times):.1f} s" if times else "none closed"
-        print(f"  {kind:16s} {when}; {still} of 8 still open after {args.close_wait:.0f} s")
+        print(f"  {kind:16s} {when}; {still} of {each} still open after {args.close_wait:.0f} s")
+    size = (args.work_dir / "library" / BIG_FILE).stat().st_size
+    got = [drain(sock) for kind, sock in sockets if kind == "unread_file"]
+    print(f"  {'unread_file':16s} read from {time.monotonic() - opened:.0f} s on: received {min(got) / 2**20:.1f}-"
+          f"{max(got) / 2**20:.1f} MiB of the {size / 2**20:.1f} MiB file (less: the server cut the response)")
     for _, sock in sockets:
         sock.close()
+
+
+def drain(sock: socket.socket) -> int:
+    """Read a connection to its end (30 s at most); the bytes of the body that came (headers excluded)."""
+    sock.setblocking(True)
+    sock.settimeout(30)
+    received = b""
+    try:
+        while chunk := sock.recv(1 << 20):
+            received += chunk
+    except OSError:
+        pass
+    return len(received.partition(b"\r\n\r\n")[2])
 
 
 def bomb_phase(port: int, name: str, bombs: list[bytes], args: argparse.Namespace, memory: MemoryWatch) -> None:
@@ -296,6 +319,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15, help="length of each phase")
     parser.add_argument("--close-wait", type=float, default=90,
                         help="how long to wait for the server to close the slow connections")
+    parser.add_argument("--slow-clients", type=int, default=32, help="slow connections, a quarter of each kind")
+    parser.add_argument("--threads", type=int, default=0, help="api.threads of the server (default: its default)")
+    parser.add_argument("--phases", default="slow,cpu,memory", help="which phases to run (comma-separated)")
     args = parser.parse_args()
     library, data_dir = args.work_dir / "library", args.work_dir / f"data-{args.server_path.resolve().name}"
     build_library(library)
@@ -320,12 +346,16 @@ def main() -> None:
                 time.sleep(min(args.seconds, 5))
             print(f"  /healthz idle: {prober.summary()}")
 
+        phases = args.phases.split(",")
         phase("idle", idle)
-        phase("32 slow clients", lambda: slow_phase(port, photo, file_id, args))
-        phase("4 CPU bombs (2 x 31 MB tEXt PNG, 2 x 16 MB progressive JPEG, scans x50)",
-              lambda: bomb_phase(port, "CPU", cpu_bombs, args, memory))
-        phase("4 memory bombs (49-megapixel black PNG, 143 kB)",
-              lambda: bomb_phase(port, "memory", pixel_bombs, args, memory))
+        if "slow" in phases:
+            phase(f"{args.slow_clients} slow clients", lambda: slow_phase(port, photo, file_id, args))
+        if "cpu" in phases:
+            phase("4 CPU bombs (2 x 31 MB tEXt PNG, 2 x 16 MB progressive JPEG, scans x50)",
+                  lambda: bomb_phase(port, "CPU", cpu_bombs, args, memory))
+        if "memory" in phases:
+            phase("4 memory bombs (49-megapixel black PNG, 143 kB)",
+                  lambda: bomb_phase(port, "memory", pixel_bombs, args, memory))
         memory.stop()
         print(f"worker RSS peak {memory.worker_peak:.0f} MiB (now {memory.worker_now:.0f} MiB); "
               f"its child processes peak {memory.children_peak:.0f} MiB")

@@ -23,6 +23,9 @@ except ImportError:  # pragma: no cover - served by another WSGI server
     ParseException = ValueError  # type: ignore[assignment,misc]
 
 
+READ_PIECE = 1 << 20
+
+
 class CheckedBody(io.RawIOBase):
     """Reads `stream`, raising 413 past `limit` bytes (None: the stream enforces the length itself)."""
 
@@ -45,6 +48,17 @@ class CheckedBody(io.RawIOBase):
             timeout = getattr(self._environ.get("gunicorn.socket"), "read_timeout", 0)
             return RequestTimeout(f"the request body did not arrive within {timeout:g} s (api.read_timeout)")
         return ClientDisconnected()
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is not None and size >= 0:
+            return super().read(size)
+        # The whole body in large pieces: RawIOBase.readall would go 8 kB at a time, into a growing copy.
+        pieces = []
+        while piece := super().read(READ_PIECE):
+            pieces.append(piece)
+        return b"".join(pieces)
+
+    readall = read
 
     def readinto(self, buffer: Any) -> int:
         want = len(buffer) if self._limit is None else min(len(buffer), self._limit + 1 - self._read)
@@ -72,7 +86,7 @@ class LookalikeRequest(Request):
     def stream(self) -> IO[bytes]:  # type: ignore[override]
         if self.content_length is None and "wsgi.input_terminated" in self.environ:
             # A chunked body: werkzeug would stop at the limit without a word; count it here instead.
-            return io.BufferedReader(CheckedBody(self.environ["wsgi.input"], self.max_content_length, self.environ))
+            return CheckedBody(self.environ["wsgi.input"], self.max_content_length, self.environ)
         # A Content-Length over the limit raises 413 here; werkzeug keeps reads within the length.
         stream = get_input_stream(self.environ, max_content_length=self.max_content_length)
-        return io.BufferedReader(CheckedBody(stream, None, self.environ))
+        return CheckedBody(stream, None, self.environ)

@@ -41,7 +41,8 @@ from search_api.busy import ServerBusy
 
 log = logging.getLogger(__name__)
 
-NICENESS = 10  # below the model (and the indexer's decode workers, at 5)
+# Below the model, as the indexer's decode workers: decoding takes the cycles the model leaves idle.
+NICENESS = 5
 REQUEST = struct.Struct(">II")  # length of the JSON options, length of the image bytes
 ANSWER = struct.Struct(">BI")  # 0 pixels / 1 rejected, payload length
 PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
@@ -116,8 +117,9 @@ class DecodePool:
 
     def __init__(self, processes: int, cpu_seconds: float, memory_mb: int, wait_seconds: float) -> None:
         self.cpu_seconds, self.memory_mb, self.wait_seconds = cpu_seconds, memory_mb, wait_seconds
-        # Slack for a child under load: it runs at low priority and shares the cores with the model.
-        self.wall_seconds = 5 * cpu_seconds + 5
+        # The CPU limit ends a costly decode; this only ends a child that stopped making progress, with
+        # slack for one that waits for the cores at its low priority on a busy machine.
+        self.wall_seconds = 10 * cpu_seconds + 30
         self._idle: queue.Queue[_Child | None] = queue.Queue()
         for _ in range(processes):
             self._idle.put(None)  # started on first use, or by start()
