@@ -15,6 +15,7 @@ from search_api import (
     routes_images,
     routes_page,
     routes_search,
+    security_headers,
 )
 from search_api.class_counts import ClassCounts
 from search_api.request_body import LookalikeRequest
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     service = app.extensions["lookalike"] = SearchService(settings, upload_decoder(settings.api))
     app.extensions["lookalike.class_counts"] = ClassCounts(service)
     problems.init_app(app)
+    security_headers.init_app(app)
     metrics.init_app(app)
     for bp in (routes_search.bp, routes_images.bp, routes_browse.bp, routes_health.bp, routes_page.bp):
         app.register_blueprint(bp)
