@@ -9,6 +9,7 @@ from indexer.settings import Settings, load_settings
 from search_api import (
     metrics,
     problems,
+    request_body,
     routes_browse,
     routes_docs,
     routes_health,
@@ -18,7 +19,6 @@ from search_api import (
     security_headers,
 )
 from search_api.class_counts import ClassCounts
-from search_api.request_body import LookalikeRequest
 from search_api.service import SearchService
 from search_api.upload_decoder import upload_decoder
 
@@ -33,7 +33,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     """The HTTP API for `settings` (default: config file and environment, as the CLI reads them)."""
     settings = settings or load_settings()
     app = Flask(__name__)
-    app.request_class = LookalikeRequest  # bodies within the size limit, chunked or not; framing errors are 4xx
+    request_body.init_app(app)  # bodies within the size limit, chunked or not; framing errors are 4xx
     app.url_map.converters["int"] = AsciiIntegerConverter  # before any route is added
     app.config["MAX_CONTENT_LENGTH"] = int(settings.api.max_upload_mb * 1024 * 1024)
     app.config["MAX_FORM_PARTS"] = settings.api.max_form_parts

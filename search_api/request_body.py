@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 from typing import IO, Any
 
-from flask import Request
+from flask import Flask, Request
 from werkzeug.exceptions import BadRequest, ClientDisconnected, HTTPException, RequestEntityTooLarge, RequestTimeout
 from werkzeug.utils import cached_property
 from werkzeug.wsgi import get_input_stream
@@ -90,3 +90,8 @@ class LookalikeRequest(Request):
         # A Content-Length over the limit raises 413 here; werkzeug keeps reads within the length.
         stream = get_input_stream(self.environ, max_content_length=self.max_content_length)
         return CheckedBody(stream, None, self.environ)
+
+
+def init_app(app: Flask) -> None:
+    """Views read their bodies through LookalikeRequest."""
+    app.request_class = LookalikeRequest

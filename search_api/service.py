@@ -183,7 +183,10 @@ class SearchService:
         """Feature vector and top-5 predictions of an uploaded image (raises ImageRejected)."""
         result = self.embed_uploads([data])[0]
         if isinstance(result, ImageRejected):
-            raise result
+            try:
+                raise result
+            finally:  # the raised error's traceback holds this frame: no cycle that keeps `data` alive
+                del result, data
         return result
 
     def embed_uploads(self, images: Sequence[bytes]) -> list[Embedded | ImageRejected]:
@@ -199,7 +202,9 @@ class SearchService:
             try:
                 decoded.append(self.decoder.decode(data, request))
             except ImageRejected as exc:
-                decoded.append(exc)
+                # A fresh error: the caught one's traceback and context hold every frame of this call
+                # (the uploads included) in a cycle that only the garbage collector would break.
+                decoded.append(ImageRejected(str(exc), exc.kind))
         good = [d for d in decoded if isinstance(d, np.ndarray)]
         embedded: list[Embedded] = []
         if good:

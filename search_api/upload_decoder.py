@@ -163,7 +163,10 @@ class DecodePool:
                 child = None
             self._idle.put(child)
         if isinstance(result, ImageRejected):
-            raise result
+            try:
+                raise result
+            finally:  # the raised error's traceback holds this frame: no cycle that keeps `data` alive
+                del result, data
         return result
 
     def _run(self, child: _Child, data: bytes,

@@ -3,10 +3,12 @@ nothing leaks from outside the library, and the server keeps answering afterward
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 import resource
 import struct
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from helpers import (
     make_settings,
     png_header_only,
     png_pixel_bomb,
+    png_text_bomb,
     run_index,
     write_image,
 )
@@ -263,3 +266,24 @@ def test_symlinks_never_serve_files_outside_the_library(client: FlaskClient,
         victim.unlink()
         victim.write_bytes(original)
     assert_healthy(client)
+
+
+def test_a_rejected_upload_is_freed_with_its_request(client: FlaskClient) -> None:
+    """Nothing of a refused upload outlives its request: no reference cycle through the error's traceback
+    keeps the bytes until the garbage collector happens to run (with many threads, hundreds of MB)."""
+    uploads = [png_text_bomb(900_000), jpeg(colour_image(RED, (400, 300)))[:-2000] + os.urandom(60_000)]
+    assert_healthy(client)
+    gc.collect()
+    gc.disable()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(10):
+            for data in uploads:
+                assert post(client, data, "q.png").status_code == 422
+                assert client.post("/api/v1/search", data=data, content_type="image/png").status_code == 422
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+    assert kept < 2 * 2**20, f"{kept / 2**20:.1f} MiB kept after 40 refused uploads of about 1 MB"
