@@ -108,6 +108,7 @@ class ApiSettings(_Section):
     decode_memory_mb: int = Field(1024, ge=64)
     model_concurrency: int = Field(1, ge=1, le=64)
     queue_timeout: float = Field(30.0, gt=0, le=3600)
+    upload_memory_mb: int = Field(256, ge=1)
     max_batch_images: int = Field(16, ge=1, le=1024)
     max_form_parts: int = Field(64, ge=2)
 

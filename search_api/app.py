@@ -33,7 +33,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     """The HTTP API for `settings` (default: config file and environment, as the CLI reads them)."""
     settings = settings or load_settings()
     app = Flask(__name__)
-    request_body.init_app(app)  # bodies within the size limit, chunked or not; framing errors are 4xx
+    # Bodies within the size limit, chunked or not, and within the worker's memory for bodies.
+    request_body.init_app(app, request_body.BodyBudget(settings.api.upload_memory_mb * 2**20,
+                                                       settings.api.queue_timeout))
     app.url_map.converters["int"] = AsciiIntegerConverter  # before any route is added
     app.config["MAX_CONTENT_LENGTH"] = int(settings.api.max_upload_mb * 1024 * 1024)
     app.config["MAX_FORM_PARTS"] = settings.api.max_form_parts

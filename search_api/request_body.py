@@ -5,14 +5,20 @@ Werkzeug cuts a chunked body (no Content-Length) silently at MAX_CONTENT_LENGTH 
 got; gunicorn raises its own parse errors (an invalid chunk size) through the stream. Here a body
 that goes past the limit is 413 like one whose Content-Length says so, malformed framing is 400,
 and a body the client did not finish sending within api.read_timeout is 408.
+
+A worker answers many requests at once (api.threads), and each holds its body in memory while it is
+read and decoded: BodyBudget bounds their total (api.upload_memory_mb). A large body reserves its
+size before its first byte is read, and waits (api.queue_timeout, then 503) when the budget is spent.
 """
 
 from __future__ import annotations
 
 import io
+import threading
+import time
 from typing import IO, Any
 
-from flask import Flask, Request
+from flask import Flask, Request, current_app, request
 from werkzeug.exceptions import BadRequest, ClientDisconnected, HTTPException, RequestEntityTooLarge, RequestTimeout
 from werkzeug.utils import cached_property
 from werkzeug.wsgi import get_input_stream
@@ -23,7 +29,38 @@ except ImportError:  # pragma: no cover - served by another WSGI server
     ParseException = ValueError  # type: ignore[assignment,misc]
 
 
+from search_api.busy import ServerBusy
+
 READ_PIECE = 1 << 20
+SMALL_BODY = 256 * 1024  # bodies below this size need no reservation
+
+
+class BodyBudget:
+    """Bytes of request bodies one worker may hold at once, reserved per body before it is read."""
+
+    def __init__(self, limit_bytes: int, wait_seconds: float) -> None:
+        self.limit, self.wait_seconds = limit_bytes, wait_seconds
+        self.used = 0
+        self._changed = threading.Condition()
+
+    def reserve(self, size: int) -> int:
+        """Reserve `size` bytes (at most the whole budget), waiting up to wait_seconds; what was reserved."""
+        size = min(size, self.limit)
+        deadline = time.monotonic() + self.wait_seconds
+        with self._changed:
+            while self.used + size > self.limit:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ServerBusy(f"request bodies already use this worker's {self.limit / 2**20:g} MB "
+                                     "(api.upload_memory_mb); try again shortly")
+                self._changed.wait(remaining)
+            self.used += size
+        return size
+
+    def release(self, size: int) -> None:
+        with self._changed:
+            self.used -= size
+            self._changed.notify_all()
 
 
 class CheckedBody(io.RawIOBase):
@@ -82,16 +119,34 @@ class CheckedBody(io.RawIOBase):
 
 
 class LookalikeRequest(Request):
+    reserved = 0  # bytes of the worker's BodyBudget this request holds
+
     @cached_property
     def stream(self) -> IO[bytes]:  # type: ignore[override]
         if self.content_length is None and "wsgi.input_terminated" in self.environ:
             # A chunked body: werkzeug would stop at the limit without a word; count it here instead.
+            self._reserve(self.max_content_length)
             return CheckedBody(self.environ["wsgi.input"], self.max_content_length, self.environ)
         # A Content-Length over the limit raises 413 here; werkzeug keeps reads within the length.
         stream = get_input_stream(self.environ, max_content_length=self.max_content_length)
+        self._reserve(self.content_length)
         return CheckedBody(stream, None, self.environ)
 
+    def _reserve(self, size: int | None) -> None:
+        budget: BodyBudget | None = current_app.extensions.get("lookalike.body_budget")
+        if budget is not None and size is not None and size >= SMALL_BODY:
+            self.reserved = budget.reserve(size)
 
-def init_app(app: Flask) -> None:
-    """Views read their bodies through LookalikeRequest."""
+
+def init_app(app: Flask, budget: BodyBudget | None = None) -> None:
+    """Views read their bodies through LookalikeRequest, within `budget` when given."""
     app.request_class = LookalikeRequest
+    if budget is None:
+        return
+    app.extensions["lookalike.body_budget"] = budget
+
+    @app.teardown_request
+    def _release_body(exc: BaseException | None) -> None:
+        if request.reserved:
+            budget.release(request.reserved)
+            request.reserved = 0

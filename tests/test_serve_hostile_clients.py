@@ -38,7 +38,8 @@ QUERY = jpeg(colour_image(RED, seed=3))
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, tf1_module: Path) -> Iterator[ServerProcess]:
-    """One worker with its default threads, budgets of BUDGET seconds, over the colour library plus a 27 MB BMP."""
+    """One worker with its default threads, budgets of BUDGET seconds, 1 MB of memory for request bodies
+    (a second wait of 1 s at most), over the colour library plus a 27 MB BMP."""
     root = tmp_path_factory.mktemp("hostile")
     library = make_colour_library(root / "library")
     noise = np.random.default_rng(0).integers(0, 256, (3000, 3000, 3), dtype=np.uint8)
@@ -46,7 +47,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, tf1_module: Path) -> Iterat
     settings = make_settings(root / "data", tf1_module)
     assert run_index(settings, library)[0].indexed == 15
     env = subprocess_env(root / "data", tf1_module, LOOKALIKE_API__READ_TIMEOUT=str(BUDGET),
-                         LOOKALIKE_API__SEND_TIMEOUT=str(BUDGET), LOOKALIKE_API__MAX_UPLOAD_MB=str(MAX_UPLOAD_MB))
+                         LOOKALIKE_API__SEND_TIMEOUT=str(BUDGET), LOOKALIKE_API__MAX_UPLOAD_MB=str(MAX_UPLOAD_MB),
+                         LOOKALIKE_API__UPLOAD_MEMORY_MB="1", LOOKALIKE_API__QUEUE_TIMEOUT="1")
     with ServerProcess(env, root / "serve.log") as served:
         yield served
     assert "Traceback" not in served.output()
@@ -229,3 +231,28 @@ def test_a_chunked_body_within_the_limit_is_searched(server: ServerProcess) -> N
     answer = raw_http(server.port, request_bytes("POST", "/api/v1/search?k=2", {
         "Content-Type": "image/jpeg", "Transfer-Encoding": "chunked"}, chunked(QUERY[:1000], QUERY[1000:])))
     assert answer[0] == 200 and len(json.loads(answer[2])["results"]) == 2
+
+
+def test_large_uploads_wait_for_their_share_of_memory(server: ServerProcess) -> None:
+    """With 64 threads, 64 uploads of api.max_upload_mb would sit in memory at once: their total is bounded."""
+    hog = socket.create_connection(("127.0.0.1", server.port), timeout=10)  # holds 1 MB while it trickles
+    try:
+        hog.sendall(request_bytes("POST", "/api/v1/search", {"Content-Type": "image/jpeg",
+                                                             "Content-Length": str(2**20)}, QUERY[:100]))
+        time.sleep(0.5)
+        padded = QUERY + b"\0" * (300_000 - len(QUERY))  # a JPEG decodes with trailing bytes
+        started = time.monotonic()
+        answer = raw_http(server.port, request_bytes("POST", "/api/v1/search", {
+            "Content-Type": "image/jpeg", "Content-Length": str(len(padded))}, padded))
+        problem = assert_problem_answer(answer, 503, "server_busy")
+        assert "api.upload_memory_mb" in str(problem["detail"]) and answer[1]["retry-after"]
+        assert 0.9 < time.monotonic() - started < 3
+        small = raw_http(server.port, request_bytes("POST", "/api/v1/search?k=1", {
+            "Content-Type": "image/jpeg", "Content-Length": str(len(QUERY))}, QUERY))
+        assert small[0] == 200  # small bodies need no share
+        assert drain(hog) > 0  # the hog runs out of time (408) and gives its share back
+        answer = raw_http(server.port, request_bytes("POST", "/api/v1/search?k=1", {
+            "Content-Type": "image/jpeg", "Content-Length": str(len(padded))}, padded))
+        assert answer[0] == 200
+    finally:
+        hog.close()
