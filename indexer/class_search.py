@@ -40,7 +40,7 @@ def match_names(text: str) -> list[NameMatch]:
     key = text.strip().casefold()
     if not key:
         return []
-    if key.isdigit():
+    if key.isascii() and key.isdigit():  # str.isdigit() alone takes "\u0663" and "\u00b2" (int() refuses that)
         class_id = int(key)
         return [NameMatch(class_name(class_id), frozenset({class_id}), None, True, True)] \
             if class_id < NUM_CLASSES else []
@@ -58,4 +58,4 @@ def match_names(text: str) -> list[NameMatch]:
 
 
 def _is_wnid(key: str) -> bool:
-    return len(key) == 9 and key[0] == "n" and key[1:].isdigit()
+    return len(key) == 9 and key[0] == "n" and key.isascii() and key[1:].isdigit()

@@ -13,6 +13,8 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from pillow_heif import register_heif_opener
 
+from indexer.decode_cost import DecodeTooCostly, check_decode_cost
+
 # Formats lookalike indexes; anything else is rejected even if Pillow could open it.
 ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF"})
 IMAGE_EXTENSIONS = frozenset(
@@ -31,7 +33,8 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 class ImageRejected(ValueError):
     """The bytes are not an image lookalike can use; the message says why.
 
-    `kind` is one of: empty, not_image, unsupported_format, corrupt, too_many_pixels.
+    `kind` is one of: empty, not_image, unsupported_format, corrupt, too_many_pixels, too_costly
+    (far more decoding work than a real image of its size needs).
     """
 
     def __init__(self, message: str, kind: str = "corrupt") -> None:
@@ -105,6 +108,10 @@ def open_upright(data: bytes, min_side: int, max_pixels: int,
     """
     if not data:
         raise ImageRejected("file is empty", "empty")
+    try:
+        check_decode_cost(data)
+    except DecodeTooCostly as exc:
+        raise ImageRejected(f"{exc}: far more decoding work than an image needs", "too_costly") from None
     try:
         return _open_upright(data, min_side, max_pixels, limit_setting)
     except ImageRejected:

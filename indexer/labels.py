@@ -76,7 +76,8 @@ def resolve_class(value: str | int) -> frozenset[int]:
     ("cat": the true cats and the big cats) matches all of them; a WordNet id names exactly one.
     """
     text = str(value).strip()
-    if text.lstrip("-").isdigit():
+    digits = text.removeprefix("-")
+    if digits.isascii() and digits.isdigit():  # str.isdigit() alone takes "\u0663" and "\u00b2"
         class_id = int(text)
         if not 0 <= class_id < NUM_CLASSES:
             raise UnknownClassError(f"class id {class_id} is out of range 0..{NUM_CLASSES - 1}", text)

@@ -195,7 +195,7 @@ def similar(obj: CliContext, image: str, k: int | None, classes: tuple[str, ...]
     rule = obj.settings.search.class_rule(class_rule, class_min_probability)
     service = _engine(obj)
     labels = _labels(service, classes)
-    if image.isdigit():
+    if image.isascii() and image.isdigit():  # "\u0663" is a file name, not image 3
         image_id: int | None = int(image)
     else:
         image_id = service.catalog.image_id_for_path(os.path.abspath(os.path.expanduser(image)))

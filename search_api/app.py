@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from flask import Flask
+from werkzeug.routing import IntegerConverter
 
 from indexer.settings import Settings, load_settings
 from search_api import (
     label_jobs,
     metrics,
     problems,
+    request_body,
     routes_browse,
     routes_docs,
     routes_health,
@@ -16,22 +18,35 @@ from search_api import (
     routes_labels,
     routes_page,
     routes_search,
+    security_headers,
 )
 from search_api.class_counts import ClassCounts
 from search_api.service import SearchService
+from search_api.upload_decoder import upload_decoder
+
+
+class AsciiIntegerConverter(IntegerConverter):
+    """`<int:...>` in ASCII digits only: werkzeug's `\\d+` also matches other scripts' digits ("\\u0663")."""
+
+    regex = r"[0-9]+"
 
 
 def create_app(settings: Settings | None = None) -> Flask:
     """The HTTP API for `settings` (default: config file and environment, as the CLI reads them)."""
     settings = settings or load_settings()
     app = Flask(__name__)
+    # Bodies within the size limit, chunked or not, and within the worker's memory for bodies.
+    request_body.init_app(app, request_body.BodyBudget(settings.api.upload_memory_mb * 2**20,
+                                                       settings.api.queue_timeout))
+    app.url_map.converters["int"] = AsciiIntegerConverter  # before any route is added
     app.config["MAX_CONTENT_LENGTH"] = int(settings.api.max_upload_mb * 1024 * 1024)
     app.config["MAX_FORM_PARTS"] = settings.api.max_form_parts
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    service = app.extensions["lookalike"] = SearchService(settings)
+    service = app.extensions["lookalike"] = SearchService(settings, upload_decoder(settings.api))
     app.extensions["lookalike.class_counts"] = ClassCounts(service)
     label_jobs.init_app(app, service)
     problems.init_app(app)
+    security_headers.init_app(app)
     metrics.init_app(app)
     for bp in (routes_search.bp, routes_images.bp, routes_browse.bp, routes_labels.bp, routes_health.bp,
                routes_page.bp):

@@ -76,7 +76,8 @@ def metrics() -> ResponseReturnValue:
     service = current_app.extensions["lookalike"]
     index = service.index()
     record_index(index.count if index is not None else 0, service.generation())
-    return Response(generate_latest(_registry()), mimetype=CONTENT_TYPE_LATEST)
+    # CONTENT_TYPE_LATEST names its charset already: as a mimetype, Flask would add a second one.
+    return Response(generate_latest(_registry()), content_type=CONTENT_TYPE_LATEST)
 
 
 def init_app(app: Flask) -> None:
@@ -96,9 +97,3 @@ def init_app(app: Flask) -> None:
         return response
 
     app.register_blueprint(bp)
-
-
-def mark_worker_dead(pid: int) -> None:
-    """Gunicorn child_exit hook: drop a dead worker's live gauges from the shared directory."""
-    if os.environ.get(MULTIPROC_ENV):
-        multiprocess.mark_process_dead(pid)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from importlib.metadata import PackageNotFoundError, version
 from inspect import cleandoc
 from typing import Any, TypeVar
@@ -25,6 +24,7 @@ from werkzeug.routing import IntegerConverter, Rule
 
 from indexer.settings import Settings
 from search_api import schemas
+from search_api.http_status import status_title
 from search_api.problems import PROBLEM_JSON
 from storage.catalog import MAX_IMAGE_ID
 
@@ -136,13 +136,16 @@ def _operation_json(view: Callable[..., Any], op: Operation | None, rule: Rule, 
                 "parameters": _path_parameters(rule, None),
                 "responses": {"200": {"description": "OK (not described yet)"}}}
     response = op.response if isinstance(op.response, Mapping) else {"application/json": op.response}
-    ok: dict[str, Any] = {"description": HTTPStatus(op.status).phrase}
+    ok: dict[str, Any] = {"description": status_title(op.status)}
     if op.response is not None:
         ok["content"] = {media: {"schema": _schema(model)} for media, model in response.items()}
     responses: dict[str, Any] = {str(op.status): ok}
     for status in op.problems:
-        responses[str(status)] = _problem(status, HTTPStatus(status).phrase)
-    responses["default"] = _problem("default", "Any other error (405, 500, ...), as a problem")
+        responses[str(status)] = _problem(status, status_title(status))
+    responses["default"] = _problem("default", "Any other error, as a problem: 405, 500, 503 when the model "
+                                    "cannot load (model_unavailable), does not match the catalog "
+                                    "(model_mismatch) or the catalog database cannot be reached "
+                                    "(catalog_unavailable), ...")
     out: dict[str, Any] = {
         "summary": op.summary,
         "description": doc,

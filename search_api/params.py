@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 from flask import request
 
@@ -17,14 +18,26 @@ def parse_k(settings: SearchSettings) -> int:
     return parse_int("k", settings.default_k, 1, settings.max_k)
 
 
+# ASCII digits only: int() and float() also take other scripts' digits ("\u0663" is 3), "1_000" and spaces.
+INTEGER = re.compile(r"[+-]?[0-9]{1,40}")  # longer is out of every range (and beyond int()'s limit)
+DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def ascii_int(raw: str) -> int | None:
+    """The integer `raw` spells in ASCII digits, else None."""
+    return int(raw) if INTEGER.fullmatch(raw) else None
+
+
+def ascii_float(raw: str) -> float:
+    """The finite number `raw` spells in ASCII, else NaN (which every range check rejects)."""
+    return float(raw) if DECIMAL.fullmatch(raw) else math.nan
+
+
 def parse_min_score() -> float | None:
     raw = request.args.get("min_score")
     if raw is None or raw == "":
         return None
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
+    value = ascii_float(raw)
     if not -1.0 <= value <= 1.0:
         raise ApiProblem(400, f"min_score must be a number from -1 to 1 (cosine similarity), got {raw!r}",
                          "invalid_parameter", parameter="min_score")
@@ -43,11 +56,8 @@ def parse_offset(settings: SearchSettings) -> int:
     raw = request.args.get("offset")
     if raw is None or raw == "":
         return 0
-    try:
-        offset = int(raw)
-    except ValueError:
-        offset = -1
-    if not 0 <= offset <= settings.max_offset:
+    offset = ascii_int(raw)
+    if offset is None or not 0 <= offset <= settings.max_offset:
         raise ApiProblem(400, f"offset must be an integer from 0 to {settings.max_offset} (search.max_offset), "
                          f"got {raw!r}", "invalid_parameter", parameter="offset")
     return offset
@@ -86,10 +96,7 @@ def parse_class_rule(settings: SearchSettings) -> ClassRule:
     raw = request.args.get("class_min_probability")
     if raw is None or raw == "":
         return settings.class_rule(rule)
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
+    value = ascii_float(raw)
     if not 0.0 <= value <= 1.0:
         raise ApiProblem(400, f"class_min_probability must be a number from 0 to 1, got {raw!r}",
                          "invalid_parameter", parameter="class_min_probability")
@@ -101,11 +108,10 @@ def parse_int(name: str, default: int, low: int, high: int) -> int:
     raw = request.args.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
+    value = ascii_int(raw)
+    if value is None:
         raise ApiProblem(400, f"{name} must be an integer from {low} to {high}, got {raw!r}", "invalid_parameter",
-                         parameter=name) from None
+                         parameter=name)
     if not low <= value <= high:
         raise ApiProblem(400, f"{name} must be from {low} to {high}, got {value}", "invalid_parameter",
                          parameter=name)

@@ -1,13 +1,21 @@
-"""RFC 9457 problem details: one shape for every error response, never a traceback."""
+"""RFC 9457 problem details: one shape for every error response, never a traceback.
+
+Every status has a fixed title and `code` (search_api.http_status), and every known domain error
+has its status and code here, in one place.
+"""
 
 from __future__ import annotations
 
 import logging
-from http import HTTPStatus
+from dataclasses import dataclass
 
 from flask import Flask, Response, json, request
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
+from indexer.model import ModelUnavailableError
+from search_api.busy import ServerBusy
+from search_api.http_status import status_code, status_title
 from storage.errors import (
     CatalogBusyError,
     CatalogDamagedError,
@@ -32,6 +40,28 @@ CATALOG_CODES: dict[type[CatalogError], str] = {
 }
 
 
+@dataclass(frozen=True)
+class DomainProblem:
+    status: int
+    code: str
+    # What the client is told; None: the exception's own message, which already says what to do.
+    detail: str | None = None
+    retry_after: int | None = None
+
+
+# Errors of the search engine underneath the routes, each with the answer it deserves.
+DOMAIN_PROBLEMS: dict[type[Exception], DomainProblem] = {
+    IndexMismatchError: DomainProblem(503, "model_mismatch"),
+    IndexDamagedError: DomainProblem(503, "index_damaged", "the index answered impossible scores and could not be "
+                                     "rebuilt from the catalog; run `lookalike verify`, then `lookalike rebuild`"),
+    ModelUnavailableError: DomainProblem(503, "model_unavailable"),
+    # Host names and credentials in the driver's message are for the log, not for clients.
+    OperationalError: DomainProblem(503, "catalog_unavailable", "the catalog database cannot be reached or is "
+                                    "busy; the server log has the details", retry_after=5),
+    ServerBusy: DomainProblem(503, "server_busy", retry_after=2),
+}
+
+
 class ApiProblem(Exception):
     """Raise from a view to answer with a problem response."""
 
@@ -47,7 +77,7 @@ def problem_body(status: int, detail: str, code: str, **extra: object) -> dict[s
     """The RFC 9457 members of a problem; also used for the per-item errors of a batch."""
     return {
         "type": "about:blank",
-        "title": HTTPStatus(status).phrase,
+        "title": status_title(status),
         "status": status,
         "detail": detail,
         "code": code,
@@ -69,24 +99,17 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
-        detail = exc.description or HTTPStatus(status).description
+        detail = exc.description or status_title(status)
         if status == 413:
             detail = _too_large_detail(app)
-        response = problem_response(status, detail, HTTPStatus(status).phrase.lower().replace(" ", "_"))
+        response = problem_response(status, detail, status_code(status))
         allowed = getattr(exc, "valid_methods", None)
         if allowed:
             response.headers["Allow"] = ", ".join(allowed)
         return response
 
-    @app.errorhandler(IndexMismatchError)
-    def _model_mismatch(exc: IndexMismatchError) -> Response:
-        log.error("%s %s: %s", request.method, request.path, exc)
-        return problem_response(503, str(exc), "model_mismatch")
-
-    @app.errorhandler(IndexDamagedError)
-    def _index_damaged(exc: IndexDamagedError) -> Response:
-        log.error("%s %s: %s", request.method, request.path, exc)
-        return problem_response(503, f"{exc}; `lookalike rebuild` publishes a sound index", "index_damaged")
+    for kind, problem in DOMAIN_PROBLEMS.items():
+        app.register_error_handler(kind, _domain_handler(problem))
 
     @app.errorhandler(CatalogError)
     def _catalog_error(exc: CatalogError) -> Response:
@@ -96,6 +119,17 @@ def init_app(app: Flask) -> None:
     def _unexpected(exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, printable(request.path))
         return problem_response(500, "internal error; the server log has the details", "internal_error")
+
+
+def _domain_handler(problem: DomainProblem):  # type: ignore[no-untyped-def]
+    def handle(exc: Exception) -> Response:
+        log.warning("%s %s: %s (%s)", request.method, printable(request.path), problem.code, exc)
+        response = problem_response(problem.status, problem.detail or str(exc), problem.code)
+        if problem.retry_after is not None:
+            response.headers["Retry-After"] = str(problem.retry_after)
+        return response
+
+    return handle
 
 
 def _too_large_detail(app: Flask) -> str:

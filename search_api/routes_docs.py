@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, current_app, jsonify
+from pathlib import Path
+
+import flask_swagger_ui
+from flask import Blueprint, Flask, current_app, jsonify, render_template, send_from_directory
 from flask.typing import ResponseReturnValue
-from flask_swagger_ui import get_swaggerui_blueprint
 
 from search_api.openapi import build_spec, operation
+from search_api.security_headers import DOCS_POLICY
 
 bp = Blueprint("docs", __name__, url_prefix="/api/v1")
 SPEC_URL = "/api/v1/openapi.json"
@@ -24,7 +27,23 @@ def openapi_json() -> ResponseReturnValue:
     return jsonify(spec)
 
 
+# Swagger UI's assets ship inside the flask-swagger-ui package: no CDN, works without internet. Its
+# own page starts Swagger UI with an inline script, which the pages' Content-Security-Policy
+# forbids: this page starts it from static/docs.js instead.
+SWAGGER_ASSETS = Path(flask_swagger_ui.__file__).parent / "dist"
+page = Blueprint("swagger_ui", __name__, url_prefix=DOCS_URL)
+
+
+@page.get("/")
+def docs_page() -> ResponseReturnValue:
+    return render_template("docs.html", spec_url=SPEC_URL), 200, {"Content-Security-Policy": DOCS_POLICY}
+
+
+@page.get("/<path:filename>")
+def asset(filename: str) -> ResponseReturnValue:
+    return send_from_directory(SWAGGER_ASSETS, filename, max_age=86400)
+
+
 def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
-    # Swagger UI's assets ship inside the flask-swagger-ui package: no CDN, works without internet.
-    app.register_blueprint(get_swaggerui_blueprint(DOCS_URL, SPEC_URL, config={"app_name": "lookalike API"}))
+    app.register_blueprint(page)

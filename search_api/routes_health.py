@@ -20,12 +20,14 @@ def healthz() -> ResponseReturnValue:
 
 @bp.get("/readyz")
 @operation(summary="Readiness: the model is loaded and warm, and an index of the catalog's vectors is loaded "
-                   "(503 until then)", response=schemas.Ready, problems=(503,), tags=("meta",))
+                   "(503 until then, with the reason: not_ready, index_not_loaded, model_unavailable, "
+                   "model_mismatch, catalog_unavailable)", response=schemas.Ready, problems=(503,), tags=("meta",))
 def readyz() -> ResponseReturnValue:
     svc = current_app.extensions["lookalike"]
+    svc.check_model()  # a model that failed to load: 503 model_unavailable, saying why
     if not svc.is_ready():
         raise ApiProblem(503, "the model is still loading", "not_ready")
-    stats = svc.stats()
+    stats = svc.stats()  # a catalog of another model: 503 model_mismatch, saying what to do
     if stats["images"] and not stats["vectors"]:
         raise ApiProblem(503, f"the catalog holds {stats['images']} images but no index of them is loaded yet",
                          "index_not_loaded")

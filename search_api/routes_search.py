@@ -24,6 +24,7 @@ REJECTION_STATUS = {
     "unsupported_format": 415,
     "corrupt": 422,
     "too_many_pixels": 422,
+    "too_costly": 422,
 }
 RAW_BODY_TYPES = ("application/octet-stream",)
 HOW_TO_SEND = ("send the query image as the multipart form field 'image', or as the raw request body "

@@ -24,6 +24,7 @@ from search_api.worker_threads import available_cores, configure_worker_threads,
 log = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+GRACEFUL_STOP_SECONDS = 10
 
 
 def build_worker_app(settings: Settings, cpu_threads: int | None = None) -> Flask:
@@ -38,9 +39,30 @@ def build_worker_app(settings: Settings, cpu_threads: int | None = None) -> Flas
 
 
 def _child_exit(server: Any, worker: Any) -> None:
-    from search_api.metrics import mark_worker_dead
+    """Drop a dead worker's live gauges. Runs in the arbiter, which must never create metric files
+    itself (importing search_api.metrics would) and must survive any error here."""
+    from prometheus_client import multiprocess
 
-    mark_worker_dead(worker.pid)
+    try:
+        multiprocess.mark_process_dead(worker.pid)
+    except OSError as exc:
+        log.warning("cannot drop the metrics of worker %d: %s", worker.pid, exc)
+
+
+def _when_ready(server: Any) -> None:
+    """Reap children this process had before it became the server (no worker exists yet).
+
+    `lookalike demo` indexes, then execs the server in the same process: the indexer's multiprocessing
+    helper ends at the exec and would stay a zombie, since its exit signal came before gunicorn listened.
+    """
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        log.debug("reaped process %d, a child from before the server started", pid)
 
 
 class LookalikeServer(BaseApplication):  # type: ignore[misc]
@@ -50,14 +72,21 @@ class LookalikeServer(BaseApplication):  # type: ignore[misc]
         self.options = {
             "bind": f"{host}:{port}",
             "workers": workers,
-            "worker_class": "gthread",
+            # gthread with a time budget per request for reading and sending (see gunicorn_worker).
+            "worker_class": "search_api.gunicorn_worker.LookalikeWorker",
             "threads": settings.api.threads,
             # Loading the model takes a while; do not let the arbiter kill a worker that is warming up.
             "timeout": 300,
+            # SIGTERM lets in-flight requests finish, for a few seconds at most.
+            "graceful_timeout": GRACEFUL_STOP_SECONDS,
             "preload_app": False,
             "accesslog": "-",
             "loglevel": settings.logging.level.lower(),
             "child_exit": _child_exit,
+            "when_ready": _when_ready,
+            # gunicorn's control socket sits at one path per user ($HOME/.gunicorn/gunicorn.ctl): a second
+            # server would take it over and remove it on exit. Signals manage lookalike's server.
+            "control_socket_disable": True,
         }
         super().__init__()
 
@@ -93,6 +122,7 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> None:
         log.warning("metrics were created before %s was set: /metrics will show one worker only", MULTIPROC_ENV)
     metrics_dir = tempfile.mkdtemp(prefix="lookalike-metrics-")
     os.environ[MULTIPROC_ENV] = metrics_dir
+    owner = os.getpid()
     server = LookalikeServer(settings, host, port, workers)
     log.info("serving on http://%s:%d with %d worker(s); %d CPU thread(s) per worker for TensorFlow and FAISS "
              "(%d cores); metrics in %s=%s", host, port, workers, server.cpu_threads, available_cores(),
@@ -100,4 +130,7 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> None:
     try:
         server.run()
     finally:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+        # Workers are forked inside run() and leave through this frame too: only the arbiter, which
+        # made the directory, removes it (a worker exiting would pull it from under the others).
+        if os.getpid() == owner:
+            shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -14,12 +14,14 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from indexer.images import ImageRejected, decode_image
+from indexer.images import ImageRejected
 from indexer.labels import class_name
-from indexer.model import Embedder, model_id, stand_in_note, top_k
+from indexer.model import Embedder, ModelUnavailableError, model_id, stand_in_note, top_k
 from indexer.settings import Settings
 from search_api import metrics
+from search_api.busy import ServerBusy
 from search_api.dedupe import collapse_near_duplicates
+from search_api.upload_decoder import DecodeRequest, InlineDecoder, UploadDecoder
 from storage.catalog import Catalog, ImageRecord
 from storage.class_rule import ClassRule
 from storage.errors import CatalogError, DamagedVectorError
@@ -31,6 +33,8 @@ from storage.vector_index import IndexDamagedError, IndexMismatchError, IndexSto
 log = logging.getLogger(__name__)
 
 RELOAD_CHECK_SECONDS = 1.0
+# After the model failed to load, requests get that error without a new attempt for this long.
+MODEL_RETRY_SECONDS = 30.0
 
 Embedded = tuple[np.ndarray, list[tuple[int, float]]]  # a query's feature vector and top-5 predictions
 
@@ -92,8 +96,11 @@ def custom_labels_json(found: Collection[tuple[str, float]]) -> list[dict[str, o
 class SearchService:
     """Shared by all request threads of one worker process; the model loads on first use."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, decoder: UploadDecoder | None = None) -> None:
         self.settings = settings
+        # Uploads are decoded in the calling thread unless the server provides its decode processes.
+        self.decoder = decoder or InlineDecoder(wait_seconds=settings.api.queue_timeout)
+        self._model_slots = threading.BoundedSemaphore(settings.api.model_concurrency)
         self.model_id = model_id(settings.model.handle, settings.model.image_size)
         self.data_dir = settings.storage.data_dir
         self.store = IndexStore(self.data_dir / "index")
@@ -103,6 +110,7 @@ class SearchService:
         self._index: VectorIndex | None = None
         self._manifest: Manifest | None = None
         self._checked_at = 0.0
+        self._model_error: tuple[str, float] | None = None  # why the model last failed to load, and when
         self._lock = threading.Lock()
         self._repair_lock = threading.Lock()
 
@@ -117,22 +125,41 @@ class SearchService:
 
     @property
     def embedder(self) -> Embedder:
+        """The model, loaded on first use; after a failed load, the same error for MODEL_RETRY_SECONDS."""
         with self._lock:
             if self._embedder is None:
-                self._embedder = Embedder.from_settings(self.settings.model)
+                self.check_model()
+                try:
+                    self._embedder = Embedder.from_settings(self.settings.model)
+                except ModelUnavailableError as exc:
+                    self._model_error = (str(exc), time.monotonic())
+                    raise
+                self._model_error = None
             return self._embedder
+
+    def check_model(self) -> None:
+        """Raise ModelUnavailableError while the last attempt to load the model failed recently."""
+        failed = self._model_error
+        if failed is not None and time.monotonic() - failed[1] < MODEL_RETRY_SECONDS:
+            raise ModelUnavailableError(failed[0])
 
     def warm_up(self) -> None:
         """Load the model, run it once and load the index, so the first query is not slow.
 
-        A catalog that is missing, damaged or of another model does not stop the server: /readyz
-        says what is wrong until it is fixed, and the next request tries again.
+        A model that cannot load, or a catalog that is missing, damaged or of another model, is
+        logged, not raised: the server stays up and answers 503 with the reason (on /readyz too)
+        until the operator fixes it, and the next request tries again.
         """
-        self.embedder.warm_up(1)
+        self.decoder.start()
         try:
+            self.embedder.warm_up(1)
             self.index()
-        except (CatalogError, IndexMismatchError) as exc:
-            log.error("%s", exc)
+        except (ModelUnavailableError, IndexMismatchError, CatalogError) as exc:
+            log.error("not ready: %s", exc)
+
+    def close(self) -> None:
+        """Stop the decode processes, if any."""
+        self.decoder.close()
 
     def is_ready(self) -> bool:
         return self._embedder is not None
@@ -176,7 +203,10 @@ class SearchService:
         """Feature vector and top-5 predictions of an uploaded image (raises ImageRejected)."""
         result = self.embed_uploads([data])[0]
         if isinstance(result, ImageRejected):
-            raise result
+            try:
+                raise result
+            finally:  # the raised error's traceback holds this frame: no cycle that keeps `data` alive
+                del result, data
         return result
 
     def embed_uploads(self, images: Sequence[bytes]) -> list[Embedded | ImageRejected]:
@@ -186,16 +216,26 @@ class SearchService:
         # A small, highly compressed upload may claim hundreds of megapixels: uploads have their own cap.
         max_pixels, setting = min((self.settings.api.max_upload_pixels, "api.max_upload_pixels"),
                                   (self.settings.indexer.max_image_pixels, "indexer.max_image_pixels"))
+        request = DecodeRequest(size, max_pixels, setting)
         decoded: list[np.ndarray | ImageRejected] = []
         for data in images:
             try:
-                decoded.append(decode_image(data, size, max_pixels, setting).pixels)
+                decoded.append(self.decoder.decode(data, request))
             except ImageRejected as exc:
-                decoded.append(exc)
+                # A fresh error: the caught one's traceback and context hold every frame of this call
+                # (the uploads included) in a cycle that only the garbage collector would break.
+                decoded.append(ImageRejected(str(exc), exc.kind))
         good = [d for d in decoded if isinstance(d, np.ndarray)]
         embedded: list[Embedded] = []
         if good:
-            out = self.embedder.embed(np.stack(good))
+            embedder = self.embedder
+            wait = self.settings.api.queue_timeout
+            if not self._model_slots.acquire(timeout=wait):
+                raise ServerBusy(f"the model stayed busy for {wait:g} s (api.model_concurrency, api.queue_timeout)")
+            try:
+                out = embedder.embed(np.stack(good))
+            finally:
+                self._model_slots.release()
             embedded = list(zip(out.features, top_k(out.probabilities), strict=True))
         rows = iter(embedded)
         results = [item if isinstance(item, ImageRejected) else next(rows) for item in decoded]

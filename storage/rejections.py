@@ -25,7 +25,7 @@ class Rejection:
     root: str
     size: int
     mtime_ns: int
-    # empty, not_image, unsupported_format, corrupt, too_many_pixels, not_a_file, unstorable,
+    # empty, not_image, unsupported_format, corrupt, too_many_pixels, too_costly, not_a_file, unstorable,
     # unreadable, unreadable_folder
     kind: str
     reason: str

@@ -11,9 +11,11 @@ import hashlib
 import io
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
+import sys
 import time
 import urllib.request
 import zlib
@@ -116,6 +118,7 @@ def make_settings(data_dir: Path, handle: Path | str, **sections: dict[str, obje
         "storage": {"data_dir": str(data_dir)},
         # Threads start faster than worker processes; tests that need processes ask for them.
         "indexer": {"decode_workers": 2, "commit_every": 4, "decode_in_processes": False},
+        "api": {"decode_processes": 0},
     }
     for section, values in sections.items():
         overrides[section] = {**overrides.get(section, {}), **values}
@@ -189,13 +192,66 @@ def jpeg(image: Image.Image) -> bytes:
     return encode(image, "JPEG", quality=95)
 
 
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG that claims `width` x `height` pixels but holds almost no data."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(b"\0" * 10))
+            + png_chunk(b"IEND", b""))
+
+
+# --- decode amplification: small or legal-sized uploads that cost far more to decode than to send ----------
+
+
+def png_text_bomb(total_bytes: int) -> bytes:
+    """A valid 64x64 PNG padded to `total_bytes` with tiny tEXt chunks (about 50,000 per megabyte)."""
+    small = encode(Image.new("RGB", (64, 64), (10, 20, 30)), "PNG")
+    at = small.index(b"IDAT") - 4
+    text = png_chunk(b"tEXt", b"k\x00v")
+    return small[:at] + text * ((total_bytes - len(small)) // len(text)) + small[at:]
+
+
+def png_pixel_bomb(width: int, height: int) -> bytes:
+    """A complete black RGB PNG: about 3 kB per megapixel on the wire, 3 bytes per pixel decoded."""
+    row = b"\x00" * (1 + width * 3)
+    compressor = zlib.compressobj(9)
+    pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + png_chunk(b"IDAT", pixels) + png_chunk(b"IEND", b""))
+
+
+def jpeg_segments(data: bytes) -> list[tuple[int, bytes]]:
+    """(marker, bytes) of each segment after SOI; a scan (SOS) includes its entropy-coded data."""
+    segments, at = [], 2
+    while at < len(data):
+        marker = data[at + 1]
+        if marker == 0xD9:
+            segments.append((marker, data[at:at + 2]))
+            break
+        end = at + 2 + struct.unpack(">H", data[at + 2:at + 4])[0]
+        if marker == 0xDA:
+            while True:
+                end = data.index(b"\xff", end)
+                if data[end + 1] == 0 or 0xD0 <= data[end + 1] <= 0xD7:
+                    end += 2
+                    continue
+                break
+        segments.append((marker, data[at:end]))
+        at = end
+    return segments
+
+
+def jpeg_scan_bomb(side: int = 7000, repeat: int = 50) -> bytes:
+    """A smooth `side` x `side` progressive JPEG whose 10 scans each appear `repeat` times: every scan
+    walks every block of the image, so decoding costs `repeat` times a normal one (7000, 50: ~15 MB)."""
+    ramp = np.linspace(0, 255, side, dtype=np.float32)
+    planes = (np.add.outer(ramp, ramp) / 2, np.add.outer(ramp, -ramp) / 2 + 128, np.full((side, side), 90.0))
+    image = Image.fromarray(np.stack(planes, -1).astype(np.uint8), "RGB")
+    segments = jpeg_segments(encode(image, "JPEG", quality=50, progressive=True))
+    return b"\xff\xd8" + b"".join(body * (repeat if marker == 0xDA else 1) for marker, body in segments)
 
 
 def sha256_of(path: Path) -> str:
@@ -289,12 +345,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_ready(proc: subprocess.Popen[bytes], base: str, seconds: float = 180) -> dict[str, Any]:
-    """Poll `/readyz` of a server started as `proc` until it answers 200; fails if the process ends."""
+def wait_ready(proc: subprocess.Popen[bytes], base: str, seconds: float = 180,
+               probe: str = "/readyz") -> dict[str, Any]:
+    """Poll `probe` of a server started as `proc` until it answers 200; fails if the process ends."""
     deadline = time.monotonic() + seconds
     while True:
         try:
-            with urllib.request.urlopen(f"{base}/readyz", timeout=5) as r:
+            with urllib.request.urlopen(f"{base}{probe}", timeout=5) as r:
                 return dict(json.load(r))
         except OSError:
             assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else "server exited"
@@ -359,6 +416,114 @@ def kill_marked(marker: str) -> None:
             os.kill(pid, _signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def raw_http(port: int, request: bytes, timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
+    """Send `request` as is over a new loopback connection; the status, headers and body of the answer."""
+    import http.client
+    import threading
+
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        def send() -> None:  # from a thread: a server may answer (and close) before it read everything
+            try:
+                sock.sendall(request)
+            except OSError:
+                pass
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        answer = response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        sender.join(timeout)
+        return answer
+
+
+def chunked(*chunks: bytes) -> bytes:
+    """A chunked transfer-coding body holding `chunks`, with its last chunk."""
+    return b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+
+
+class ServerProcess:
+    """`lookalike serve` in a session of its own on a free loopback port, its output in `log`.
+
+    Leaving the `with` block ends it and every process it started (workers, decode processes),
+    whatever state they are in, so nothing outlives the test.
+    """
+
+    def __init__(self, env: dict[str, str], log: Path, workers: int = 1, args: tuple[str, ...] = (),
+                 python_args: tuple[str, ...] = ("-m", "lookalike"), probe: str = "/readyz",
+                 cwd: Path | None = None) -> None:
+        self.env, self.log_path, self.workers_wanted, self.args, self.cwd = env, log, workers, args, cwd
+        self.probe = probe  # entered once this path answers 200
+        self.python_args = python_args  # how Python starts the command (the arguments follow)
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.seen: set[int] = set()  # every descendant ever listed, ended on exit
+
+    def __enter__(self) -> ServerProcess:
+        with self.log_path.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, *self.python_args, *self.args, "serve", "--host", "127.0.0.1",
+                 "--port", str(self.port), "--workers", str(self.workers_wanted)],
+                env=self.env, cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_ready(self.proc, self.base, probe=self.probe)
+        wait_for(lambda: len(self.worker_pids()) == self.workers_wanted, 60, "the workers")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import psutil
+
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.descendants()
+            self.proc.kill()
+            self.proc.wait(30)
+        for pid in self.seen:
+            try:
+                psutil.Process(pid).kill()
+            except psutil.Error:
+                pass
+
+    def descendants(self) -> list[int]:
+        import psutil
+
+        assert self.proc is not None
+        try:
+            pids = [p.pid for p in psutil.Process(self.proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+        self.seen.update(pids)
+        return pids
+
+    def worker_pids(self) -> set[int]:
+        """Live gunicorn workers: the server's children that are not zombies."""
+        import psutil
+
+        assert self.proc is not None
+        workers = set()
+        for child in psutil.Process(self.proc.pid).children():
+            try:
+                if child.status() != psutil.STATUS_ZOMBIE:
+                    workers.add(child.pid)
+            except psutil.NoSuchProcess:
+                continue
+        self.seen.update(workers)
+        return workers
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, group: bool = False, seconds: float = 30) -> int:
+        """Send `sig` (to the whole session, as Ctrl-C in a terminal does, with `group`); its exit status."""
+        assert self.proc is not None
+        self.descendants()
+        if group:
+            os.killpg(self.proc.pid, sig)
+        else:
+            self.proc.send_signal(sig)
+        return self.proc.wait(seconds)
 
 
 # --- a library that changes ---------------------------------------------------------------

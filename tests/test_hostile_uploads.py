@@ -3,11 +3,12 @@ nothing leaks from outside the library, and the server keeps answering afterward
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 import resource
 import struct
-import zlib
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from helpers import (
     jpeg,
     make_settings,
     png_header_only,
+    png_pixel_bomb,
+    png_text_bomb,
     run_index,
     write_image,
 )
@@ -74,20 +77,9 @@ def jpeg_bomb(width: int, height: int) -> bytes:
     return bytes(data)
 
 
-def zlib_png(width: int, height: int) -> bytes:
-    """A real, complete black PNG: small on the wire, `width * height * 3` bytes once decoded."""
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-    row = b"\x00" + b"\x00" * (width * 3)
-    compressor = zlib.compressobj(9)
-    pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
-
-
 BOMBS = {
     "png-header": png_header_only(100_000, 100_000),
-    "png-real-zlib": zlib_png(6000, 6000),  # 36 megapixels in about 100 kB
+    "png-real-zlib": png_pixel_bomb(6000, 6000),  # 36 megapixels in about 100 kB
     "gif": gif_bomb(65_535, 65_535),
     "tiff": tiff_bomb(100_000, 100_000),
     "webp": webp_bomb(16_384, 16_384),
@@ -274,3 +266,24 @@ def test_symlinks_never_serve_files_outside_the_library(client: FlaskClient,
         victim.unlink()
         victim.write_bytes(original)
     assert_healthy(client)
+
+
+def test_a_rejected_upload_is_freed_with_its_request(client: FlaskClient) -> None:
+    """Nothing of a refused upload outlives its request: no reference cycle through the error's traceback
+    keeps the bytes until the garbage collector happens to run (with many threads, hundreds of MB)."""
+    uploads = [png_text_bomb(900_000), jpeg(colour_image(RED, (400, 300)))[:-2000] + os.urandom(60_000)]
+    assert_healthy(client)
+    gc.collect()
+    gc.disable()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(10):
+            for data in uploads:
+                assert post(client, data, "q.png").status_code == 422
+                assert client.post("/api/v1/search", data=data, content_type="image/png").status_code == 422
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+    assert kept < 2 * 2**20, f"{kept / 2**20:.1f} MiB kept after 40 refused uploads of about 1 MB"
