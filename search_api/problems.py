@@ -22,6 +22,7 @@ from storage.errors import (
     CatalogError,
     CatalogFullError,
     CatalogMissingError,
+    CatalogUnavailableError,
     DamagedVectorError,
 )
 from storage.paths import printable
@@ -36,7 +37,6 @@ CATALOG_CODES: dict[type[CatalogError], str] = {
     DamagedVectorError: "damaged_vector",
     CatalogDamagedError: "catalog_damaged",
     CatalogFullError: "catalog_full",
-    CatalogBusyError: "catalog_busy",
 }
 
 
@@ -113,6 +113,9 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(CatalogError)
     def _catalog_error(exc: CatalogError) -> Response:
+        if isinstance(exc, CatalogUnavailableError | CatalogBusyError):
+            # Host names and credentials in the message are for the log, not for clients.
+            return _domain_handler(DOMAIN_PROBLEMS[OperationalError])(exc)
         return problem_response(503, _catalog_detail(app, exc), CATALOG_CODES.get(type(exc), "catalog_unavailable"))
 
     @app.errorhandler(Exception)

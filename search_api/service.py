@@ -336,6 +336,7 @@ class SearchService:
         return None if page is None else page.hits
 
     def similar_page(self, image_id: int, options: QueryOptions) -> SearchPage | None:
+        self.index()  # a catalog of another model is refused here, with the advice every route gives
         vector = self.catalog.embedding(image_id, self.model_id)
         if vector is None:
             return None
