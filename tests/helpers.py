@@ -86,26 +86,37 @@ def private_postgres_database() -> Iterator[str]:
         admin.dispose()
 
 
-def survivors(mark: str, grace_seconds: float = 0.0) -> list[psutil.Process]:
-    """Processes other than this one that carry RUN_MARK=`mark` in their environment (after a grace period)."""
+def marked(variable: str, value: str) -> list[psutil.Process]:
+    """Live processes other than this one whose environment holds `variable`=`value` (children inherit it).
+
+    multiprocessing's resource tracker of this very process is left out: it ends when this process ends.
+    """
+    found = []
+    for process in psutil.process_iter():
+        if process.pid == os.getpid():
+            continue
+        try:
+            if process.environ().get(variable) != value or process.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if process.ppid() == os.getpid() and "multiprocessing.resource_tracker" in " ".join(process.cmdline()):
+                continue
+            found.append(process)
+        except psutil.Error:
+            continue
+    return found
+
+
+def still_running(variable: str, value: str, grace_seconds: float = 0.0) -> list[psutil.Process]:
+    """The processes marked `variable`=`value` that are still there after up to `grace_seconds`."""
     deadline = time.monotonic() + grace_seconds
-    while True:
-        found = []
-        for process in psutil.process_iter():
-            if process.pid == os.getpid():
-                continue
-            try:
-                if process.environ().get(RUN_MARK) != mark or process.status() == psutil.STATUS_ZOMBIE:
-                    continue
-                # multiprocessing's resource tracker of this very process ends when this process ends.
-                if process.ppid() == os.getpid() and "multiprocessing.resource_tracker" in " ".join(process.cmdline()):
-                    continue
-                found.append(process)
-            except psutil.Error:
-                continue
-        if not found or time.monotonic() >= deadline:
-            return found
-        time.sleep(0.5)
+    while (alive := marked(variable, value)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return alive
+
+
+def survivors(mark: str, grace_seconds: float = 0.0) -> list[psutil.Process]:
+    """Processes of this test run (RUN_MARK=`mark`) still alive after a grace period."""
+    return still_running(RUN_MARK, mark, grace_seconds)
 
 
 # --- settings ---------------------------------------------------------------------------
@@ -383,39 +394,20 @@ RUN_MARKER_ENV = "TEST_RUN_MARKER"  # not LOOKALIKE_*: those are settings
 
 
 def marked_processes(marker: str) -> list[int]:
-    """Pids of the live processes whose environment holds RUN_MARKER_ENV=`marker`: a process a test
-    started with that marker, and every child it made (children inherit the environment)."""
-    import psutil
-
-    found = []
-    for proc in psutil.process_iter(["pid", "status"]):
-        try:
-            if proc.info["status"] == psutil.STATUS_ZOMBIE:
-                continue
-            if proc.environ().get(RUN_MARKER_ENV) == marker:
-                found.append(proc.pid)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return found
+    """Pids of the processes a test started with RUN_MARKER_ENV=`marker`, and of every child they made."""
+    return [p.pid for p in marked(RUN_MARKER_ENV, marker)]
 
 
 def wait_until_gone(marker: str, seconds: float) -> list[int]:
     """Waits up to `seconds` for every process marked `marker` to end; returns the pids still alive."""
-    deadline = time.monotonic() + seconds
-    while (alive := marked_processes(marker)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return alive
+    return [p.pid for p in still_running(RUN_MARKER_ENV, marker, seconds)]
 
 
 def kill_marked(marker: str) -> None:
     """SIGKILL what a test left behind (after its assertions), so nothing outlives it."""
-    import signal as _signal
-
-    for pid in marked_processes(marker):
-        try:
-            os.kill(pid, _signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    for process in marked(RUN_MARKER_ENV, marker):
+        with contextlib.suppress(psutil.Error):
+            process.kill()
 
 
 def raw_http(port: int, request: bytes, timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
