@@ -8,6 +8,8 @@ import re
 import numpy as np
 
 from storage.catalog import Catalog
+from storage.index_calibration import RecallProbe, exact_candidate, is_exact, measure_index, scan_cost_of
+from storage.index_cost import SHRINK_MARGIN, IndexMeasurements
 from storage.index_factory import IndexConfig, choose_index, ivf_of, nlist_for
 from storage.vector_index import IndexMismatchError, IndexStore, Manifest, RemoveUnsupportedError, VectorIndex
 
@@ -39,7 +41,8 @@ def _training_sample(catalog: Catalog, count: int, wanted: int) -> np.ndarray:
 
 def build_from_catalog(catalog: Catalog, model_id: str, config: IndexConfig | None = None,
                        dimension: int | None = None) -> VectorIndex | None:
-    """A fresh index of every catalog embedding, of the type `config` chooses for the collection's size.
+    """A fresh index of every catalog embedding, of the type `config` chooses for the collection's size,
+    with its recall (and an IVF index's nprobe) measured on the collection's own vectors.
 
     None when the catalog is empty and no dimension is known.
     """
@@ -49,16 +52,25 @@ def build_from_catalog(catalog: Catalog, model_id: str, config: IndexConfig | No
         return None
     if dimension is None:
         dimension = next(iter(catalog.iter_embeddings(batch=1)))[1].shape[1]
-    plan = choose_index(count, dimension, config)
+    exact, scan_cost = exact_candidate(catalog, model_id, count, dimension, config)
+    plan = choose_index(count, dimension, config, scan_cost)
     log.info("index for %d vectors of dimension %d: %s (%s)", count, dimension, plan.factory, plan.reason)
+    if exact is not None and plan.factory == "Flat":
+        exact.measured = IndexMeasurements(0, 1.0, plan.exact_scan_ms)
+        return exact
+    exact = None
     index = VectorIndex(dimension, model_id, factory=plan.factory)
     if not index.is_trained:
         ivf = ivf_of(index.index)
         lists = ivf.nlist if ivf is not None else nlist_for(count)
         index.train(_training_sample(catalog, count, max(lists * TRAIN_POINTS_PER_LIST, 10_000)))
         index.trained_count = count
+    probe = None if is_exact(plan.factory) or count == 0 else RecallProbe.sample(catalog)
     for ids, vectors in catalog.iter_embeddings():
         index.add(ids, vectors)
+        if probe is not None:
+            probe.see(ids, vectors)
+    index.measured = measure_index(index, probe, config, plan.exact_scan_ms)
     return index
 
 
@@ -67,10 +79,17 @@ def _kind(factory: str) -> str:
 
 
 def needs_rebuild(index: VectorIndex, count: int, config: IndexConfig) -> str | None:
-    """Why the index should be rebuilt for a collection of `count` vectors, or None."""
-    wanted = choose_index(count, index.dimension, config).factory
-    if _kind(wanted) != _kind(index.factory):
-        return f"{count:,} vectors call for a {wanted} index instead of {index.factory}"
+    """Why the index should be rebuilt for a collection of `count` vectors, or None.
+
+    An inverted file built because exact search was too slow stays until the exact scan costs
+    well under the budget, so that a measurement near it does not switch types at every publish.
+    """
+    plan = choose_index(count, index.dimension, config, scan_cost_of(index, count, config))
+    wanted = plan.factory
+    settled = (wanted == "Flat" and "IVF" in index.factory and plan.exact_scan_ms is not None
+               and plan.exact_scan_ms > SHRINK_MARGIN * config.exact_budget_ms)
+    if _kind(wanted) != _kind(index.factory) and not settled:
+        return f"{count:,} vectors call for a {wanted} index instead of {index.factory} ({plan.reason})"
     if index.trained_count and count > RETRAIN_GROWTH * index.trained_count:
         return (f"the collection has grown from {index.trained_count:,} to {count:,} vectors since the index "
                 "was trained: retraining keeps recall up")
