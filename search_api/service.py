@@ -22,6 +22,8 @@ from search_api import metrics
 from search_api.dedupe import collapse_near_duplicates
 from storage.catalog import Catalog, ImageRecord
 from storage.class_rule import ClassRule
+from storage.index_calibration import index_summary
+from storage.index_cost import IndexMeasurements
 from storage.sync import open_index
 from storage.vector_index import IndexStore, Manifest, VectorIndex
 
@@ -257,6 +259,8 @@ class SearchService:
             "generation": self._manifest.generation if self._manifest else None,
             "model_id": self.model_id,
             "model": self.model_info(),
+            **index_summary(index.factory if index is not None else None,
+                            index.measured if index is not None else IndexMeasurements(), self.index_config),
         }
 
     def model_info(self) -> dict[str, object]:

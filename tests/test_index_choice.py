@@ -5,21 +5,33 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import faiss
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from helpers import (
     CATALOG_MODEL,
+    RED,
     clustered,
+    colour_image,
+    env_for,
     fill_catalog,
+    make_settings,
+    run_index,
+    write_image,
 )
 
+from indexer.model import model_id
+from indexer.settings import Settings
+from lookalike.cli import cli
+from search_api.app import create_app
 from storage.catalog import Catalog
 from storage.index_calibration import index_summary
 from storage.index_cost import IndexMeasurements, ScanCost, modelled_scan_cost, time_exact_scan
-from storage.index_factory import DEFAULT_NPROBE, IndexConfig, choose_index
+from storage.index_factory import DEFAULT_NPROBE, IndexConfig, choose_index, ivf_of
 from storage.sync import build_from_catalog, needs_rebuild
 from storage.vector_index import MANIFEST, IndexStore, VectorIndex
 
@@ -157,3 +169,59 @@ def test_a_manifest_written_before_the_measurements_still_loads(collection: tupl
     summary = index_summary(manifest.factory, manifest.measurements(), IndexConfig())
     assert summary["nprobe"] == DEFAULT_NPROBE and summary["nprobe_source"] == "default"
     assert summary["recall_at_10"] is None
+
+
+def test_the_indexer_switches_at_the_next_publish_and_stats_show_the_choice(
+        settings_for: Callable[..., Settings], colour_library: Path, tmp_path: Path, tf1_module: Path) -> None:
+    settings = settings_for(storage={"exact_budget_ms": 1e-6})
+    store = IndexStore(settings.storage.data_dir / "index")
+    run_index(settings, colour_library)
+    first = store.manifest()
+    assert first is not None and first.factory == "Flat" and first.count == 14  # too few to train IVF
+
+    # The catalog grows (photos under another root) and the library gains a photo: the next run publishes.
+    catalog = Catalog(settings.storage.resolved_database_url())
+    fill_catalog(catalog, clustered(150, 16), model=model_id(str(tf1_module), settings.model.image_size),
+                 first=1000, root="/elsewhere")
+    catalog.close()
+    write_image(colour_library / "red" / "new.jpg", colour_image(RED, seed=99), quality=95)
+    run_index(settings, colour_library)
+    grown = store.manifest()
+    assert grown is not None and grown.count == 165 and grown.factory.startswith("IVF")
+    assert grown.nprobe >= 1 and grown.recall_at_10 is not None and grown.exact_scan_ms is not None
+
+    runner = CliRunner()
+    env = env_for(settings.storage.data_dir, tf1_module)
+    stats = json.loads(runner.invoke(cli, ["stats", "--json"], env=env).stdout)
+    assert stats["index_type"] == grown.factory and stats["nprobe"] == grown.nprobe
+    assert stats["nprobe_source"] == "measured" and stats["recall_at_10"] == round(grown.recall_at_10, 4)
+    assert stats["vectors"] == 165 and stats["exact_budget_ms"] == 10.0
+    text = runner.invoke(cli, ["stats"], env=env).stdout
+    assert f"index_type: {grown.factory}" in text and "nprobe_source: measured" in text
+    fixed = json.loads(runner.invoke(cli, ["stats", "--json"], env=env | {
+        "LOOKALIKE_STORAGE__NPROBE": str(grown.nprobe + 1)}).stdout)
+    assert fixed["nprobe"] == grown.nprobe + 1 and fixed["nprobe_source"] == "storage.nprobe"
+    assert fixed["recall_at_10"] is None  # measured for another nprobe
+
+    api = create_app(settings).test_client().get("/api/v1/stats").get_json()
+    assert {k: api[k] for k in ("index_type", "nprobe", "nprobe_source", "recall_at_10", "exact_scan_ms")} == {
+        k: stats[k] for k in ("index_type", "nprobe", "nprobe_source", "recall_at_10", "exact_scan_ms")}
+    assert api["exact_budget_ms"] == 1e-6 and api["vectors"] == 165
+
+
+def test_stats_of_an_exact_index_and_of_no_index(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "data", "https://example.invalid/model")
+    client = create_app(settings).test_client()
+    empty = client.get("/api/v1/stats").get_json()
+    assert empty["index_type"] is None and empty["nprobe"] is None and empty["recall_at_10"] is None
+    catalog = Catalog(settings.storage.resolved_database_url())
+    mid = model_id(settings.model.handle, settings.model.image_size)
+    fill_catalog(catalog, clustered(300, DIM), model=mid)
+    index = build_from_catalog(catalog, mid, settings.storage.index_config())
+    assert index is not None
+    IndexStore(settings.storage.data_dir / "index").publish(index, catalog.max_image_id())
+    catalog.close()
+    exact = create_app(settings).test_client().get("/api/v1/stats").get_json()
+    assert exact["index_type"] == "Flat" and exact["nprobe"] is None and exact["recall_at_10"] == 1.0
+    assert exact["exact_scan_ms"] is not None and 0 < exact["exact_scan_ms"] <= 10.0
+    assert ivf_of(index.index) is None
