@@ -18,7 +18,7 @@ import faiss
 import numpy as np
 
 from storage.faults import fault_point
-from storage.index_cost import IndexMeasurements
+from storage.index_cost import IndexMeasurements, single_query_threads
 from storage.index_factory import DEFAULT_NPROBE, IndexConfig, new_index, search_parameters, stored_ids
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,8 @@ class VectorIndex:
             selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))
             selectivity = min(1.0, len(allowed_ids) / self.count)
         params = search_parameters(self.index, self.search_config(config), k, selector, selectivity)
-        scores, ids = self.index.search(queries, k, params=params)
+        with single_query_threads(len(queries)):
+            scores, ids = self.index.search(queries, k, params=params)
         return [
             [(int(i), float(s)) for i, s in zip(row_ids, row_scores, strict=True) if i >= 0]
             for row_ids, row_scores in zip(ids, scores, strict=True)

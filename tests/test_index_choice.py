@@ -7,6 +7,7 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -225,3 +226,34 @@ def test_stats_of_an_exact_index_and_of_no_index(tmp_path: Path) -> None:
     assert exact["index_type"] == "Flat" and exact["nprobe"] is None and exact["recall_at_10"] == 1.0
     assert exact["exact_scan_ms"] is not None and 0 < exact["exact_scan_ms"] <= 10.0
     assert ivf_of(index.index) is None
+
+
+THREADS_SEEN: list[int] = []
+
+
+class FaissThreadsSeen(faiss.IndexIDMap2):
+    """A real FAISS index that notes the calling thread's OpenMP setting in THREADS_SEEN when searched."""
+
+    def search(self, *args: Any, **kwargs: Any) -> Any:
+        THREADS_SEEN.append(faiss.omp_get_max_threads())
+        return super().search(*args, **kwargs)
+
+
+def test_a_single_query_searches_on_one_faiss_thread_and_batches_keep_theirs() -> None:
+    """A second OpenMP thread does no work for one query but its wake-up costs milliseconds on a busy machine."""
+    vectors = clustered(500, DIM)
+    flat = faiss.IndexFlatIP(DIM)
+    spy = FaissThreadsSeen(flat)
+    spy.add_with_ids(vectors, np.arange(1, 501))
+    THREADS_SEEN.clear()
+    index = VectorIndex(DIM, CATALOG_MODEL, spy, factory="Flat")
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(2)
+    try:
+        assert index.search(vectors[:1], 5)[0][0][0] == 1
+        assert index.search(vectors[:1], 5, np.array([3, 4]))[0][0][0] in (3, 4)
+        index.search(vectors[:4], 5)
+        assert THREADS_SEEN == [1, 1, 2]
+        assert faiss.omp_get_max_threads() == 2  # restored for the caller
+    finally:
+        faiss.omp_set_num_threads(before)
