@@ -191,10 +191,13 @@ def choose_nprobe(index: SearchableIndex, probe: RecallProbe, config: IndexConfi
                  "(target %.3f; tried %s)", index.factory, high, nlist, tried[high], len(probe.query_ids), target,
                  steps)
     else:
+        # Recall that stops rising long before the bound is capped by the stored codes, not by the lists visited.
+        why = ("the compressed vectors cap it: a storage.index_memory_mb that fits float32 vectors lifts it"
+               if high * 2 <= bound else
+               "the vectors have little cluster structure: storage.index: Flat gives exact answers")
         log.warning("%s: recall@10 reaches only %.3f (target %.3f) even visiting %d of %d lists; using nprobe %d "
-                    "(recall %.3f). The vectors may have little cluster structure: storage.index: Flat gives "
-                    "exact answers (tried %s)", index.factory, tried[bound], target, bound, nlist, high,
-                    tried[high], steps)
+                    "(recall %.3f); %s (tried %s)", index.factory, tried[bound], target, bound, nlist, high,
+                    tried[high], why, steps)
     return high, tried[high]
 
 

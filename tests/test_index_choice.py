@@ -257,3 +257,14 @@ def test_a_single_query_searches_on_one_faiss_thread_and_batches_keep_theirs() -
         assert faiss.omp_get_max_threads() == 2  # restored for the caller
     finally:
         faiss.omp_set_num_threads(before)
+
+
+def test_a_recall_target_out_of_reach_takes_the_smallest_nprobe_near_the_best_and_says_why(
+        collection: tuple[Catalog, np.ndarray], caplog: pytest.LogCaptureFixture) -> None:
+    catalog, _ = collection
+    config = IndexConfig(factory="IVF16,SQ4", recall_target=1.0)  # 4-bit codes cannot rank every neighbour right
+    with caplog.at_level("WARNING", logger="storage.index_calibration"):
+        index = build_from_catalog(catalog, CATALOG_MODEL, config)
+    assert index is not None and index.measured.recall_at_10 is not None
+    assert index.measured.recall_at_10 < 1.0 and 1 <= index.measured.nprobe < 16
+    assert "compressed vectors cap it" in caplog.text and "reaches only" in caplog.text
