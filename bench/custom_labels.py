@@ -1,7 +1,7 @@
 """Custom labels: how well a label learned from N examples finds the rest, and how fast it is kept up to date.
 
     python bench/label_tree.py build/label-tree          # the labelled tree (once, ~1 minute)
-    python bench/custom_labels.py --tree build/label-tree --model ../shared/models/efficientnet_lite0_tf1 \\
+    python bench/custom_labels.py --tree build/label-tree --model package:efficientnet-lite0 \\
         --image-size 224 [--draws 5] [--ns 1,3,5,10] [--rescore 100000] [--database-url URL]
 
 Quality: every sub-folder of the tree is a label (folders starting with "_" are unlabelled
@@ -227,7 +227,7 @@ def quality(vectors: np.ndarray, labels: np.ndarray, names: list[str], ns: list[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tree", type=Path, help="labelled folder tree (bench/label_tree.py makes one)")
-    parser.add_argument("--model", default="../shared/models/efficientnet_lite0_tf1")
+    parser.add_argument("--model", default="package:efficientnet-lite0")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--draws", type=int, default=5)
     parser.add_argument("--ns", default="1,3,5,10")

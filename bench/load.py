@@ -1,10 +1,7 @@
 """Sustained concurrent query load against `lookalike serve`, on loopback only, for a bounded time.
 
     python bench/load.py --seconds 30 --concurrency 4
-    python bench/load.py --data-dir build/bench-api-100000 --seconds 60
-    python bench/load.py MODULE --seconds 30          # another module of B4's compute (380x380)
-
-Without MODULE it runs the B4 stand-in (bench/b4_stand_in.py), built on first use (about a minute).
+    python bench/load.py --data-dir build/bench-clustered-200000 --seconds 60
 
 Starts `lookalike serve` (one worker, api.threads threads) on 127.0.0.1 over the synthetic
 catalog that bench/api_latency.py builds (built here too when missing), then runs `--concurrency`
@@ -29,6 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from b4_stand_in import ensure_b4_stand_in  # noqa: E402
 from serving import (  # noqa: E402
     LOOPBACK,
+    catalog_dir,
     ensure_catalog,
     free_port,
     multipart,
@@ -89,7 +87,7 @@ def main() -> None:
     parser.add_argument("module", type=Path, nargs="?", default=None,
                         help="TF1 Hub module of B4's compute (default: the B4 stand-in, built on first use)")
     parser.add_argument("--vectors", type=int, default=100_000)
-    parser.add_argument("--data-dir", type=Path, default=None, help="default: build/bench-api-<vectors>")
+    parser.add_argument("--data-dir", type=Path, default=None, help="default: build/bench-clustered-<vectors>")
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--threads", type=int, default=4, help="api.threads of the server")
@@ -97,7 +95,7 @@ def main() -> None:
     args.module = args.module or ensure_b4_stand_in()
     if not 0 < args.seconds <= MAX_SECONDS:
         parser.error(f"--seconds must be from 1 to {MAX_SECONDS}")
-    data_dir = args.data_dir or Path("build") / f"bench-api-{args.vectors}"
+    data_dir = args.data_dir or catalog_dir(args.vectors)
     ensure_catalog(args.module.resolve(), data_dir, args.vectors)
     port = free_port()
     server = start_server(args.module.resolve(), data_dir, port, threads=args.threads)

@@ -45,7 +45,9 @@ class StorageSettings(_Section):
     index: str = Field("auto", min_length=1)
     index_memory_mb: int = Field(2048, ge=16)
     exact_max_vectors: int = Field(50_000, ge=0)
-    nprobe: int = Field(16, ge=1)
+    exact_budget_ms: float = Field(10.0, ge=0)
+    nprobe: int = Field(0, ge=0)
+    recall_target: float = Field(0.98, gt=0, le=1)
     ef_search: int = Field(64, ge=1)
     mmap_index: bool = True
 
@@ -69,6 +71,8 @@ class StorageSettings(_Section):
             exact_max_vectors=self.exact_max_vectors,
             nprobe=self.nprobe,
             ef_search=self.ef_search,
+            exact_budget_ms=self.exact_budget_ms,
+            recall_target=self.recall_target,
         )
 
     def resolved_database_url(self) -> str:

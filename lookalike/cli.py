@@ -71,13 +71,16 @@ def cli(ctx: click.Context, config: str | None, verbose: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @click.pass_obj
 def stats(obj: CliContext, as_json: bool) -> None:
-    """Count the images in the catalog and the vectors in the index.
+    """Count the images in the catalog and the vectors in the index; show the index type, the nprobe
+    searches use and the recall@10 measured when the index was built.
 
     \b
     Example:
       lookalike stats --json
     """
     from storage.catalog import Catalog
+    from storage.index_calibration import index_summary
+    from storage.index_cost import IndexMeasurements
     from storage.vector_index import IndexStore
 
     settings = obj.settings
@@ -91,6 +94,9 @@ def stats(obj: CliContext, as_json: bool) -> None:
         "model_ids": sorted(catalog.model_ids()),
         "roots": [display_path(root) for root in catalog.roots()],
         "data_dir": str(settings.storage.data_dir.resolve()),
+        **index_summary(manifest.factory if manifest else None,
+                        manifest.measurements() if manifest else IndexMeasurements(),
+                        settings.storage.index_config()),
     }
     catalog.close()
     echo_mapping(result, as_json)

@@ -15,8 +15,10 @@ from lookalike.context import CliContext
 def rebuild(obj: CliContext) -> None:
     """Rebuild the FAISS index from the catalog's stored vectors (no model run).
 
-    The index type follows storage.index (auto: chosen from the collection size and
-    storage.index_memory_mb). Use it after changing those settings.
+    The index type follows storage.index (auto: exact search while one query's scan, timed
+    here, fits storage.exact_budget_ms; otherwise an inverted file sized by
+    storage.index_memory_mb, with the nprobe that reaches storage.recall_target). Use it
+    after changing those settings.
 
     \b
     Example:
@@ -43,7 +45,10 @@ def rebuild(obj: CliContext) -> None:
         raise click.ClickException(str(exc)) from None
     finally:
         catalog.close()
-    click.echo(f"rebuilt index generation {manifest.generation}: {manifest.count} vectors, {manifest.factory}")
+    measured = "" if manifest.recall_at_10 is None else f", recall@10 {manifest.recall_at_10:.3f}"
+    nprobe = f", nprobe {manifest.nprobe}" if manifest.nprobe else ""
+    click.echo(f"rebuilt index generation {manifest.generation}: {manifest.count} vectors, {manifest.factory}"
+               f"{nprobe}{measured}")
 
 
 @click.command()

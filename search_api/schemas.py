@@ -209,6 +209,17 @@ class Stats(BaseModel):
     generation: int | None
     model_id: str
     model: ModelInfo
+    index_type: str | None = Field(description="FAISS factory string of the index searched (null: no index yet).")
+    nprobe: int | None = Field(description="Inverted lists visited per query (null: not an IVF index).")
+    nprobe_source: Literal["measured", "storage.nprobe", "default"] | None = Field(
+        description="measured: the smallest nprobe reaching storage.recall_target when the index was built; "
+                    "storage.nprobe: set in the configuration; default: an index built before nprobe was measured.")
+    recall_at_10: float | None = Field(description="recall@10 against exact search at this nprobe, measured when the "
+                                                   "index was built on queries drawn from the collection (1.0 for "
+                                                   "exact search; null: not measured).")
+    exact_scan_ms: float | None = Field(description="One query's exact scan of the collection, timed on this machine "
+                                                    "when the index was built (null: not measured).")
+    exact_budget_ms: float = Field(description="storage.exact_budget_ms: auto searches exactly while the scan fits.")
 
 
 class Health(BaseModel):

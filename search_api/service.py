@@ -25,6 +25,8 @@ from search_api.upload_decoder import DecodeRequest, InlineDecoder, UploadDecode
 from storage.catalog import Catalog, ImageRecord
 from storage.class_rule import ClassRule
 from storage.errors import CatalogError, DamagedVectorError
+from storage.index_calibration import index_summary
+from storage.index_cost import IndexMeasurements
 from storage.label_queries import ids_with_labels, labels_of_images
 from storage.paths import display_path
 from storage.sync import build_from_catalog, check_model, open_index
@@ -362,6 +364,8 @@ class SearchService:
             "generation": self._manifest.generation if self._manifest else None,
             "model_id": self.model_id,
             "model": self.model_info(),
+            **index_summary(index.factory if index is not None else None,
+                            index.measured if index is not None else IndexMeasurements(), self.index_config),
         }
 
     def model_info(self) -> dict[str, object]:

@@ -1,6 +1,7 @@
 """Which FAISS index suits a collection, how to build it with catalog ids, and per-call search parameters.
 
-In the spirit of autofaiss: exact search while it is cheap; an inverted file (IVF) above that;
+In the spirit of autofaiss: exact search while it is cheap (one query's scan, timed on this
+machine, within storage.exact_budget_ms); an inverted file (IVF) above that;
 scalar quantisation (SQ8, 4x smaller) when full vectors would not fit the memory budget; and
 OPQ + product quantisation when even SQ8 would not. At 1792 dimensions IVF+SQ8 keeps recall
 near 0.99 at a quarter of the memory, while HNSW builds slowly and recalls less, so `auto`
@@ -17,9 +18,13 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from storage.index_cost import ScanCost, modelled_scan_cost
+
 log = logging.getLogger(__name__)
 
 PQ_SUBQUANTIZERS = (8, 16, 32, 48, 56, 64, 96, 112, 128, 192, 224, 256)
+# Inverted lists visited per query by an IVF index whose generation records no measured nprobe.
+DEFAULT_NPROBE = 16
 
 
 @dataclass(frozen=True)
@@ -29,14 +34,17 @@ class IndexConfig:
     factory: str = "auto"
     memory_budget_bytes: int = 2048 * 2**20
     exact_max_vectors: int = 50_000
-    nprobe: int = 16
+    nprobe: int = 0  # 0: the nprobe measured when the generation was built
     ef_search: int = 64
+    exact_budget_ms: float = 10.0
+    recall_target: float = 0.98
 
 
 @dataclass(frozen=True)
 class IndexPlan:
     factory: str
     reason: str
+    exact_scan_ms: float | None = None  # one query's exact scan of the collection, as measured here
 
 
 def nlist_for(count: int) -> int:
@@ -44,29 +52,52 @@ def nlist_for(count: int) -> int:
     return max(1, min(int(4 * math.sqrt(count)), count // 39))
 
 
-def choose_index(count: int, dimension: int, config: IndexConfig) -> IndexPlan:
-    """The factory string for `count` vectors of `dimension`, and why."""
+def exact_is_candidate(count: int, dimension: int, config: IndexConfig) -> bool:
+    """Whether `auto` would search `count` vectors exactly if the scan were cheap enough; only then
+    does the scan's cost decide."""
+    return (config.factory == "auto" and nlist_for(count) >= 2 and count <= config.exact_max_vectors
+            and count * dimension * 4 <= config.memory_budget_bytes)
+
+
+def choose_index(count: int, dimension: int, config: IndexConfig, scan_cost: ScanCost | None = None) -> IndexPlan:
+    """The factory string for `count` vectors of `dimension`, and why.
+
+    Exact search while one query's scan stays within config.exact_budget_ms (`scan_cost`: timed on
+    the collection by the caller, else a conservative model), the collection within
+    config.exact_max_vectors and its vectors within the memory budget; otherwise an inverted file,
+    quantised when full vectors do not fit.
+    """
     if config.factory != "auto":
         return IndexPlan(config.factory, "set in storage.index")
     budget = config.memory_budget_bytes
     flat = count * dimension * 4
     mib = 2**20
-    if count <= config.exact_max_vectors and flat <= budget:
-        return IndexPlan("Flat", f"{count:,} vectors <= storage.exact_max_vectors: exact search")
     nlist = nlist_for(count)
     if nlist < 2:
         return IndexPlan("Flat", f"{count:,} vectors are too few to train an inverted file: exact search")
+    scan_ms: float | None = None
+    if exact_is_candidate(count, dimension, config):
+        cost = scan_cost or modelled_scan_cost(dimension)
+        scan_ms = cost.ms(count)
+        limit = f"storage.exact_budget_ms ({config.exact_budget_ms:g} ms)"
+        if scan_ms <= config.exact_budget_ms:
+            return IndexPlan("Flat", f"{cost.describe(count)}, within {limit}: exact search", scan_ms)
+        why = f"{cost.describe(count)}, over {limit}"
+    elif count > config.exact_max_vectors:
+        why = f"{count:,} vectors > storage.exact_max_vectors ({config.exact_max_vectors:,})"
+    else:
+        why = f"{flat / mib:,.0f} MiB of float32 vectors exceed the {budget / mib:,.0f} MiB budget"
     if flat * 1.05 <= budget:
-        return IndexPlan(f"IVF{nlist},Flat", f"{flat / mib:,.0f} MiB of float32 vectors fit the budget: IVF, "
-                                             "full vectors")
+        return IndexPlan(f"IVF{nlist},Flat", f"{why}: IVF with full vectors ({flat / mib:,.0f} MiB fit the "
+                                             "memory budget)", scan_ms)
     if count * dimension * 1.05 <= budget:
-        return IndexPlan(f"IVF{nlist},SQ8", f"{flat / mib:,.0f} MiB of float32 vectors exceed the "
-                                            f"{budget / mib:,.0f} MiB budget: IVF with 8-bit scalar quantisation")
+        return IndexPlan(f"IVF{nlist},SQ8", f"{why}: IVF with 8-bit scalar quantisation ({flat / mib:,.0f} MiB "
+                                            f"of float32 vectors exceed the {budget / mib:,.0f} MiB budget)", scan_ms)
     per_vector = budget / max(count, 1)
     fitting = [m for m in PQ_SUBQUANTIZERS if dimension % m == 0 and m * 1.1 <= per_vector] or [8]
     m = fitting[-1]
-    return IndexPlan(f"OPQ{m},IVF{nlist},PQ{m}", f"even 8-bit vectors exceed the {budget / mib:,.0f} MiB "
-                                                 f"budget: OPQ + {m}-byte product codes")
+    return IndexPlan(f"OPQ{m},IVF{nlist},PQ{m}", f"{why}: OPQ + {m}-byte product codes (even 8-bit vectors "
+                                                 f"exceed the {budget / mib:,.0f} MiB budget)", scan_ms)
 
 
 def is_exact(factory: str) -> bool:
@@ -124,8 +155,9 @@ def search_parameters(index: faiss.Index, config: IndexConfig, k: int, selector:
     ivf = ivf_of(index)
     if ivf is not None:
         params = faiss.SearchParametersIVF()
-        widened = math.ceil(config.nprobe / max(selectivity, 1e-9))
-        params.nprobe = int(min(ivf.nlist, max(config.nprobe, widened)))
+        nprobe = config.nprobe or DEFAULT_NPROBE
+        widened = math.ceil(nprobe / max(selectivity, 1e-9))
+        params.nprobe = int(min(ivf.nlist, max(nprobe, widened)))
     elif hnsw_of(index) is not None:
         params = faiss.SearchParametersHNSW()
         params.efSearch = int(min(16_384, max(config.ef_search, k, math.ceil(config.ef_search / max(selectivity,

@@ -10,7 +10,9 @@ import numpy as np
 
 from storage import staging
 from storage.catalog import Catalog
-from storage.index_factory import IndexConfig, choose_index, ivf_of, nlist_for
+from storage.index_calibration import RecallProbe, is_exact, measure_index, scan_cost_of
+from storage.index_cost import SHRINK_MARGIN, IndexMeasurements, measured_scan_cost
+from storage.index_factory import IndexConfig, choose_index, exact_is_candidate, ivf_of, nlist_for
 from storage.vector_index import (
     IndexMismatchError,
     IndexStore,
@@ -62,7 +64,9 @@ def _training_sample(batches: Batches, count: int, wanted: int) -> np.ndarray:
 
 def build_from_vectors(batches: Batches, count: int, model_id: str, config: IndexConfig | None = None,
                        dimension: int | None = None) -> VectorIndex | None:
-    """A fresh index of `count` vectors, of the type `config` chooses for that many.
+    """A fresh index of `count` vectors, of the type `config` chooses for that many, with its recall
+    (and an IVF index's nprobe) measured on the collection's own vectors. Damaged vectors (NaN, not
+    unit length) are kept out and counted.
 
     None when there are no vectors and no dimension is known.
     """
@@ -71,25 +75,43 @@ def build_from_vectors(batches: Batches, count: int, model_id: str, config: Inde
         return None
     if dimension is None:
         dimension = next(iter(batches()))[1].shape[1]
-    plan = choose_index(count, dimension, config)
+    exact, scan_cost = None, None
+    if exact_is_candidate(count, dimension, config):
+        exact = VectorIndex(dimension, model_id, factory="Flat")  # timed on the collection itself
+        _add_usable(exact, batches)
+        scan_cost = measured_scan_cost(exact.index)
+    plan = choose_index(count, dimension, config, scan_cost)
     log.info("index for %d vectors of dimension %d: %s (%s)", count, dimension, plan.factory, plan.reason)
+    if exact is not None and plan.factory == "Flat":
+        exact.measured = IndexMeasurements(0, 1.0, plan.exact_scan_ms)
+        return exact
+    exact = None
     index = VectorIndex(dimension, model_id, factory=plan.factory)
     if not index.is_trained:
         ivf = ivf_of(index.index)
         lists = ivf.nlist if ivf is not None else nlist_for(count)
         index.train(_training_sample(_usable_only(batches), count, max(lists * TRAIN_POINTS_PER_LIST, 10_000)))
         index.trained_count = count
+    probe = None if is_exact(plan.factory) or count == 0 else RecallProbe.sample(_usable_only(batches), count)
+    _add_usable(index, batches, probe)
+    index.measured = measure_index(index, probe, config, plan.exact_scan_ms)
+    return index
+
+
+def _add_usable(index: VectorIndex, batches: Batches, probe: RecallProbe | None = None) -> None:
+    """Add every usable vector to `index` (and to `probe`'s exact answers); damaged ones are counted and logged."""
     damaged: list[int] = []
     for ids, vectors in batches():
         keep = usable(vectors)
         damaged.extend(int(i) for i in ids[~keep])
         index.add(ids[keep], vectors[keep])
+        if probe is not None:
+            probe.see(ids[keep], vectors[keep])
+    index.left_out = len(damaged)
     if damaged:
-        index.left_out = len(damaged)
         log.error("%d stored vectors are damaged (NaN or not unit length) and were kept out of the index: images "
                   "%s; `lookalike verify` lists them, `lookalike index --reindex PATH...` embeds them again",
                   len(damaged), damaged[:20])
-    return index
 
 
 def _usable_only(batches: Batches) -> Batches:
@@ -112,10 +134,17 @@ def _kind(factory: str) -> str:
 
 
 def needs_rebuild(index: VectorIndex, count: int, config: IndexConfig) -> str | None:
-    """Why the index should be rebuilt for a collection of `count` vectors, or None."""
-    wanted = choose_index(count, index.dimension, config).factory
-    if _kind(wanted) != _kind(index.factory):
-        return f"{count:,} vectors call for a {wanted} index instead of {index.factory}"
+    """Why the index should be rebuilt for a collection of `count` vectors, or None.
+
+    An inverted file built because exact search was too slow stays until the exact scan costs
+    well under the budget, so that a measurement near it does not switch types at every publish.
+    """
+    plan = choose_index(count, index.dimension, config, scan_cost_of(index, count, config))
+    wanted = plan.factory
+    settled = (wanted == "Flat" and "IVF" in index.factory and plan.exact_scan_ms is not None
+               and plan.exact_scan_ms > SHRINK_MARGIN * config.exact_budget_ms)
+    if _kind(wanted) != _kind(index.factory) and not settled:
+        return f"{count:,} vectors call for a {wanted} index instead of {index.factory} ({plan.reason})"
     if index.trained_count and count > RETRAIN_GROWTH * index.trained_count:
         return (f"the collection has grown from {index.trained_count:,} to {count:,} vectors since the index "
                 "was trained: retraining keeps recall up")

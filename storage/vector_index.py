@@ -13,14 +13,15 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import faiss
 import numpy as np
 
 from storage.faults import fault_point
-from storage.index_factory import IndexConfig, is_exact, new_index, search_parameters, stored_ids
+from storage.index_cost import IndexMeasurements, single_query_threads
+from storage.index_factory import DEFAULT_NPROBE, IndexConfig, is_exact, new_index, search_parameters, stored_ids
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,13 @@ class Manifest:
     trained_count: int = 0  # vectors the index was trained on (0: needs no training)
     sha256: str = ""  # of the index file as written ("" in manifests written before it was recorded)
     left_out: int = 0  # catalog images whose damaged vectors (NaN, not unit length) were kept out of the index
+    # Measured when the index was built (absent from manifests written before they were measured).
+    nprobe: int = 0
+    recall_at_10: float | None = None
+    exact_scan_ms: float | None = None
+
+    def measurements(self) -> IndexMeasurements:
+        return IndexMeasurements(self.nprobe, self.recall_at_10, self.exact_scan_ms)
 
 
 class IndexWriteError(RuntimeError):
@@ -75,12 +83,13 @@ class VectorIndex:
     """Inner-product search over L2-normalised vectors keyed by catalog ids, for any FAISS index type."""
 
     def __init__(self, dimension: int, model_id: str, index: faiss.Index | None = None, factory: str = "Flat",
-                 trained_count: int = 0, left_out: int = 0) -> None:
+                 trained_count: int = 0, left_out: int = 0, measured: IndexMeasurements | None = None) -> None:
         self.dimension = dimension
         self.model_id = model_id
         self.factory = factory
         self.trained_count = trained_count
         self.left_out = left_out  # catalog images with damaged vectors, kept out
+        self.measured = measured or IndexMeasurements()
         self.index = index if index is not None else new_index(factory, dimension)
         if self.index.d != dimension:
             raise IndexMismatchError(f"index has dimension {self.index.d}, expected {dimension}")
@@ -100,6 +109,11 @@ class VectorIndex:
 
     def ids(self) -> np.ndarray:
         return stored_ids(self.index)
+
+    def search_config(self, config: IndexConfig | None) -> IndexConfig:
+        """`config` with nprobe 0 (auto) replaced by the nprobe measured when this index was built."""
+        config = config or IndexConfig()
+        return config if config.nprobe else replace(config, nprobe=self.measured.nprobe or DEFAULT_NPROBE)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids) == 0:
@@ -134,8 +148,9 @@ class VectorIndex:
         if allowed_ids is not None:
             selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))
             selectivity = min(1.0, len(allowed_ids) / self.count)
-        params = search_parameters(self.index, config or IndexConfig(), k, selector, selectivity)
-        scores, ids = self.index.search(queries, k, params=params)
+        params = search_parameters(self.index, self.search_config(config), k, selector, selectivity)
+        with single_query_threads(len(queries)):
+            scores, ids = self.index.search(queries, k, params=params)
         self._check_scores(scores, ids >= 0)
         return [
             [(int(i), float(s)) for i, s in zip(row_ids, row_scores, strict=True) if i >= 0]
@@ -151,7 +166,7 @@ class VectorIndex:
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dimension)
         if self.count == 0:
             return [[] for _ in range(len(queries))]
-        params = search_parameters(self.index, config or IndexConfig(), fallback_k, None, 1.0)
+        params = search_parameters(self.index, self.search_config(config), fallback_k, None, 1.0)
         try:
             # FAISS keeps inner-product results strictly above the radius.
             lims, scores, ids = self.index.range_search(queries, float(np.nextafter(min_score, -np.inf)),
@@ -263,7 +278,7 @@ class IndexStore:
             log.warning("index file %s does not match its manifest; the index will be rebuilt", path)
             return None
         return VectorIndex(manifest.dimension, manifest.model_id, index, manifest.factory, manifest.trained_count,
-                           manifest.left_out)
+                           manifest.left_out, manifest.measurements())
 
     def publish(self, index: VectorIndex, high_water: int,
                 before_manifest: Callable[[], object] | None = None) -> Manifest:
@@ -280,7 +295,8 @@ class IndexStore:
         name = f"vectors-{generation:06d}.faiss"
         data = faiss.serialize_index(index.index).tobytes()
         manifest = Manifest(generation, name, index.count, index.dimension, index.model_id, high_water, time.time(),
-                            index.factory, index.trained_count, hashlib.sha256(data).hexdigest(), index.left_out)
+                            index.factory, index.trained_count, hashlib.sha256(data).hexdigest(), index.left_out,
+                            **asdict(index.measured))
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             _write_atomic(self.directory / name, data, "index-temp-written")

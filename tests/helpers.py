@@ -330,6 +330,24 @@ def ref(path: str, seed: int, size: int = 100) -> FileRef:
     return FileRef(path, "/lib", size, 1, f"{seed:064x}")
 
 
+def clustered(n: int, dim: int = 32, clusters: int = 20, seed: int = 0) -> np.ndarray:
+    """Unit vectors around `clusters` random centres (the centres depend only on `dim` and `clusters`,
+    so calls with other seeds draw more vectors of the same collection)."""
+    centres = np.random.default_rng(dim * 1000 + clusters).normal(size=(clusters, dim))
+    rng = np.random.default_rng(seed)
+    vectors = centres[rng.integers(0, clusters, n)] + 0.3 * rng.normal(size=(n, dim))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def fill_catalog(catalog: Catalog, vectors: np.ndarray, model: str = CATALOG_MODEL, first: int = 0,
+                 root: str = "/lib") -> list[int]:
+    """Catalog images with these vectors, one file each under `root` (content hashes first, first+1, ...)."""
+    seeds = range(first, first + len(vectors))
+    images = [NewImage(f"{s:064x}", 1, 1, "PNG", model, v, ((1, 0.9),)) for s, v in zip(seeds, vectors, strict=True)]
+    ids, _ = catalog.apply(images, [FileRef(f"{root}/{s}.png", root, 100, 1, f"{s:064x}") for s in seeds])
+    return ids
+
+
 # --- HTTP -------------------------------------------------------------------------------
 
 

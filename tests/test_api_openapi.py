@@ -131,3 +131,16 @@ def test_docs_page_works_offline(client: FlaskClient) -> None:
         served = client.get(asset)
         assert served.status_code == 200 and len(served.data) > 100, asset
     assert any(a.endswith("swagger-ui-bundle.js") for a in assets)
+
+
+def test_stats_describe_the_index_searched(spec: dict[str, Any], client: FlaskClient) -> None:
+    index_fields = {"index_type", "nprobe", "nprobe_source", "recall_at_10", "exact_scan_ms", "exact_budget_ms"}
+    assert index_fields <= set(spec["components"]["schemas"]["Stats"]["required"])
+    body = client.get("/api/v1/stats").get_json()
+    check(spec, "Stats", body)
+    assert {"images", "files", "vectors", "generation", "model_id", "model"} <= set(body)
+    # 14 images are too few to train an inverted file: exact search, whose recall is 1 by definition.
+    shown = (body["index_type"], body["nprobe"], body["nprobe_source"], body["recall_at_10"])
+    assert shown == ("Flat", None, None, 1.0)
+    with pytest.raises(jsonschema.ValidationError):
+        check(spec, "Stats", {**body, "nprobe_source": "guessed"})

@@ -15,6 +15,7 @@ from helpers import CATALOG_MODEL, env_for, new_image, ref, run_index
 from indexer.settings import Settings
 from lookalike.cli import cli
 from storage.catalog import Catalog, NewImage
+from storage.index_cost import ScanCost
 from storage.index_factory import IndexConfig, choose_index
 from storage.sync import build_from_catalog, needs_rebuild
 from storage.vector_index import IndexStore, RemoveUnsupportedError, VectorIndex
@@ -44,7 +45,9 @@ def clustered(n: int, dim: int = DIM, clusters: int = 20, seed: int = 0) -> np.n
     ],
 )
 def test_auto_choice_follows_size_and_budget(count: int, dim: int, budget_mb: int, expected: str) -> None:
-    plan = choose_index(count, dim, IndexConfig(memory_budget_bytes=budget_mb * 2**20))
+    """On a machine where an exact scan were free, the vector count and memory budget alone decide."""
+    free = ScanCost(0.0, measured=True)
+    plan = choose_index(count, dim, IndexConfig(memory_budget_bytes=budget_mb * 2**20), free)
     assert plan.factory == expected and plan.reason
 
 
