@@ -212,10 +212,10 @@ def test_the_indexer_switches_at_the_next_publish_and_stats_show_the_choice(
 
 def test_stats_of_an_exact_index_and_of_no_index(tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "data", "https://example.invalid/model")
+    catalog = Catalog(settings.storage.resolved_database_url())  # an empty catalog: nothing indexed yet
     client = create_app(settings).test_client()
     empty = client.get("/api/v1/stats").get_json()
     assert empty["index_type"] is None and empty["nprobe"] is None and empty["recall_at_10"] is None
-    catalog = Catalog(settings.storage.resolved_database_url())
     mid = model_id(settings.model.handle, settings.model.image_size)
     fill_catalog(catalog, clustered(300, DIM), model=mid)
     index = build_from_catalog(catalog, mid, settings.storage.index_config())
