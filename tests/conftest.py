@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,12 +17,16 @@ from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient
 from helpers import (
+    POSTGRES_SERVER_URL,
     POSTGRES_URL,
     RUN_MARK,
+    create_database,
+    drop_database,
     drop_everything,
     make_colour_library,
     make_settings,
     postgres_answers,
+    private_postgres_database,
     run_index,
     survivors,
 )
@@ -40,6 +43,13 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # Every process the tests start inherits this mark, so the ones that outlive the run can be found.
     os.environ[RUN_MARK] = f"{os.getpid()}-{time.time_ns()}"
+    if postgres_answers():
+        create_database(POSTGRES_URL)  # this run's own database; the PostgreSQL cases skip without a server
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if postgres_answers():
+        drop_database(POSTGRES_URL)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -137,7 +147,7 @@ def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Catalog]
         url = f"sqlite:///{tmp_path / 'catalog.db'}"
     else:
         if not postgres_answers():
-            pytest.skip(f"no PostgreSQL server answers at {POSTGRES_URL}")
+            pytest.skip(f"no PostgreSQL server answers at {POSTGRES_SERVER_URL}")
         url = POSTGRES_URL
         drop_everything(url)
     cat = Catalog(url)
@@ -150,21 +160,11 @@ def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Catalog]
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The URL of an empty database of this test's own: SQLite in tmp_path, or a new PostgreSQL
-    database (other tests clear the shared one) that is dropped afterwards."""
+    database that is dropped afterwards."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'own.db'}"
         return
     if not postgres_answers():
-        pytest.skip(f"no PostgreSQL server answers at {POSTGRES_URL}")
-    import sqlalchemy as sa
-
-    name = f"lookalike_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield sa.make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        pytest.skip(f"no PostgreSQL server answers at {POSTGRES_SERVER_URL}")
+    with private_postgres_database() as url:
+        yield url

@@ -36,7 +36,11 @@ from storage.vector_index import IndexStore
 REPO = Path(__file__).resolve().parent.parent
 TEST_IMAGE_SIZE = 64
 # Taken out of the environment: every other LOOKALIKE_* variable is a setting, and `lookalike` refuses unknown ones.
-POSTGRES_URL = os.environ.pop("LOOKALIKE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+# The tests' PostgreSQL server (any database on it), and the database of this test run on that server:
+# created when the run starts and dropped when it ends (conftest.py), so that runs side by side never
+# clear each other's tables. The variable is removed from the environment: LOOKALIKE_* are settings.
+POSTGRES_SERVER_URL = os.environ.pop("LOOKALIKE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+POSTGRES_URL = POSTGRES_SERVER_URL.rsplit("/", 1)[0] + f"/lookalike_run_{os.getpid()}_{time.time_ns()}"
 
 # Environment variable set for the whole test run; every process a test starts inherits it.
 RUN_MARK = "PYTEST_LOOKALIKE_RUN"  # not LOOKALIKE_*: those are settings
@@ -51,10 +55,30 @@ def postgres_answers() -> bool:
     import sqlalchemy as sa
 
     try:
-        with sa.create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3}).connect():
+        with sa.create_engine(POSTGRES_SERVER_URL, connect_args={"connect_timeout": 3}).connect():
             return True
     except Exception:
         return False
+
+
+def create_database(url: str) -> None:
+    """Create the (new, empty) database `url` names on the tests' server."""
+    _on_server(f'CREATE DATABASE "{url.rsplit("/", 1)[1]}"')
+
+
+def drop_database(url: str) -> None:
+    _on_server(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+
+
+def _on_server(statement: str) -> None:
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(POSTGRES_SERVER_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(statement))
+    finally:
+        admin.dispose()
 
 
 def drop_everything(url: str) -> None:
@@ -71,19 +95,13 @@ def drop_everything(url: str) -> None:
 @contextlib.contextmanager
 def private_postgres_database() -> Iterator[str]:
     """The URL of a new, empty database on the tests' PostgreSQL server, dropped afterwards: for tests that
-    keep a whole data dir on PostgreSQL without touching the shared test database."""
-    import sqlalchemy as sa
-
-    name = f"lookalike_test_{os.getpid()}_{time.time_ns()}"
-    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    keep a whole data dir on PostgreSQL apart from every other test."""
+    url = POSTGRES_SERVER_URL.rsplit("/", 1)[0] + f"/lookalike_test_{os.getpid()}_{time.time_ns()}"
+    create_database(url)
     try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        yield POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+        yield url
     finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        drop_database(url)
 
 
 def marked(variable: str, value: str) -> list[psutil.Process]:
