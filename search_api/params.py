@@ -9,8 +9,8 @@ from flask import request
 
 from indexer.labels import UnknownClassError, resolve_classes
 from indexer.settings import SearchSettings
+from search_api.neighbours import QueryOptions
 from search_api.problems import ApiProblem
-from search_api.service import QueryOptions
 from storage.class_rule import RULES, ClassRule
 
 

@@ -12,8 +12,8 @@ from search_api import schemas
 from search_api.openapi import operation
 from search_api.params import parse_query_options
 from search_api.problems import ApiProblem, problem_body
-from search_api.results import page_json
-from search_api.service import SearchService, labels_json
+from search_api.results import labels_json, page_json
+from search_api.service import SearchService
 
 bp = Blueprint("search", __name__, url_prefix="/api/v1")
 

@@ -10,23 +10,22 @@ import logging
 import threading
 import time
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
 from indexer.images import ImageRejected
-from indexer.labels import class_name
 from indexer.model import Embedder, ModelUnavailableError, model_id, stand_in_note, top_k
 from indexer.settings import Settings
 from search_api import metrics
 from search_api.busy import ServerBusy
 from search_api.dedupe import collapse_near_duplicates
+from search_api.neighbours import Neighbour, QueryOptions, SearchPage
 from search_api.upload_decoder import DecodeRequest, InlineDecoder, UploadDecoder
 from storage.catalog import Catalog, ImageRecord
 from storage.class_rule import ClassRule
 from storage.errors import CatalogError, DamagedVectorError
 from storage.label_queries import ids_with_labels, labels_of_images
-from storage.paths import display_path
 from storage.sync import build_from_catalog, check_model, open_index
 from storage.vector_index import IndexDamagedError, IndexMismatchError, IndexStore, Manifest, VectorIndex, usable
 
@@ -37,60 +36,6 @@ RELOAD_CHECK_SECONDS = 1.0
 MODEL_RETRY_SECONDS = 30.0
 
 Embedded = tuple[np.ndarray, list[tuple[int, float]]]  # a query's feature vector and top-5 predictions
-
-
-@dataclass(frozen=True)
-class Hit:
-    record: ImageRecord
-    score: float
-    # With dedupe: ids of the near-duplicate images collapsed into this one (None without dedupe).
-    duplicates: tuple[int, ...] | None = None
-    custom_labels: tuple[tuple[str, float], ...] = ()  # (name, score) of the custom labels the image has
-
-    def to_json(self) -> dict[str, object]:
-        """The fields every search result carries, in the API and in `lookalike search --json`."""
-        out: dict[str, object] = {"id": self.record.id, "path": display_path(self.record.path),
-                                  "score": round(self.score, 6),
-                                  "labels": labels_json(self.record.predictions),
-                                  "custom_labels": custom_labels_json(self.custom_labels)}
-        if self.duplicates is not None:
-            # Files with identical content are one catalog image already: its other paths are exact duplicates.
-            out["duplicates"] = list(self.duplicates)
-            out["paths"] = [display_path(p) for p in self.record.paths]
-            out["collapsed"] = len(self.duplicates) + len(self.record.paths) - 1
-        return out
-
-
-@dataclass(frozen=True)
-class SearchPage:
-    """Results offset..offset+k of a query; `next_offset` is None on the last page."""
-
-    hits: list[Hit]
-    next_offset: int | None
-
-
-@dataclass(frozen=True)
-class QueryOptions:
-    """How one query is filtered and paged; the same for every image of a batch."""
-
-    k: int
-    class_ids: Collection[int] | None = None
-    min_score: float | None = None
-    offset: int = 0
-    dedupe: bool = False
-    class_rule: ClassRule | None = None  # None: the configured rule
-    labels: tuple[int, ...] = ()  # custom labels (class=label:<name>), any of them or of class_ids
-
-
-def labels_json(predictions: Collection[tuple[int, float]]) -> list[dict[str, object]]:
-    return [
-        {"class_id": class_id, "name": class_name(class_id), "probability": round(float(prob), 6)}
-        for class_id, prob in predictions
-    ]
-
-
-def custom_labels_json(found: Collection[tuple[str, float]]) -> list[dict[str, object]]:
-    return [{"name": name, "score": round(float(score), 6)} for name, score in found]
 
 
 class SearchService:
@@ -260,7 +205,7 @@ class SearchService:
         exclude_id: int | None = None,
         class_rule: ClassRule | None = None,
         labels: Sequence[int] = (),
-    ) -> list[Hit]:
+    ) -> list[Neighbour]:
         """The k nearest indexed images, best first, filtered by class inside the search."""
         options = QueryOptions(k, class_ids, min_score, class_rule=class_rule, labels=tuple(labels))
         return self.search_page(vector, options, exclude_id).hits
@@ -275,11 +220,11 @@ class SearchService:
         end = options.offset + options.k
         return SearchPage(self._with_custom_labels(hits[options.offset:end]), end if len(hits) > end else None)
 
-    def _with_custom_labels(self, hits: list[Hit]) -> list[Hit]:
+    def _with_custom_labels(self, hits: list[Neighbour]) -> list[Neighbour]:
         found = labels_of_images(self.catalog, [h.record.id for h in hits], self.model_id)
         return [replace(h, custom_labels=tuple(found.get(h.record.id, ()))) for h in hits]
 
-    def _ranked(self, vector: np.ndarray, options: QueryOptions, exclude_id: int | None) -> list[Hit]:
+    def _ranked(self, vector: np.ndarray, options: QueryOptions, exclude_id: int | None) -> list[Neighbour]:
         """At least offset+k+1 ranked hits when that many exist (one more tells that a next page exists)."""
         index = self.index()
         if index is None:
@@ -302,7 +247,7 @@ class SearchService:
             floor = -np.inf if options.min_score is None else options.min_score
             pairs = [(i, s) for i, s in raw if i != exclude_id and s >= floor]
             records = self.catalog.get_images([i for i, _ in pairs])
-            hits = [Hit(records[i], s) for i, s in pairs if i in records]
+            hits = [Neighbour(records[i], s) for i, s in pairs if i in records]
             if options.dedupe:
                 hits = collapse_near_duplicates(hits, self.catalog.embeddings([h.record.id for h in hits]),
                                                 self.settings.search.dedupe_threshold)
@@ -329,7 +274,7 @@ class SearchService:
 
     def similar(self, image_id: int, k: int, class_ids: Collection[int] | None = None,
                 min_score: float | None = None, class_rule: ClassRule | None = None,
-                labels: Sequence[int] = ()) -> list[Hit] | None:
+                labels: Sequence[int] = ()) -> list[Neighbour] | None:
         """Neighbours of an indexed image (itself excluded); None when the id is unknown."""
         page = self.similar_page(image_id, QueryOptions(k, class_ids, min_score, class_rule=class_rule,
                                                         labels=tuple(labels)))
