@@ -157,6 +157,7 @@ def search(obj: CliContext, images: tuple[Path, ...], k: int | None, classes: tu
       lookalike search --html sheet.html holiday/*.jpg
     """
     from indexer.images import ImageRejected
+    from search_api.neighbours import QueryOptions
     from search_api.results import labels_json, neighbour_json
 
     for image in images:
@@ -165,8 +166,8 @@ def search(obj: CliContext, images: tuple[Path, ...], k: int | None, classes: tu
     class_ids = _classes(classes)
     rule = obj.settings.search.class_rule(class_rule, class_min_probability)
     service = _engine(obj)
-    labels = _labels(service, classes)
-    k = k or obj.settings.search.default_k
+    options = QueryOptions(k or obj.settings.search.default_k, class_ids, min_score, class_rule=rule,
+                           labels=_labels(service, classes))
     queries = _Queries(service)
     for image in images:
         data = image.read_bytes()
@@ -174,7 +175,7 @@ def search(obj: CliContext, images: tuple[Path, ...], k: int | None, classes: tu
             vector, predictions = service.embed_upload(data)
         except ImageRejected as exc:
             raise click.ClickException(f"{human(image)}: {exc}") from None
-        hits = service.search(vector, k, class_ids, min_score, class_rule=rule, labels=labels)
+        hits = service.search_page(vector, options).hits
         queries.add({"image": display_path(str(image)), "labels": labels_json(predictions),
                      "results": [neighbour_json(h) for h in hits]}, hits, str(image), upload=data)
     queries.output(as_json, html_path)
@@ -194,6 +195,7 @@ def similar(obj: CliContext, image: str, k: int | None, classes: tuple[str, ...]
       lookalike similar 42
       lookalike similar ~/Pictures/2024/beach.jpg --k 5
     """
+    from search_api.neighbours import QueryOptions
     from search_api.results import labels_json, neighbour_json
 
     class_ids = _classes(classes)
@@ -208,7 +210,9 @@ def similar(obj: CliContext, image: str, k: int | None, classes: tuple[str, ...]
     if record is None:
         raise click.ClickException(f"{human(image)}: not an indexed image (give an image id or the path of an "
                                    "indexed file)")
-    hits = service.similar(record.id, k or obj.settings.search.default_k, class_ids, min_score, rule, labels) or []
+    page = service.similar_page(record.id, QueryOptions(k or obj.settings.search.default_k, class_ids, min_score,
+                                                        class_rule=rule, labels=labels))
+    hits = page.hits if page is not None else []
     queries = _Queries(service)
     queries.add({"image": display_path(record.path), "id": record.id, "labels": labels_json(record.predictions),
                  "results": [neighbour_json(h) for h in hits]}, hits, record.path)

@@ -196,20 +196,6 @@ class SearchService:
                if class_ids else np.empty(0, np.int64))
         return np.union1d(ids, ids_with_labels(self.catalog, labels)) if labels else ids
 
-    def search(
-        self,
-        vector: np.ndarray,
-        k: int,
-        class_ids: Collection[int] | None = None,
-        min_score: float | None = None,
-        exclude_id: int | None = None,
-        class_rule: ClassRule | None = None,
-        labels: Sequence[int] = (),
-    ) -> list[Neighbour]:
-        """The k nearest indexed images, best first, filtered by class inside the search."""
-        options = QueryOptions(k, class_ids, min_score, class_rule=class_rule, labels=tuple(labels))
-        return self.search_page(vector, options, exclude_id).hits
-
     def search_page(self, vector: np.ndarray, options: QueryOptions, exclude_id: int | None = None) -> SearchPage:
         """One page of neighbours, best first; with dedupe, near-duplicate groups count as one result."""
         started = time.perf_counter()
@@ -272,15 +258,8 @@ class SearchService:
             metrics.record_index(rebuilt.count, self.generation())
             return rebuilt
 
-    def similar(self, image_id: int, k: int, class_ids: Collection[int] | None = None,
-                min_score: float | None = None, class_rule: ClassRule | None = None,
-                labels: Sequence[int] = ()) -> list[Neighbour] | None:
-        """Neighbours of an indexed image (itself excluded); None when the id is unknown."""
-        page = self.similar_page(image_id, QueryOptions(k, class_ids, min_score, class_rule=class_rule,
-                                                        labels=tuple(labels)))
-        return None if page is None else page.hits
-
     def similar_page(self, image_id: int, options: QueryOptions) -> SearchPage | None:
+        """One page of neighbours of an indexed image (itself excluded); None when the id is unknown."""
         self.index()  # a catalog of another model is refused here, with the advice every route gives
         vector = self.catalog.embedding(image_id, self.model_id)
         if vector is None:
