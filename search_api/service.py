@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 RELOAD_CHECK_SECONDS = 1.0
 # After the model failed to load, requests get that error without a new attempt for this long.
 MODEL_RETRY_SECONDS = 30.0
+# The first search asks the index for more than the page needs, so that one round usually suffices:
+EXCLUDED_QUERY_IMAGE = 1  # similar-image queries leave the query image out of its own neighbours
+REMOVED_SINCE_PUBLISHED = 8  # images removed from the catalog since the index generation was published
+DEDUPE_OVERFETCH = 2  # with dedupe, near-duplicates fold into one result: fetch twice as many
 
 Embedded = tuple[np.ndarray, list[tuple[int, float]]]  # a query's feature vector and top-5 predictions
 
@@ -218,9 +222,8 @@ class SearchService:
         allowed = self.allowed_ids(options.class_ids, options.class_rule, options.labels)
         if allowed is not None and exclude_id is not None:
             allowed = allowed[allowed != exclude_id]
-        needed = options.offset + options.k + 1
-        # Ask for a few more: the excluded image, images deleted since this generation, collapsed duplicates.
-        fetch = (needed + 1 + 8) * (2 if options.dedupe else 1)
+        needed = options.offset + options.k + 1  # one past the page tells whether a next page exists
+        fetch = (needed + EXCLUDED_QUERY_IMAGE + REMOVED_SINCE_PUBLISHED) * (DEDUPE_OVERFETCH if options.dedupe else 1)
         while True:
             try:
                 raw = index.search(vector[None], fetch, allowed, self.index_config)[0]
@@ -239,7 +242,7 @@ class SearchService:
                                                 self.settings.search.dedupe_threshold)
             if len(hits) >= needed or exhausted:
                 return hits
-            fetch *= 2
+            fetch *= 2  # too few survived the filters: ask again for twice as many
 
     def _replace_damaged(self, damaged: VectorIndex, exc: IndexDamagedError) -> VectorIndex:
         """A sound index in place of one that answered impossible scores: rebuilt from the catalog in
