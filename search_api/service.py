@@ -60,14 +60,21 @@ class SearchService:
         self._manifest: Manifest | None = None
         self._checked_at = 0.0
         self._model_error: tuple[str, float] | None = None  # why the model last failed to load, and when
-        self._lock = threading.Lock()
+        # One lock per component, so a slow one (the model: seconds; an index generation: as long)
+        # holds up only the requests that need it, never those that only read the catalog.
+        self._catalog_lock = threading.Lock()
+        self._model_lock = threading.Lock()
+        self._index_lock = threading.Lock()
         self._repair_lock = threading.Lock()
 
     # --- components ----------------------------------------------------------------------
 
     @property
     def catalog(self) -> Catalog:
-        with self._lock:
+        catalog = self._catalog
+        if catalog is not None:
+            return catalog
+        with self._catalog_lock:
             if self._catalog is None:  # none yet: CatalogMissingError, and asked again next time
                 self._catalog = Catalog(self.settings.storage.resolved_database_url(), create=False)
             return self._catalog
@@ -75,7 +82,10 @@ class SearchService:
     @property
     def embedder(self) -> Embedder:
         """The model, loaded on first use; after a failed load, the same error for MODEL_RETRY_SECONDS."""
-        with self._lock:
+        embedder = self._embedder
+        if embedder is not None:
+            return embedder
+        with self._model_lock:
             if self._embedder is None:
                 self.check_model()
                 try:
@@ -119,7 +129,7 @@ class SearchService:
         if self._index is not None and now - self._checked_at < RELOAD_CHECK_SECONDS:
             return self._index
         catalog = self.catalog
-        with self._lock:
+        with self._index_lock:
             self._checked_at = now
             manifest = self.store.manifest()
             current = self._manifest.generation if self._manifest else None
@@ -256,7 +266,7 @@ class SearchService:
             rebuilt = build_from_catalog(self.catalog, self.model_id, self.index_config, damaged.dimension)
             if rebuilt is None:
                 raise exc
-            with self._lock:
+            with self._index_lock:
                 self._index = rebuilt  # kept until the indexer publishes a newer generation
             metrics.record_index(rebuilt.count, self.generation())
             return rebuilt
