@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from indexer.class_search import NameMatch, match_names
 from indexer.label_names import is_label_filter
 from indexer.labels import class_name
 from search_api import schemas
-from search_api.class_counts import ClassCounts
+from search_api.class_counts import class_counts
+from search_api.current import current_service
 from search_api.label_filters import browse_labelled, label_suggestions, parse_label_filters
 from search_api.openapi import operation
 from search_api.params import parse_class_rule, parse_classes, parse_int
 from search_api.results import image_json
-from search_api.service import SearchService
 from storage.browse import browse_images
 from storage.label_queries import labels_of_images
 
@@ -27,20 +27,12 @@ MAX_SUGGESTIONS = 1000  # every class
 MAX_OFFSET = 2**31 - 1
 
 
-def service() -> SearchService:
-    return current_app.extensions["lookalike"]
-
-
-def class_counts() -> ClassCounts:
-    return current_app.extensions["lookalike.class_counts"]
-
-
 @bp.get("/images")
 @operation(summary="Browse indexed images of classes or concepts, most confident first (no query image)",
            query=schemas.BrowseParams, response=schemas.BrowseResponse, problems=(400,), tags=("images",))
 def images() -> ResponseReturnValue:
     """Images of the `class` filters, most confident first; every image, newest first, without one."""
-    svc = service()
+    svc = current_service()
     classes = parse_classes()
     labels = parse_label_filters()
     rule = parse_class_rule(svc.settings.search)
@@ -73,7 +65,7 @@ def classes() -> ResponseReturnValue:
     """Without `q`: the custom labels, then the classes present in the catalog, most common first. With `q`:
     custom labels, classes and concepts whose names contain it, exact names first, then prefix matches, each by
     image count (custom labels first)."""
-    svc = service()
+    svc = current_service()
     rule = parse_class_rule(svc.settings.search)
     query = request.args.get("q", "").strip()
     own = label_suggestions(svc, query)  # the library's custom labels come first
