@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import request
+from collections.abc import Sequence
 
 from indexer.label_names import LABEL_PREFIX, LabelError, split_label_filters
 from indexer.labels import class_name
@@ -15,9 +15,9 @@ from storage.label_queries import browse_with_labels, labels_of_images, member_c
 from storage.labels import label_names
 
 
-def parse_label_filters() -> tuple[int, ...]:
-    """Ids of the custom labels named by `class=label:<name>` parameters; unknown or stale labels are refused."""
-    names = split_label_filters(request.args.getlist("class"))
+def label_filters(values: Sequence[str]) -> tuple[int, ...]:
+    """Ids of the custom labels named by `class=label:<name>` values; unknown or stale labels are refused."""
+    names = split_label_filters(values)
     if not names:
         return ()
     try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
 from indexer.class_search import NameMatch, match_names
@@ -11,20 +11,15 @@ from indexer.labels import class_name
 from search_api import schemas
 from search_api.class_counts import class_counts
 from search_api.current import current_service
-from search_api.label_filters import browse_labelled, label_suggestions, parse_label_filters
+from search_api.label_filters import browse_labelled, label_filters, label_suggestions
 from search_api.openapi import operation
-from search_api.params import parse_class_rule, parse_classes, parse_int
+from search_api.params import class_filters, class_rule, query_args
+from search_api.query_values import DEFAULT_SUGGESTIONS, MAX_SUGGESTIONS
 from search_api.results import image_json
 from storage.browse import browse_images
 from storage.label_queries import labels_of_images
 
 bp = Blueprint("browse", __name__, url_prefix="/api/v1")
-
-DEFAULT_PAGE = 50
-MAX_PAGE = 500
-DEFAULT_SUGGESTIONS = 20
-MAX_SUGGESTIONS = 1000  # every class
-MAX_OFFSET = 2**31 - 1
 
 
 @bp.get("/images")
@@ -33,11 +28,11 @@ MAX_OFFSET = 2**31 - 1
 def images() -> ResponseReturnValue:
     """Images of the `class` filters, most confident first; every image, newest first, without one."""
     svc = current_service()
-    classes = parse_classes()
-    labels = parse_label_filters()
-    rule = parse_class_rule(svc.settings.search)
-    offset = parse_int("offset", 0, 0, MAX_OFFSET)
-    limit = parse_int("limit", DEFAULT_PAGE, 1, MAX_PAGE)
+    params = query_args(schemas.BrowseParams)
+    classes = class_filters(params.class_)
+    labels = label_filters(params.class_)
+    rule = class_rule(params, svc.settings.search)
+    offset, limit = params.offset, params.limit
     if labels:
         return jsonify(browse_labelled(svc, classes, labels, rule, offset, limit))
     page = browse_images(svc.catalog, classes, rule, offset, limit)
@@ -66,15 +61,16 @@ def classes() -> ResponseReturnValue:
     custom labels, classes and concepts whose names contain it, exact names first, then prefix matches, each by
     image count (custom labels first)."""
     svc = current_service()
-    rule = parse_class_rule(svc.settings.search)
-    query = request.args.get("q", "").strip()
+    params = query_args(schemas.ClassesParams)
+    rule = class_rule(params, svc.settings.search)
+    query = (params.q or "").strip()
     own = label_suggestions(svc, query)  # the library's custom labels come first
     if not query:
-        limit = parse_int("limit", MAX_SUGGESTIONS, 1, MAX_SUGGESTIONS)
+        limit = params.limit or MAX_SUGGESTIONS
         counts = svc.catalog.class_counts(rule)[:limit]
         return jsonify({"classes": [*own, *({"kind": "class", "class_id": c, "name": class_name(c), "count": n}
                                             for c, n in counts)][:limit]})
-    limit = parse_int("limit", DEFAULT_SUGGESTIONS, 1, MAX_SUGGESTIONS)
+    limit = params.limit or DEFAULT_SUGGESTIONS
     matches = [] if is_label_filter(query) else match_names(query)
     table = class_counts().table(rule) if matches else None
     counted = [(m, table.count(m.class_ids)) for m in matches] if table is not None else []

@@ -11,7 +11,7 @@ from indexer.images import ImageRejected
 from search_api import schemas
 from search_api.current import current_service
 from search_api.openapi import operation
-from search_api.params import parse_query_options
+from search_api.params import query_args, query_options
 from search_api.problems import ApiProblem, problem_body
 from search_api.results import labels_json, page_json
 
@@ -72,7 +72,7 @@ def _rejection(exc: ImageRejected, what: str) -> tuple[int, str]:
 def search() -> ResponseReturnValue:
     """Send the image as the multipart field `image`, or as the raw body (`Content-Type: image/*`)."""
     svc = current_service()
-    options = parse_query_options(svc.settings.search)
+    options = query_options(query_args(schemas.SearchParams), svc.settings.search)
     data, field = _upload()
     try:
         vector, predictions = svc.embed_upload(data)
@@ -111,7 +111,7 @@ def search_batch() -> ResponseReturnValue:
     """One result list per `images` part, in request order. A bad image does not fail the batch:
     its item carries an `error` problem object (RFC 9457 members plus `index`) and no results."""
     svc = current_service()
-    options = parse_query_options(svc.settings.search)
+    options = query_options(query_args(schemas.SearchParams), svc.settings.search)
     files = _batch_files()
     datas = [f.read() for f in files]
     embedded = iter(svc.embed_uploads([d for d in datas if d]))
@@ -145,7 +145,7 @@ def search_batch() -> ResponseReturnValue:
 )
 def similar(image_id: int) -> ResponseReturnValue:
     svc = current_service()
-    options = parse_query_options(svc.settings.search)
+    options = query_options(query_args(schemas.SearchParams), svc.settings.search)
     record = svc.image(image_id)
     page = svc.similar_page(image_id, options) if record else None
     if record is None or page is None:
