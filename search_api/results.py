@@ -7,6 +7,7 @@ from collections.abc import Collection, Sequence
 
 from flask import url_for
 
+from indexer.label_names import LABEL_PREFIX
 from indexer.labels import class_name
 from search_api.neighbours import Neighbour, SearchPage
 from storage.catalog import ImageRecord
@@ -67,3 +68,31 @@ def hit_json(hit: Neighbour) -> dict[str, object]:
 
 def page_json(page: SearchPage) -> dict[str, object]:
     return {"results": [hit_json(h) for h in page.hits], "next_offset": page.next_offset}
+
+
+def class_match_json(class_id: int) -> dict[str, object]:
+    """The ImageNet class a browsed image was listed for."""
+    return {"class_id": class_id, "name": class_name(class_id)}
+
+
+def label_match_json(name: str) -> dict[str, object]:
+    """The custom label a browsed image was listed for."""
+    return {"class_id": None, "name": f"{LABEL_PREFIX}{name}", "label": name}
+
+
+def browsed_json(record: ImageRecord, custom_labels: Sequence[tuple[str, float]], probability: float | None,
+                 matched: dict[str, object] | None) -> dict[str, object]:
+    """A browsed image: its details, and the class or label (with its probability or score) it was listed for."""
+    return {**image_json(record, custom_labels), "probability": None if probability is None else round(probability, 6),
+            "matched_class": matched}
+
+
+def listing_json(images: list[dict[str, object]], total: int, offset: int, limit: int) -> dict[str, object]:
+    """A page of browsed images."""
+    return {"images": images, "total": total, "offset": offset, "limit": limit,
+            "next_offset": next_offset(offset, limit, total)}
+
+
+def next_offset(offset: int, limit: int, total: int) -> int | None:
+    """The offset of the page after offset..offset+limit of `total` items; None on the last page."""
+    return offset + limit if offset + limit < total else None

@@ -15,7 +15,7 @@ from search_api.label_filters import browse_labelled, label_filters, label_sugge
 from search_api.openapi import operation
 from search_api.params import class_filters, class_rule, query_args
 from search_api.query_values import DEFAULT_SUGGESTIONS, MAX_SUGGESTIONS
-from search_api.results import image_json
+from search_api.results import browsed_json, class_match_json, listing_json
 from storage.browse import browse_images
 from storage.label_queries import labels_of_images
 
@@ -38,18 +38,11 @@ def images() -> ResponseReturnValue:
     page = browse_images(svc.catalog, classes, rule, offset, limit)
     records = svc.catalog.get_images([e.image_id for e in page.entries])
     custom = labels_of_images(svc.catalog, list(records), svc.model_id)
-    listed = []
-    for entry in page.entries:
-        record = records.get(entry.image_id)
-        if record is None:  # removed since the page was read
-            continue
-        matched = None if entry.class_id is None else {"class_id": entry.class_id, "name": class_name(entry.class_id)}
-        probability = None if entry.probability is None else round(float(entry.probability), 6)
-        listed.append({**image_json(record, custom.get(entry.image_id, [])), "probability": probability,
-                       "matched_class": matched})
-    next_offset = offset + limit if offset + limit < page.total else None
-    return jsonify({"images": listed, "total": page.total, "offset": offset, "limit": limit,
-                    "next_offset": next_offset})
+    listed = [browsed_json(records[e.image_id], custom.get(e.image_id, []),
+                           None if e.probability is None else float(e.probability),
+                           None if e.class_id is None else class_match_json(e.class_id))
+              for e in page.entries if e.image_id in records]  # an image removed since the page was read is left out
+    return jsonify(listing_json(listed, page.total, offset, limit))
 
 
 @bp.get("/classes")

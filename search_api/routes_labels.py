@@ -16,7 +16,7 @@ from search_api.label_jobs import label_jobs
 from search_api.openapi import operation
 from search_api.params import query_args
 from search_api.problems import ApiProblem
-from search_api.results import image_json
+from search_api.results import image_json, next_offset
 from storage.label_queries import labels_of_images, member_counts
 from storage.labels import borderline_band
 
@@ -153,5 +153,5 @@ def label_members(name: str) -> ResponseReturnValue:
               for m in members if m.image_id in records]
     low, high = borderline_band(label.threshold)
     return jsonify({"label": book.to_json(label), "members": listed, "total": total, "offset": offset,
-                    "limit": limit, "next_offset": offset + limit if offset + limit < total else None,
+                    "limit": limit, "next_offset": next_offset(offset, limit, total),
                     "borderline": [round(low, 6), round(high, 6)]})
