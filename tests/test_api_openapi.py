@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from helpers import GREEN, RED, colour_image, jpeg, run_index, search
+from helpers import GREEN, RED, colour_image, jpeg, search
 from openapi_spec_validator import validate
 
-from indexer.settings import Settings
-from search_api import create_app
 from search_api.current import service_of
 from search_api.openapi import api_rules, openapi_path
 
@@ -136,54 +132,3 @@ def test_docs_page_works_offline(client: FlaskClient) -> None:
         served = client.get(asset)
         assert served.status_code == 200 and len(served.data) > 100, asset
     assert any(a.endswith("swagger-ui-bundle.js") for a in assets)
-
-
-def edges(schema: dict[str, Any]) -> Iterator[tuple[str, bool]]:
-    """Values at and just past the bounds the document states, and whether it says each is allowed."""
-    if "enum" in schema:
-        yield from ((value, True) for value in schema["enum"])
-        yield "other", False
-    elif schema.get("type") == "boolean":
-        yield from (("true", True), ("false", True), ("maybe", False))
-    elif schema.get("type") in ("integer", "number"):
-        step = 1 if schema["type"] == "integer" else 0.001
-        for bound, outward in (("minimum", -step), ("maximum", step)):
-            if bound in schema:
-                yield str(schema[bound]), True
-                yield str(schema[bound] + outward), False
-        if "maximum" not in schema:
-            yield str(10**30), True  # no maximum stated: none may be enforced
-
-
-def test_the_document_states_exactly_what_the_routes_enforce(settings_for: Callable[..., Settings],
-                                                             colour_library: Path) -> None:
-    """Every bound, enum and flag the served description states for a query parameter is the one the
-    route applies, settings-dependent limits included."""
-    settings = settings_for(search={"max_k": 5, "max_offset": 6, "default_k": 3})
-    run_index(settings, colour_library)
-    client = create_app(settings).test_client()
-    spec = client.get("/api/v1/openapi.json").get_json()
-    red = jpeg(colour_image(RED))
-    checked = set()
-    for path, operations in spec["paths"].items():
-        url = path.replace("{image_id}", "1").replace("{name}", "none-such")
-        for method, op in operations.items():
-            for param in (p for p in op.get("parameters", []) if p["in"] == "query"):
-                for value, allowed in edges(param["schema"]):
-                    query = f"?{param['name']}={value}"
-                    if method == "get":
-                        response = client.get(url + query)
-                    elif path.endswith("/batch"):
-                        response = client.post(url + query, content_type="multipart/form-data",
-                                               data={"images": [(io.BytesIO(red), "r.jpg")]})
-                    else:
-                        response = search(client, red, query)
-                    body = response.get_json(force=True)
-                    refused = response.status_code == 400 and body.get("code") == "invalid_parameter"
-                    assert refused != allowed, (method, path, query, response.status_code, body)
-                    assert not refused or body["parameter"] == param["name"]
-                    checked.add((path, param["name"]))
-    assert ("/api/v1/search", "k") in checked and ("/api/v1/images", "limit") in checked
-    k = {p["name"]: p for p in spec["paths"]["/api/v1/search"]["post"]["parameters"]}["k"]["schema"]
-    assert (k["maximum"], k["default"]) == (5, 3)
-    assert len(search(client, red).get_json()["results"]) == 3

@@ -1,15 +1,22 @@
 """Query parameters: every route answers a bad value with the same problem, word for word.
 
 Clients match on `code` and `parameter` and show `detail` to people, so the wording is part of
-the contract; blank values mean the default, and numbers are ASCII digits only.
+the contract; blank values mean the default, and numbers are ASCII digits only. The served
+OpenAPI description states exactly the bounds the routes apply.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 from flask.testing import FlaskClient
-from helpers import RED, assert_problem, colour_image, jpeg, search
+from helpers import RED, assert_problem, colour_image, jpeg, run_index, search
+
+from indexer.settings import Settings
+from search_api import create_app
 
 UNKNOWN_UNICORN = ("unknown class 'unicorn': give a class id 0..999, an exact ImageNet class name, or a WordNet "
                    "concept such as 'dog', 'bird' or 'vehicle'; did you mean 'longicorn'?")
@@ -92,3 +99,54 @@ def test_flags_take_the_usual_words_in_any_case(client: FlaskClient) -> None:
     for word in ("off", "No", "0", "FALSE"):
         results = search(client, red, f"?dedupe={word}").get_json()["results"]
         assert results and not any("duplicates" in hit for hit in results), word
+
+
+def edges(schema: dict[str, Any]) -> Iterator[tuple[str, bool]]:
+    """Values at and just past the bounds the document states, and whether it says each is allowed."""
+    if "enum" in schema:
+        yield from ((value, True) for value in schema["enum"])
+        yield "other", False
+    elif schema.get("type") == "boolean":
+        yield from (("true", True), ("false", True), ("maybe", False))
+    elif schema.get("type") in ("integer", "number"):
+        step = 1 if schema["type"] == "integer" else 0.001
+        for bound, outward in (("minimum", -step), ("maximum", step)):
+            if bound in schema:
+                yield str(schema[bound]), True
+                yield str(schema[bound] + outward), False
+        if "maximum" not in schema:
+            yield str(10**30), True  # no maximum stated: none may be enforced
+
+
+def test_the_document_states_exactly_what_the_routes_enforce(settings_for: Callable[..., Settings],
+                                                             colour_library: Path) -> None:
+    """Every bound, enum and flag the served description states for a query parameter is the one the
+    route applies, settings-dependent limits included."""
+    settings = settings_for(search={"max_k": 5, "max_offset": 6, "default_k": 3})
+    run_index(settings, colour_library)
+    client = create_app(settings).test_client()
+    spec = client.get("/api/v1/openapi.json").get_json()
+    red = jpeg(colour_image(RED))
+    checked = set()
+    for path, operations in spec["paths"].items():
+        url = path.replace("{image_id}", "1").replace("{name}", "none-such")
+        for method, op in operations.items():
+            for param in (p for p in op.get("parameters", []) if p["in"] == "query"):
+                for value, allowed in edges(param["schema"]):
+                    query = f"?{param['name']}={value}"
+                    if method == "get":
+                        response = client.get(url + query)
+                    elif path.endswith("/batch"):
+                        response = client.post(url + query, content_type="multipart/form-data",
+                                               data={"images": [(io.BytesIO(red), "r.jpg")]})
+                    else:
+                        response = search(client, red, query)
+                    body = response.get_json(force=True)
+                    refused = response.status_code == 400 and body.get("code") == "invalid_parameter"
+                    assert refused != allowed, (method, path, query, response.status_code, body)
+                    assert not refused or body["parameter"] == param["name"]
+                    checked.add((path, param["name"]))
+    assert ("/api/v1/search", "k") in checked and ("/api/v1/images", "limit") in checked
+    k = {p["name"]: p for p in spec["paths"]["/api/v1/search"]["post"]["parameters"]}["k"]["schema"]
+    assert (k["maximum"], k["default"]) == (5, 3)
+    assert len(search(client, red).get_json()["results"]) == 3
