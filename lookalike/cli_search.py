@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from lookalike.context import CliContext, human
 from storage.paths import display_path
 
+if TYPE_CHECKING:  # the engine is imported by the commands that search, not by every start of the CLI
+    from search_api.neighbours import Neighbour
+    from search_api.service import SearchService
 
-def _engine(obj: CliContext):  # type: ignore[no-untyped-def]
+
+def _engine(obj: CliContext) -> SearchService:
     """The search service over the configured data dir; exit 1 when there is nothing indexed yet."""
     from search_api.service import SearchService
     from storage.vector_index import IndexMismatchError
@@ -39,7 +44,7 @@ def _classes(values: tuple[str, ...]) -> frozenset[int] | None:
         raise click.ClickException(f"--class {exc.value}: {exc}") from None
 
 
-def _labels(service, values: tuple[str, ...]) -> tuple[int, ...]:  # type: ignore[no-untyped-def]
+def _labels(service: SearchService, values: tuple[str, ...]) -> tuple[int, ...]:
     """Custom labels named by `--class label:NAME`."""
     from indexer.custom_labels import LabelBook
     from indexer.label_names import LabelError, split_label_filters
@@ -68,14 +73,15 @@ def _print_table(query: dict[str, Any], raw_paths: dict[int, str]) -> None:
 class _Queries:
     """The queries of one command: their JSON, the catalog paths behind it, and the bytes to show."""
 
-    def __init__(self, service) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, service: SearchService) -> None:
         self.service = service
         self.json: list[dict[str, Any]] = []
         self.raw_paths: dict[int, str] = {}
         self.raw_images: list[str] = []
         self.uploads: dict[int, bytes] = {}  # position of a query -> the bytes of its image file
 
-    def add(self, query: dict[str, Any], hits, raw_image: str, upload: bytes | None = None) -> None:  # type: ignore[no-untyped-def]
+    def add(self, query: dict[str, Any], hits: Sequence[Neighbour], raw_image: str,
+            upload: bytes | None = None) -> None:
         self.raw_paths.update({hit.record.id: hit.record.path for hit in hits})
         if upload is not None:
             self.uploads[len(self.json)] = upload
@@ -151,6 +157,8 @@ def search(obj: CliContext, images: tuple[Path, ...], k: int | None, classes: tu
       lookalike search --html sheet.html holiday/*.jpg
     """
     from indexer.images import ImageRejected
+    from search_api.neighbours import QueryOptions
+    from search_api.results import labels_json, neighbour_json
 
     for image in images:
         if not image.is_file():
@@ -158,8 +166,8 @@ def search(obj: CliContext, images: tuple[Path, ...], k: int | None, classes: tu
     class_ids = _classes(classes)
     rule = obj.settings.search.class_rule(class_rule, class_min_probability)
     service = _engine(obj)
-    labels = _labels(service, classes)
-    k = k or obj.settings.search.default_k
+    options = QueryOptions(k or obj.settings.search.default_k, class_ids, min_score, class_rule=rule,
+                           labels=_labels(service, classes))
     queries = _Queries(service)
     for image in images:
         data = image.read_bytes()
@@ -167,11 +175,9 @@ def search(obj: CliContext, images: tuple[Path, ...], k: int | None, classes: tu
             vector, predictions = service.embed_upload(data)
         except ImageRejected as exc:
             raise click.ClickException(f"{human(image)}: {exc}") from None
-        from search_api.service import labels_json
-
-        hits = service.search(vector, k, class_ids, min_score, class_rule=rule, labels=labels)
+        hits = service.search_page(vector, options).hits
         queries.add({"image": display_path(str(image)), "labels": labels_json(predictions),
-                     "results": [h.to_json() for h in hits]}, hits, str(image), upload=data)
+                     "results": [neighbour_json(h) for h in hits]}, hits, str(image), upload=data)
     queries.output(as_json, html_path)
 
 
@@ -189,7 +195,8 @@ def similar(obj: CliContext, image: str, k: int | None, classes: tuple[str, ...]
       lookalike similar 42
       lookalike similar ~/Pictures/2024/beach.jpg --k 5
     """
-    from search_api.service import labels_json
+    from search_api.neighbours import QueryOptions
+    from search_api.results import labels_json, neighbour_json
 
     class_ids = _classes(classes)
     rule = obj.settings.search.class_rule(class_rule, class_min_probability)
@@ -203,8 +210,10 @@ def similar(obj: CliContext, image: str, k: int | None, classes: tuple[str, ...]
     if record is None:
         raise click.ClickException(f"{human(image)}: not an indexed image (give an image id or the path of an "
                                    "indexed file)")
-    hits = service.similar(record.id, k or obj.settings.search.default_k, class_ids, min_score, rule, labels) or []
+    page = service.similar_page(record.id, QueryOptions(k or obj.settings.search.default_k, class_ids, min_score,
+                                                        class_rule=rule, labels=labels))
+    hits = page.hits if page is not None else []
     queries = _Queries(service)
     queries.add({"image": display_path(record.path), "id": record.id, "labels": labels_json(record.predictions),
-                 "results": [h.to_json() for h in hits]}, hits, record.path)
+                 "results": [neighbour_json(h) for h in hits]}, hits, record.path)
     queries.output(as_json, html_path)

@@ -7,6 +7,7 @@ from werkzeug.routing import IntegerConverter
 
 from indexer.settings import Settings, load_settings
 from search_api import (
+    class_counts,
     label_jobs,
     metrics,
     problems,
@@ -20,7 +21,7 @@ from search_api import (
     routes_search,
     security_headers,
 )
-from search_api.class_counts import ClassCounts
+from search_api.current import install_service
 from search_api.service import SearchService
 from search_api.upload_decoder import upload_decoder
 
@@ -42,8 +43,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = int(settings.api.max_upload_mb * 1024 * 1024)
     app.config["MAX_FORM_PARTS"] = settings.api.max_form_parts
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    service = app.extensions["lookalike"] = SearchService(settings, upload_decoder(settings.api))
-    app.extensions["lookalike.class_counts"] = ClassCounts(service)
+    service = SearchService(settings, upload_decoder(settings.api))
+    install_service(app, service)
+    class_counts.init_app(app, service)
     label_jobs.init_app(app, service)
     problems.init_app(app)
     security_headers.init_app(app)

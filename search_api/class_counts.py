@@ -10,6 +10,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from typing import cast
+
+from flask import Flask, current_app
 
 from search_api.service import SearchService
 from storage.browse import MatchTable
@@ -44,3 +47,12 @@ class ClassCounts:
             while len(self._tables) > MAX_RULES:
                 self._tables.popitem(last=False)
         return table
+
+
+def init_app(app: Flask, service: SearchService) -> None:
+    app.extensions["lookalike.class_counts"] = ClassCounts(service)
+
+
+def class_counts() -> ClassCounts:
+    """The class counts of the app handling the current request."""
+    return cast(ClassCounts, current_app.extensions["lookalike.class_counts"])

@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from search_api.service import Hit
+from search_api.neighbours import Neighbour
 
 
-def collapse_near_duplicates(hits: Sequence[Hit], vectors: Mapping[int, np.ndarray], threshold: float) -> list[Hit]:
+def collapse_near_duplicates(hits: Sequence[Neighbour], vectors: Mapping[int, np.ndarray],
+                             threshold: float) -> list[Neighbour]:
     """Hits best first, each carrying the ids of the later hits folded into it.
 
     Groups are formed greedily in score order: a hit joins the first kept hit whose vector has
     cosine similarity >= `threshold` with its own (vectors are unit length), else it is kept.
     Exact duplicates (identical content) are already one catalog image with several paths.
     """
-    kept: list[Hit] = []
+    kept: list[Neighbour] = []
     members: list[list[int]] = []
     leaders: list[np.ndarray] = []  # vectors of the kept hits that have one
     leader_group: list[int] = []  # index into `kept` of each leader

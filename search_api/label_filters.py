@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-from flask import request
+from collections.abc import Sequence
 
 from indexer.label_names import LABEL_PREFIX, LabelError, split_label_filters
-from indexer.labels import class_name
 from search_api.label_jobs import label_jobs
 from search_api.problems import ApiProblem
-from search_api.results import image_json
+from search_api.results import browsed_json, class_match_json, label_match_json, listing_json
 from search_api.service import SearchService
 from storage.class_rule import ClassRule
 from storage.label_queries import browse_with_labels, labels_of_images, member_counts
 from storage.labels import label_names
 
 
-def parse_label_filters() -> tuple[int, ...]:
-    """Ids of the custom labels named by `class=label:<name>` parameters; unknown or stale labels are refused."""
-    names = split_label_filters(request.args.getlist("class"))
+def label_filters(values: Sequence[str]) -> tuple[int, ...]:
+    """Ids of the custom labels named by `class=label:<name>` values; unknown or stale labels are refused."""
+    names = split_label_filters(values)
     if not names:
         return ()
     try:
@@ -33,20 +32,11 @@ def browse_labelled(svc: SearchService, class_ids: frozenset[int] | None, labels
     records = svc.catalog.get_images([e.image_id for e in entries])
     found = labels_of_images(svc.catalog, list(records), svc.model_id)
     names = {label_id: name for label_id, name, _ in label_names(svc.catalog)}
-    listed = []
-    for entry in entries:
-        record = records.get(entry.image_id)
-        if record is None:  # removed since the page was read
-            continue
-        if entry.label_id is not None:
-            name = names.get(entry.label_id, "")
-            matched: dict[str, object] = {"class_id": None, "name": f"{LABEL_PREFIX}{name}", "label": name}
-        else:
-            matched = {"class_id": entry.class_id, "name": class_name(entry.class_id or 0)}
-        listed.append({**image_json(record, found.get(entry.image_id, [])),
-                       "probability": round(entry.confidence, 6), "matched_class": matched})
-    next_offset = offset + limit if offset + limit < total else None
-    return {"images": listed, "total": total, "offset": offset, "limit": limit, "next_offset": next_offset}
+    listed = [browsed_json(records[e.image_id], found.get(e.image_id, []), e.confidence,
+                           class_match_json(e.class_id or 0) if e.label_id is None
+                           else label_match_json(names.get(e.label_id, "")))
+              for e in entries if e.image_id in records]  # an image removed since the page was read is left out
+    return listing_json(listed, total, offset, limit)
 
 
 def label_suggestions(svc: SearchService, query: str) -> list[dict[str, object]]:

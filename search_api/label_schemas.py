@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from search_api.query_values import MAX_PAGE_OFFSET, Integer
 from search_api.schemas import ImageDetails
 
 IDS = "Catalog ids of indexed images."
@@ -69,8 +70,8 @@ class LabelDeleted(BaseModel):
 
 
 class MembersParams(BaseModel):
-    offset: int = Field(0, ge=0, description="Images to skip.")
-    limit: int = Field(50, ge=1, le=500, description="Images per page.")
+    offset: Integer = Field(0, ge=0, le=MAX_PAGE_OFFSET, description="Images to skip.")
+    limit: Integer = Field(50, ge=1, le=500, description="Images per page.")
 
 
 class LabelMember(ImageDetails):

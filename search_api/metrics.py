@@ -23,6 +23,7 @@ from prometheus_client import (
     multiprocess,
 )
 
+from search_api.current import current_service
 from search_api.openapi import operation
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -71,9 +72,7 @@ def _registry() -> CollectorRegistry:
            tags=("meta",))
 def metrics() -> ResponseReturnValue:
     """Prometheus text exposition of this server's metrics (all workers under gunicorn)."""
-    from flask import current_app
-
-    service = current_app.extensions["lookalike"]
+    service = current_service()
     index = service.index()
     record_index(index.count if index is not None else 0, service.generation())
     # CONTENT_TYPE_LATEST names its charset already: as a mimetype, Flask would add a second one.

@@ -26,6 +26,7 @@ from indexer.settings import Settings
 from search_api import schemas
 from search_api.http_status import status_title
 from search_api.problems import PROBLEM_JSON
+from search_api.query_values import bound
 from storage.catalog import MAX_IMAGE_ID
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -33,7 +34,6 @@ REF = "#/components/schemas/{model}"
 BINARY = {"type": "string", "format": "binary"}
 # Endpoints that are not part of the API itself: the interactive docs page and its assets.
 UNDOCUMENTED_ENDPOINTS = re.compile(r"^(static|swagger_ui\..*)$")
-SETTING_KEYS = ("x-setting-default", "x-setting-maximum")
 
 Media = type[BaseModel] | str  # a model, "binary", "text" (any text) or "object" (any JSON object)
 
@@ -90,12 +90,9 @@ def _schema(media: Media) -> dict[str, Any]:
     return {"$ref": REF.format(model=media.__name__)}  # type: ignore[union-attr]
 
 
-def _setting(settings: Settings, dotted: str) -> Any:
-    section, key = dotted.split(".")
-    return getattr(getattr(settings, section), key)
-
-
 def _query_parameters(model: type[BaseModel], settings: Settings) -> list[dict[str, Any]]:
+    """The parameters as the routes validate them: the model bound to `settings`."""
+    model = bound(model, settings)
     properties = model.model_json_schema(by_alias=True)["properties"]
     params = []
     for name, fld in model.model_fields.items():
@@ -103,9 +100,6 @@ def _query_parameters(model: type[BaseModel], settings: Settings) -> list[dict[s
         schema = {k: v for k, v in properties[wire].items() if k != "title"}
         if schema.get("default", 0) is None:
             del schema["default"]
-        for key in SETTING_KEYS:
-            if key in schema:
-                schema[key.removeprefix("x-setting-")] = _setting(settings, schema.pop(key))
         param: dict[str, Any] = {"name": wire, "in": "query", "required": False,
                                  "description": schema.pop("description", ""), "schema": schema}
         if schema.get("type") == "array":

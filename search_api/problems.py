@@ -15,6 +15,7 @@ from werkzeug.exceptions import HTTPException
 
 from indexer.model import ModelUnavailableError
 from search_api.busy import ServerBusy
+from search_api.current import service_of
 from search_api.http_status import status_code, status_title
 from storage.errors import (
     CatalogBusyError,
@@ -148,8 +149,7 @@ def _too_large_detail(app: Flask) -> str:
 
 def _catalog_detail(app: Flask, exc: CatalogError) -> str:
     detail = str(exc)
-    service = app.extensions.get("lookalike")
-    if isinstance(exc, CatalogMissingError) and service is not None:
-        detail += f" (storage.data_dir: {service.settings.storage.data_dir.resolve()})"
+    if isinstance(exc, CatalogMissingError):
+        detail += f" (storage.data_dir: {service_of(app).settings.storage.data_dir.resolve()})"
     log.error("%s %s: %s", request.method, request.path, detail)
     return detail

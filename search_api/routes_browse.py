@@ -2,37 +2,24 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
 from indexer.class_search import NameMatch, match_names
 from indexer.label_names import is_label_filter
 from indexer.labels import class_name
 from search_api import schemas
-from search_api.class_counts import ClassCounts
-from search_api.label_filters import browse_labelled, label_suggestions, parse_label_filters
+from search_api.class_counts import class_counts
+from search_api.current import current_service
+from search_api.label_filters import browse_labelled, label_filters, label_suggestions
 from search_api.openapi import operation
-from search_api.params import parse_class_rule, parse_classes, parse_int
-from search_api.results import image_json
-from search_api.service import SearchService
+from search_api.params import class_filters, class_rule, query_args
+from search_api.query_values import DEFAULT_SUGGESTIONS, MAX_SUGGESTIONS
+from search_api.results import browsed_json, class_match_json, listing_json
 from storage.browse import browse_images
 from storage.label_queries import labels_of_images
 
 bp = Blueprint("browse", __name__, url_prefix="/api/v1")
-
-DEFAULT_PAGE = 50
-MAX_PAGE = 500
-DEFAULT_SUGGESTIONS = 20
-MAX_SUGGESTIONS = 1000  # every class
-MAX_OFFSET = 2**31 - 1
-
-
-def service() -> SearchService:
-    return current_app.extensions["lookalike"]
-
-
-def class_counts() -> ClassCounts:
-    return current_app.extensions["lookalike.class_counts"]
 
 
 @bp.get("/images")
@@ -40,29 +27,22 @@ def class_counts() -> ClassCounts:
            query=schemas.BrowseParams, response=schemas.BrowseResponse, problems=(400,), tags=("images",))
 def images() -> ResponseReturnValue:
     """Images of the `class` filters, most confident first; every image, newest first, without one."""
-    svc = service()
-    classes = parse_classes()
-    labels = parse_label_filters()
-    rule = parse_class_rule(svc.settings.search)
-    offset = parse_int("offset", 0, 0, MAX_OFFSET)
-    limit = parse_int("limit", DEFAULT_PAGE, 1, MAX_PAGE)
+    svc = current_service()
+    params = query_args(schemas.BrowseParams)
+    classes = class_filters(params.class_)
+    labels = label_filters(params.class_)
+    rule = class_rule(params, svc.settings.search)
+    offset, limit = params.offset, params.limit
     if labels:
         return jsonify(browse_labelled(svc, classes, labels, rule, offset, limit))
     page = browse_images(svc.catalog, classes, rule, offset, limit)
     records = svc.catalog.get_images([e.image_id for e in page.entries])
     custom = labels_of_images(svc.catalog, list(records), svc.model_id)
-    listed = []
-    for entry in page.entries:
-        record = records.get(entry.image_id)
-        if record is None:  # removed since the page was read
-            continue
-        matched = None if entry.class_id is None else {"class_id": entry.class_id, "name": class_name(entry.class_id)}
-        probability = None if entry.probability is None else round(float(entry.probability), 6)
-        listed.append({**image_json(record, custom.get(entry.image_id, [])), "probability": probability,
-                       "matched_class": matched})
-    next_offset = offset + limit if offset + limit < page.total else None
-    return jsonify({"images": listed, "total": page.total, "offset": offset, "limit": limit,
-                    "next_offset": next_offset})
+    listed = [browsed_json(records[e.image_id], custom.get(e.image_id, []),
+                           None if e.probability is None else float(e.probability),
+                           None if e.class_id is None else class_match_json(e.class_id))
+              for e in page.entries if e.image_id in records]  # an image removed since the page was read is left out
+    return jsonify(listing_json(listed, page.total, offset, limit))
 
 
 @bp.get("/classes")
@@ -73,16 +53,17 @@ def classes() -> ResponseReturnValue:
     """Without `q`: the custom labels, then the classes present in the catalog, most common first. With `q`:
     custom labels, classes and concepts whose names contain it, exact names first, then prefix matches, each by
     image count (custom labels first)."""
-    svc = service()
-    rule = parse_class_rule(svc.settings.search)
-    query = request.args.get("q", "").strip()
+    svc = current_service()
+    params = query_args(schemas.ClassesParams)
+    rule = class_rule(params, svc.settings.search)
+    query = (params.q or "").strip()
     own = label_suggestions(svc, query)  # the library's custom labels come first
     if not query:
-        limit = parse_int("limit", MAX_SUGGESTIONS, 1, MAX_SUGGESTIONS)
+        limit = params.limit or MAX_SUGGESTIONS
         counts = svc.catalog.class_counts(rule)[:limit]
         return jsonify({"classes": [*own, *({"kind": "class", "class_id": c, "name": class_name(c), "count": n}
                                             for c, n in counts)][:limit]})
-    limit = parse_int("limit", DEFAULT_SUGGESTIONS, 1, MAX_SUGGESTIONS)
+    limit = params.limit or DEFAULT_SUGGESTIONS
     matches = [] if is_label_filter(query) else match_names(query)
     table = class_counts().table(rule) if matches else None
     counted = [(m, table.count(m.class_ids)) for m in matches] if table is not None else []

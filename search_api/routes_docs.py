@@ -8,6 +8,7 @@ import flask_swagger_ui
 from flask import Blueprint, Flask, current_app, jsonify, render_template, send_from_directory
 from flask.typing import ResponseReturnValue
 
+from search_api.current import current_service
 from search_api.openapi import build_spec, operation
 from search_api.security_headers import DOCS_POLICY
 
@@ -22,7 +23,7 @@ def openapi_json() -> ResponseReturnValue:
     """Generated from the registered routes at first request, then kept."""
     spec = current_app.extensions.get("lookalike_openapi")
     if spec is None:
-        spec = build_spec(current_app, current_app.extensions["lookalike"].settings)
+        spec = build_spec(current_app, current_service().settings)
         current_app.extensions["lookalike_openapi"] = spec
     return jsonify(spec)
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
 from search_api import schemas
+from search_api.current import current_service
 from search_api.openapi import operation
 from search_api.problems import ApiProblem
 
@@ -23,7 +24,7 @@ def healthz() -> ResponseReturnValue:
                    "(503 until then, with the reason: not_ready, index_not_loaded, model_unavailable, "
                    "model_mismatch, catalog_unavailable)", response=schemas.Ready, problems=(503,), tags=("meta",))
 def readyz() -> ResponseReturnValue:
-    svc = current_app.extensions["lookalike"]
+    svc = current_service()
     svc.check_model()  # a model that failed to load: 503 model_unavailable, saying why
     if not svc.is_ready():
         raise ApiProblem(503, "the model is still loading", "not_ready")

@@ -15,11 +15,11 @@ from werkzeug.wsgi import wrap_file
 from indexer.library_files import UNREADABLE, LibraryFileError, open_beneath
 from indexer.thumbnails import DEFAULT_THUMBNAIL_SIZE, ThumbnailUnavailable, thumbnail_for
 from search_api import schemas
+from search_api.current import current_service
 from search_api.headers import content_disposition
 from search_api.openapi import operation
 from search_api.problems import ApiProblem
 from search_api.results import image_json
-from search_api.service import SearchService
 from storage.catalog import FileRef, ImageRecord
 from storage.label_queries import labels_of_images
 from storage.paths import display_path, printable
@@ -29,12 +29,8 @@ log = logging.getLogger(__name__)
 bp = Blueprint("images", __name__, url_prefix="/api/v1")
 
 
-def service() -> SearchService:
-    return current_app.extensions["lookalike"]
-
-
 def _record(image_id: int) -> ImageRecord:
-    record = service().image(image_id)
+    record = current_service().image(image_id)
     if record is None:
         raise ApiProblem(404, f"no indexed image has id {image_id}", "unknown_image")
     return record
@@ -45,7 +41,7 @@ def _record(image_id: int) -> ImageRecord:
            response=schemas.ImageDetails, problems=(404,), tags=("images",),
            path_params={"image_id": "catalog id of the image"})
 def image(image_id: int) -> ResponseReturnValue:
-    svc = service()
+    svc = current_service()
     custom = labels_of_images(svc.catalog, [image_id], svc.model_id).get(image_id, [])
     return jsonify(image_json(_record(image_id), custom))
 
@@ -53,7 +49,7 @@ def image(image_id: int) -> ResponseReturnValue:
 def _library_files(image_id: int) -> list[FileRef]:
     """The files of an indexed image (404 for an unknown id)."""
     _record(image_id)
-    return service().catalog.library_files(image_id)
+    return current_service().catalog.library_files(image_id)
 
 
 def _send(fileobj: BinaryIO, size: int, mimetype: str, max_age: int, etag: str, weak: bool = False,
@@ -126,7 +122,7 @@ def image_file(image_id: int) -> ResponseReturnValue:
 def image_thumbnail(image_id: int) -> ResponseReturnValue:
     """A small WebP preview (upright, without metadata), made on first request if the indexer wrote none,
     and only ever from the bytes whose hash the catalog holds."""
-    settings = service().settings
+    settings = current_service().settings
     files = _library_files(image_id)
     try:
         thumb = thumbnail_for(settings.storage.data_dir, files,
@@ -152,4 +148,4 @@ def image_thumbnail(image_id: int) -> ResponseReturnValue:
 @bp.get("/stats")
 @operation(summary="Catalog and index counts, index generation, model", response=schemas.Stats, tags=("meta",))
 def stats() -> ResponseReturnValue:
-    return jsonify(service().stats())
+    return jsonify(current_service().stats())

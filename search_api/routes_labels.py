@@ -14,9 +14,9 @@ from indexer.label_names import UNCHANGED, LabelError
 from search_api import label_schemas as schemas
 from search_api.label_jobs import label_jobs
 from search_api.openapi import operation
-from search_api.params import parse_int
+from search_api.params import query_args
 from search_api.problems import ApiProblem
-from search_api.results import image_json
+from search_api.results import image_json, next_offset
 from storage.label_queries import labels_of_images, member_counts
 from storage.labels import borderline_band
 
@@ -24,9 +24,6 @@ bp = Blueprint("labels", __name__, url_prefix="/api/v1")
 
 CREATE_FIELDS = frozenset({"name", "positive_ids", "negative_ids", "threshold"})
 CHANGE_FIELDS = frozenset({"add_positive_ids", "add_negative_ids", "remove_ids", "threshold", "relearn"})
-DEFAULT_MEMBERS = 50
-MAX_MEMBERS = 500
-MAX_OFFSET = 2**31 - 1
 NAME = {"name": "the label's name (any case)"}
 
 
@@ -141,9 +138,9 @@ def delete_label(name: str) -> ResponseReturnValue:
 def label_members(name: str) -> ResponseReturnValue:
     """Each image says whether it has the label (`member`), whether its score is close enough to the
     threshold to be worth confirming or rejecting (`borderline`), and whether it is an example."""
+    params = query_args(schemas.MembersParams)
+    offset, limit = params.offset, params.limit
     book = _book()
-    offset = parse_int("offset", 0, 0, MAX_OFFSET)
-    limit = parse_int("limit", DEFAULT_MEMBERS, 1, MAX_MEMBERS)
     try:
         label = book.get(name)
         members, total = book.members(label, offset, limit)
@@ -156,5 +153,5 @@ def label_members(name: str) -> ResponseReturnValue:
               for m in members if m.image_id in records]
     low, high = borderline_band(label.threshold)
     return jsonify({"label": book.to_json(label), "members": listed, "total": total, "offset": offset,
-                    "limit": limit, "next_offset": offset + limit if offset + limit < total else None,
+                    "limit": limit, "next_offset": next_offset(offset, limit, total),
                     "borderline": [round(low, 6), round(high, 6)]})

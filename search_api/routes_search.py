@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, jsonify
 from flask import request as flask_request
 from flask.typing import ResponseReturnValue
 from werkzeug.datastructures import FileStorage
 
 from indexer.images import ImageRejected
 from search_api import schemas
+from search_api.current import current_service
 from search_api.openapi import operation
-from search_api.params import parse_query_options
+from search_api.params import query_args, query_options
 from search_api.problems import ApiProblem, problem_body
-from search_api.results import page_json
-from search_api.service import SearchService, labels_json
+from search_api.results import labels_json, page_json
 
 bp = Blueprint("search", __name__, url_prefix="/api/v1")
 
@@ -29,10 +29,6 @@ REJECTION_STATUS = {
 RAW_BODY_TYPES = ("application/octet-stream",)
 HOW_TO_SEND = ("send the query image as the multipart form field 'image', or as the raw request body "
                "with Content-Type image/* or application/octet-stream")
-
-
-def service() -> SearchService:
-    return current_app.extensions["lookalike"]
 
 
 def _is_raw_image_body(mimetype: str) -> bool:
@@ -75,8 +71,8 @@ def _rejection(exc: ImageRejected, what: str) -> tuple[int, str]:
 )
 def search() -> ResponseReturnValue:
     """Send the image as the multipart field `image`, or as the raw body (`Content-Type: image/*`)."""
-    svc = service()
-    options = parse_query_options(svc.settings.search)
+    svc = current_service()
+    options = query_options(query_args(schemas.SearchParams), svc.settings.search)
     data, field = _upload()
     try:
         vector, predictions = svc.embed_upload(data)
@@ -95,7 +91,7 @@ def _batch_files() -> list[FileStorage]:
     if not files:
         raise ApiProblem(400, "send one or more multipart parts named 'images', one per query image",
                          "missing_image", field="images")
-    limit = service().settings.api.max_batch_images
+    limit = current_service().settings.api.max_batch_images
     if len(files) > limit:
         raise ApiProblem(413, f"the batch holds {len(files)} images; at most {limit} are accepted "
                          "(api.max_batch_images)", "too_many_images", field="images", limit=limit)
@@ -114,8 +110,8 @@ def _batch_files() -> list[FileStorage]:
 def search_batch() -> ResponseReturnValue:
     """One result list per `images` part, in request order. A bad image does not fail the batch:
     its item carries an `error` problem object (RFC 9457 members plus `index`) and no results."""
-    svc = service()
-    options = parse_query_options(svc.settings.search)
+    svc = current_service()
+    options = query_options(query_args(schemas.SearchParams), svc.settings.search)
     files = _batch_files()
     datas = [f.read() for f in files]
     embedded = iter(svc.embed_uploads([d for d in datas if d]))
@@ -148,8 +144,8 @@ def search_batch() -> ResponseReturnValue:
     path_params={"image_id": "catalog id of the query image"},
 )
 def similar(image_id: int) -> ResponseReturnValue:
-    svc = service()
-    options = parse_query_options(svc.settings.search)
+    svc = current_service()
+    options = query_options(query_args(schemas.SearchParams), svc.settings.search)
     record = svc.image(image_id)
     page = svc.similar_page(image_id, options) if record else None
     if record is None or page is None:

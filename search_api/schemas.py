@@ -1,41 +1,83 @@
-"""Pydantic models of the HTTP API's parameters, request bodies and responses, for the OpenAPI description.
+"""Pydantic models of the HTTP API's parameters, request bodies and responses.
 
+The query models validate every request's query string (search_api/params.py) and describe it in
+the OpenAPI document, so the document is what the routes enforce; their value types, wording and
+setting-dependent limits are in search_api/query_values.py.
 The views build their JSON by hand (search_api/results.py); tests validate real responses
-against these schemas, so the description cannot drift from what is served.
-`x-setting-*` keys name a setting whose value the served description fills in (see openapi.py).
+against the response models, so the description cannot drift from what is served.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from search_api.query_values import (
+    DEFAULT_SUGGESTIONS,
+    MAX_PAGE_OFFSET,
+    MAX_SUGGESTIONS,
+    ClassRuleName,
+    Flag,
+    Integer,
+    Number,
+    Wording,
+)
+
+# --- query parameters ---------------------------------------------------------------------------
 
 
 class SearchParams(BaseModel):
     """Query parameters shared by the search routes."""
 
-    k: int = Field(None, ge=1, description="Number of results per page.",  # type: ignore[assignment]
-                   json_schema_extra={"x-setting-default": "search.default_k", "x-setting-maximum": "search.max_k"})
-    offset: int = Field(0, ge=0, description="Results to skip (pagination): the page holds results offset..offset+k. "
-                        "Use the response's next_offset for the next page.",
-                        json_schema_extra={"x-setting-maximum": "search.max_offset"})
+    k: Integer = Field(None, ge=1, description="Number of results per page.",  # type: ignore[assignment]
+                       json_schema_extra={"x-setting-default": "search.default_k", "x-setting-maximum": "search.max_k"})
+    offset: Annotated[Integer, Wording("{name} must be an integer from {low} to {high} (search.max_offset), "
+                                       "got {raw!r}")] = Field(
+        0, ge=0, description="Results to skip (pagination): the page holds results offset..offset+k. "
+                             "Use the response's next_offset for the next page.",
+        json_schema_extra={"x-setting-maximum": "search.max_offset"})
     class_: list[str] = Field(
         default_factory=list, alias="class",
         description="Keep only images of these ImageNet classes or WordNet concepts (class id, class name, concept "
                     "name such as dog or vehicle, or WordNet id) or custom labels (label:<name>); repeat for any "
                     "of several. See class_rule.")
-    class_rule: Literal["top1", "top5"] = Field(
+    class_rule: ClassRuleName = Field(
         "top5", description="top5: an image matches a class that is its top-1 prediction, or in its top-5 with "
                             "probability >= class_min_probability; top1: only its top-1 prediction counts.")
-    class_min_probability: float = Field(
+    class_min_probability: Number = Field(
         None, ge=0.0, le=1.0,  # type: ignore[assignment]
         description="Minimum probability of a top-5 match (class_rule=top5 only).",
         json_schema_extra={"x-setting-default": "search.class_min_probability"})
-    min_score: float = Field(None, ge=-1.0, le=1.0,  # type: ignore[assignment]
-                             description="Drop results whose cosine similarity is below this.")
-    dedupe: bool = Field(False, description="Collapse near-duplicates (cosine >= search.dedupe_threshold) into the "
+    min_score: Annotated[Number, Wording("{name} must be a number from {low:g} to {high:g} (cosine similarity), "
+                                         "got {raw!r}")] = Field(
+        None, ge=-1.0, le=1.0,  # type: ignore[assignment]
+        description="Drop results whose cosine similarity is below this.")
+    dedupe: Flag = Field(False, description="Collapse near-duplicates (cosine >= search.dedupe_threshold) into the "
                          "best-scoring member; each result then lists the ids folded into it in `duplicates`.")
+
+
+class ClassesParams(BaseModel):
+    q: str = Field(None, description="Autocomplete: classes and concepts whose names contain this text.")  # type: ignore[assignment]
+    limit: Integer = Field(None, ge=1, le=MAX_SUGGESTIONS,  # type: ignore[assignment]
+                           description=f"Most entries to return (default {DEFAULT_SUGGESTIONS} with q, else all).")
+    class_rule: ClassRuleName = Field("top5", description="How counts match images (see search).")
+    class_min_probability: Number = Field(None, ge=0.0, le=1.0,  # type: ignore[assignment]
+                                          description="Minimum probability of a top-5 match.")
+
+
+class BrowseParams(BaseModel):
+    class_: list[str] = Field(default_factory=list, alias="class",
+                              description="Classes, concepts or custom labels (label:<name>) to list (repeatable); "
+                                          "none: every image, newest first.")
+    class_rule: ClassRuleName = Field("top5", description="When an image counts as showing a class.")
+    class_min_probability: Number = Field(None, ge=0.0, le=1.0,  # type: ignore[assignment]
+                                          description="Minimum probability of a top-5 match.")
+    offset: Integer = Field(0, ge=0, le=MAX_PAGE_OFFSET, description="Images to skip.")
+    limit: Integer = Field(50, ge=1, le=500, description="Images per page.")
+
+
+# --- bodies and responses -----------------------------------------------------------------------
 
 
 class ImageUpload(BaseModel):
@@ -153,25 +195,6 @@ class ClassCount(BaseModel):
 
 class ClassesResponse(BaseModel):
     classes: list[ClassCount]
-
-
-class ClassesParams(BaseModel):
-    q: str = Field(None, description="Autocomplete: classes and concepts whose names contain this text.")  # type: ignore[assignment]
-    limit: int = Field(None, ge=1, le=1000, description="Most entries to return (default 20 with q, else all).")  # type: ignore[assignment]
-    class_rule: Literal["top1", "top5"] = Field("top5", description="How counts match images (see search).")
-    class_min_probability: float = Field(None, ge=0.0, le=1.0,  # type: ignore[assignment]
-                                         description="Minimum probability of a top-5 match.")
-
-
-class BrowseParams(BaseModel):
-    class_: list[str] = Field(default_factory=list, alias="class",
-                              description="Classes, concepts or custom labels (label:<name>) to list (repeatable); "
-                                          "none: every image, newest first.")
-    class_rule: Literal["top1", "top5"] = Field("top5", description="When an image counts as showing a class.")
-    class_min_probability: float = Field(None, ge=0.0, le=1.0,  # type: ignore[assignment]
-                                         description="Minimum probability of a top-5 match.")
-    offset: int = Field(0, ge=0, description="Images to skip.")
-    limit: int = Field(50, ge=1, le=500, description="Images per page.")
 
 
 class MatchedClass(BaseModel):

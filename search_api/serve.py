@@ -32,9 +32,10 @@ def build_worker_app(settings: Settings, cpu_threads: int | None = None) -> Flas
     if cpu_threads:
         configure_worker_threads(cpu_threads)  # before TensorFlow starts in this process
     from search_api.app import create_app
+    from search_api.current import service_of
 
     app = create_app(settings)
-    app.extensions["lookalike"].warm_up()
+    service_of(app).warm_up()
     return app
 
 

@@ -10,17 +10,17 @@ import logging
 import threading
 import time
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
 from indexer.images import ImageRejected
-from indexer.labels import class_name
 from indexer.model import Embedder, ModelUnavailableError, model_id, stand_in_note, top_k
 from indexer.settings import Settings
 from search_api import metrics
 from search_api.busy import ServerBusy
 from search_api.dedupe import collapse_near_duplicates
+from search_api.neighbours import Neighbour, QueryOptions, SearchPage
 from search_api.upload_decoder import DecodeRequest, InlineDecoder, UploadDecoder
 from storage.catalog import Catalog, ImageRecord
 from storage.class_rule import ClassRule
@@ -28,7 +28,6 @@ from storage.errors import CatalogError, DamagedVectorError
 from storage.index_calibration import index_summary
 from storage.index_cost import IndexMeasurements
 from storage.label_queries import ids_with_labels, labels_of_images
-from storage.paths import display_path
 from storage.sync import build_from_catalog, check_model, open_index
 from storage.vector_index import IndexDamagedError, IndexMismatchError, IndexStore, Manifest, VectorIndex, usable
 
@@ -37,62 +36,12 @@ log = logging.getLogger(__name__)
 RELOAD_CHECK_SECONDS = 1.0
 # After the model failed to load, requests get that error without a new attempt for this long.
 MODEL_RETRY_SECONDS = 30.0
+# The first search asks the index for more than the page needs, so that one round usually suffices:
+EXCLUDED_QUERY_IMAGE = 1  # similar-image queries leave the query image out of its own neighbours
+REMOVED_SINCE_PUBLISHED = 8  # images removed from the catalog since the index generation was published
+DEDUPE_OVERFETCH = 2  # with dedupe, near-duplicates fold into one result: fetch twice as many
 
 Embedded = tuple[np.ndarray, list[tuple[int, float]]]  # a query's feature vector and top-5 predictions
-
-
-@dataclass(frozen=True)
-class Hit:
-    record: ImageRecord
-    score: float
-    # With dedupe: ids of the near-duplicate images collapsed into this one (None without dedupe).
-    duplicates: tuple[int, ...] | None = None
-    custom_labels: tuple[tuple[str, float], ...] = ()  # (name, score) of the custom labels the image has
-
-    def to_json(self) -> dict[str, object]:
-        """The fields every search result carries, in the API and in `lookalike search --json`."""
-        out: dict[str, object] = {"id": self.record.id, "path": display_path(self.record.path),
-                                  "score": round(self.score, 6),
-                                  "labels": labels_json(self.record.predictions),
-                                  "custom_labels": custom_labels_json(self.custom_labels)}
-        if self.duplicates is not None:
-            # Files with identical content are one catalog image already: its other paths are exact duplicates.
-            out["duplicates"] = list(self.duplicates)
-            out["paths"] = [display_path(p) for p in self.record.paths]
-            out["collapsed"] = len(self.duplicates) + len(self.record.paths) - 1
-        return out
-
-
-@dataclass(frozen=True)
-class SearchPage:
-    """Results offset..offset+k of a query; `next_offset` is None on the last page."""
-
-    hits: list[Hit]
-    next_offset: int | None
-
-
-@dataclass(frozen=True)
-class QueryOptions:
-    """How one query is filtered and paged; the same for every image of a batch."""
-
-    k: int
-    class_ids: Collection[int] | None = None
-    min_score: float | None = None
-    offset: int = 0
-    dedupe: bool = False
-    class_rule: ClassRule | None = None  # None: the configured rule
-    labels: tuple[int, ...] = ()  # custom labels (class=label:<name>), any of them or of class_ids
-
-
-def labels_json(predictions: Collection[tuple[int, float]]) -> list[dict[str, object]]:
-    return [
-        {"class_id": class_id, "name": class_name(class_id), "probability": round(float(prob), 6)}
-        for class_id, prob in predictions
-    ]
-
-
-def custom_labels_json(found: Collection[tuple[str, float]]) -> list[dict[str, object]]:
-    return [{"name": name, "score": round(float(score), 6)} for name, score in found]
 
 
 class SearchService:
@@ -113,14 +62,21 @@ class SearchService:
         self._manifest: Manifest | None = None
         self._checked_at = 0.0
         self._model_error: tuple[str, float] | None = None  # why the model last failed to load, and when
-        self._lock = threading.Lock()
+        # One lock per component, so a slow one (the model: seconds; an index generation: as long)
+        # holds up only the requests that need it, never those that only read the catalog.
+        self._catalog_lock = threading.Lock()
+        self._model_lock = threading.Lock()
+        self._index_lock = threading.Lock()
         self._repair_lock = threading.Lock()
 
     # --- components ----------------------------------------------------------------------
 
     @property
     def catalog(self) -> Catalog:
-        with self._lock:
+        catalog = self._catalog
+        if catalog is not None:
+            return catalog
+        with self._catalog_lock:
             if self._catalog is None:  # none yet: CatalogMissingError, and asked again next time
                 self._catalog = Catalog(self.settings.storage.resolved_database_url(), create=False)
             return self._catalog
@@ -128,7 +84,10 @@ class SearchService:
     @property
     def embedder(self) -> Embedder:
         """The model, loaded on first use; after a failed load, the same error for MODEL_RETRY_SECONDS."""
-        with self._lock:
+        embedder = self._embedder
+        if embedder is not None:
+            return embedder
+        with self._model_lock:
             if self._embedder is None:
                 self.check_model()
                 try:
@@ -172,7 +131,7 @@ class SearchService:
         if self._index is not None and now - self._checked_at < RELOAD_CHECK_SECONDS:
             return self._index
         catalog = self.catalog
-        with self._lock:
+        with self._index_lock:
             self._checked_at = now
             manifest = self.store.manifest()
             current = self._manifest.generation if self._manifest else None
@@ -253,20 +212,6 @@ class SearchService:
                if class_ids else np.empty(0, np.int64))
         return np.union1d(ids, ids_with_labels(self.catalog, labels)) if labels else ids
 
-    def search(
-        self,
-        vector: np.ndarray,
-        k: int,
-        class_ids: Collection[int] | None = None,
-        min_score: float | None = None,
-        exclude_id: int | None = None,
-        class_rule: ClassRule | None = None,
-        labels: Sequence[int] = (),
-    ) -> list[Hit]:
-        """The k nearest indexed images, best first, filtered by class inside the search."""
-        options = QueryOptions(k, class_ids, min_score, class_rule=class_rule, labels=tuple(labels))
-        return self.search_page(vector, options, exclude_id).hits
-
     def search_page(self, vector: np.ndarray, options: QueryOptions, exclude_id: int | None = None) -> SearchPage:
         """One page of neighbours, best first; with dedupe, near-duplicate groups count as one result."""
         started = time.perf_counter()
@@ -277,11 +222,11 @@ class SearchService:
         end = options.offset + options.k
         return SearchPage(self._with_custom_labels(hits[options.offset:end]), end if len(hits) > end else None)
 
-    def _with_custom_labels(self, hits: list[Hit]) -> list[Hit]:
+    def _with_custom_labels(self, hits: list[Neighbour]) -> list[Neighbour]:
         found = labels_of_images(self.catalog, [h.record.id for h in hits], self.model_id)
         return [replace(h, custom_labels=tuple(found.get(h.record.id, ()))) for h in hits]
 
-    def _ranked(self, vector: np.ndarray, options: QueryOptions, exclude_id: int | None) -> list[Hit]:
+    def _ranked(self, vector: np.ndarray, options: QueryOptions, exclude_id: int | None) -> list[Neighbour]:
         """At least offset+k+1 ranked hits when that many exist (one more tells that a next page exists)."""
         index = self.index()
         if index is None:
@@ -289,9 +234,8 @@ class SearchService:
         allowed = self.allowed_ids(options.class_ids, options.class_rule, options.labels)
         if allowed is not None and exclude_id is not None:
             allowed = allowed[allowed != exclude_id]
-        needed = options.offset + options.k + 1
-        # Ask for a few more: the excluded image, images deleted since this generation, collapsed duplicates.
-        fetch = (needed + 1 + 8) * (2 if options.dedupe else 1)
+        needed = options.offset + options.k + 1  # one past the page tells whether a next page exists
+        fetch = (needed + EXCLUDED_QUERY_IMAGE + REMOVED_SINCE_PUBLISHED) * (DEDUPE_OVERFETCH if options.dedupe else 1)
         while True:
             try:
                 raw = index.search(vector[None], fetch, allowed, self.index_config)[0]
@@ -304,13 +248,13 @@ class SearchService:
             floor = -np.inf if options.min_score is None else options.min_score
             pairs = [(i, s) for i, s in raw if i != exclude_id and s >= floor]
             records = self.catalog.get_images([i for i, _ in pairs])
-            hits = [Hit(records[i], s) for i, s in pairs if i in records]
+            hits = [Neighbour(records[i], s) for i, s in pairs if i in records]
             if options.dedupe:
                 hits = collapse_near_duplicates(hits, self.catalog.embeddings([h.record.id for h in hits]),
                                                 self.settings.search.dedupe_threshold)
             if len(hits) >= needed or exhausted:
                 return hits
-            fetch *= 2
+            fetch *= 2  # too few survived the filters: ask again for twice as many
 
     def _replace_damaged(self, damaged: VectorIndex, exc: IndexDamagedError) -> VectorIndex:
         """A sound index in place of one that answered impossible scores: rebuilt from the catalog in
@@ -324,20 +268,13 @@ class SearchService:
             rebuilt = build_from_catalog(self.catalog, self.model_id, self.index_config, damaged.dimension)
             if rebuilt is None:
                 raise exc
-            with self._lock:
+            with self._index_lock:
                 self._index = rebuilt  # kept until the indexer publishes a newer generation
             metrics.record_index(rebuilt.count, self.generation())
             return rebuilt
 
-    def similar(self, image_id: int, k: int, class_ids: Collection[int] | None = None,
-                min_score: float | None = None, class_rule: ClassRule | None = None,
-                labels: Sequence[int] = ()) -> list[Hit] | None:
-        """Neighbours of an indexed image (itself excluded); None when the id is unknown."""
-        page = self.similar_page(image_id, QueryOptions(k, class_ids, min_score, class_rule=class_rule,
-                                                        labels=tuple(labels)))
-        return None if page is None else page.hits
-
     def similar_page(self, image_id: int, options: QueryOptions) -> SearchPage | None:
+        """One page of neighbours of an indexed image (itself excluded); None when the id is unknown."""
         self.index()  # a catalog of another model is refused here, with the advice every route gives
         vector = self.catalog.embedding(image_id, self.model_id)
         if vector is None:

@@ -16,6 +16,7 @@ from PIL import Image
 
 from indexer.settings import Settings
 from search_api import create_app
+from search_api.current import install_service, service_of
 from storage.vector_index import IndexStore
 
 
@@ -129,18 +130,18 @@ def test_classes_lists_present_classes_with_counts(client: FlaskClient) -> None:
 def test_health(client: FlaskClient, app: Flask) -> None:
     assert client.get("/healthz").get_json() == {"status": "ok"}
     assert_problem(client.get("/readyz"), 503, "not_ready")
-    app.extensions["lookalike"].warm_up()
+    service_of(app).warm_up()
     ready = client.get("/readyz").get_json()
     assert ready["status"] == "ready" and ready["vectors"] == 14 and ready["in_step"] is True
 
 
 def test_readyz_waits_for_an_index_of_the_catalog(indexed: Settings) -> None:
-    service = create_app(indexed).extensions["lookalike"]
+    service = service_of(create_app(indexed))
     service.warm_up()
     service._index = None  # as in a server that could not load any index yet
     service.index = lambda: None  # type: ignore[method-assign]
     app = create_app(indexed)
-    app.extensions["lookalike"] = service
+    install_service(app, service)
     assert_problem(app.test_client().get("/readyz"), 503, "index_not_loaded", "14 images")
 
 
@@ -190,7 +191,7 @@ def test_other_errors_are_problems_too(client: FlaskClient) -> None:
 
 def test_api_follows_new_index_generations(client: FlaskClient, app: Flask, indexed: Settings,
                                            colour_library: Path) -> None:
-    service = app.extensions["lookalike"]
+    service = service_of(app)
     assert search(client, jpeg(colour_image(RED)), "?k=20").get_json()["results"].__len__() == 14
     extra = colour_library / "late.png"
     colour_image(GREEN, seed=77).save(extra)

@@ -13,6 +13,7 @@ from flask.testing import FlaskClient
 from helpers import GREEN, RED, colour_image, jpeg, search
 from openapi_spec_validator import validate
 
+from search_api.current import service_of
 from search_api.openapi import api_rules, openapi_path
 
 HTTP_METHODS = {"get", "post", "put", "patch", "delete"}
@@ -114,7 +115,7 @@ def test_real_answers_match_their_schemas(spec: dict[str, Any], client: FlaskCli
     for problem in (client.get("/api/v1/images/999/similar"), client.get("/api/v1/search"),
                     search(client, red, "?k=0")):
         check(spec, "Problem", problem.get_json(force=True))
-    app.extensions["lookalike"].warm_up()
+    service_of(app).warm_up()
     check(spec, "Ready", client.get("/readyz").get_json())
     with pytest.raises(jsonschema.ValidationError):
         check(spec, "SearchResponse", {"query": {"labels": []}, "results": [{"id": "x"}], "next_offset": None})

@@ -15,6 +15,7 @@ from helpers import RED, assert_problem, colour_image, jpeg, search
 
 from indexer.settings import Settings
 from search_api import create_app, problems
+from search_api.current import service_of
 
 
 def _client(settings: Settings) -> FlaskClient:
@@ -39,7 +40,7 @@ def test_a_model_that_cannot_load_is_503_model_unavailable(settings_for: Callabl
     missing = tmp_path / "no-such-module"
     client = _client(settings_for(handle=missing))
     app = client.application
-    app.extensions["lookalike"].warm_up()  # as a server worker does: the error is kept, not raised
+    service_of(app).warm_up()  # as a server worker does: the error is kept, not raised
     for response in (client.get("/readyz"), search(client, jpeg(colour_image(RED)))):
         assert_problem(response, 503, "model_unavailable", f"model.handle '{missing}'")
     assert client.get("/healthz").status_code == 200

@@ -15,6 +15,7 @@ from model_fixtures import BLUE_CLASS, RED_CLASS
 
 from indexer.settings import Settings
 from search_api import create_app
+from search_api.current import service_of
 
 
 def raw_search(client: FlaskClient, data: bytes, content_type: str, query: str = ""):  # type: ignore[no-untyped-def]
@@ -136,7 +137,7 @@ def test_dedupe_threshold_setting_and_exact_copies(settings_for: Callable[..., S
 # --- batch ---------------------------------------------------------------------------------------
 
 def test_batch_answers_each_image_in_order_with_one_model_call(client: FlaskClient, app: Flask) -> None:
-    service = app.extensions["lookalike"]
+    service = service_of(app)
     embedder = service.embedder
     calls: list[int] = []
     real_embed = embedder.embed

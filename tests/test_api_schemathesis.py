@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from search_api import create_app
+from search_api.current import service_of
 
 # A few examples per operation keeps this in the fast suite; raise it for a longer local run.
 EXAMPLES = 25
@@ -24,7 +25,7 @@ def api_schema(tmp_path_factory: pytest.TempPathFactory, tf1_module: Path):  # t
     report, _ = run_index(indexed, library)
     assert report.indexed == 14
     app = create_app(indexed)
-    app.extensions["lookalike"].warm_up()
+    service_of(app).warm_up()
     return schemathesis.openapi.from_wsgi("/api/v1/openapi.json", app)
 
 

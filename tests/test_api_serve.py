@@ -31,6 +31,7 @@ from helpers import (
 import search_api.service as service_module
 from indexer.settings import Settings
 from search_api import create_app
+from search_api.current import service_of
 from search_api.worker_threads import available_cores, threads_per_worker
 
 
@@ -47,13 +48,14 @@ import json, logging, sys
 import faiss
 logging.basicConfig(level=logging.INFO)
 from indexer.settings import load_settings
+from search_api.current import service_of
 from search_api.serve import build_worker_app
 assert "tensorflow" not in sys.modules  # as in a freshly forked worker
 app = build_worker_app(load_settings(), cpu_threads=int(sys.argv[1]))
 import tensorflow as tf
 print(json.dumps({"intra": tf.config.threading.get_intra_op_parallelism_threads(),
                   "inter": tf.config.threading.get_inter_op_parallelism_threads(),
-                  "faiss": faiss.omp_get_max_threads(), "ready": app.extensions["lookalike"].is_ready()}))
+                  "faiss": faiss.omp_get_max_threads(), "ready": service_of(app).is_ready()}))
 """
 
 
@@ -124,7 +126,7 @@ def test_queries_keep_succeeding_while_a_generation_is_published(
 ) -> None:
     monkeypatch.setattr(service_module, "RELOAD_CHECK_SECONDS", 0.0)  # look for a new generation on every query
     app = create_app(indexed)
-    app.extensions["lookalike"].warm_up()
+    service_of(app).warm_up()
     query = jpeg(colour_image(RED, seed=1))
     stop = threading.Event()
     answers: list[tuple[int, int]] = []

@@ -35,6 +35,7 @@ from werkzeug.serving import make_server
 from indexer.model import model_id
 from indexer.settings import Settings
 from search_api import create_app
+from search_api.current import service_of
 from storage.catalog import Catalog
 from storage.vector_index import IndexStore
 from storage.verify import verify
@@ -139,7 +140,7 @@ def test_queries_during_indexer_runs_never_fail(tmp_path: Path, tf1_module: Path
     catalog.close()
 
     app = create_app(settings)
-    app.extensions["lookalike"].warm_up()
+    service_of(app).warm_up()
     server = make_server("127.0.0.1", 0, app, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     watcher = CatalogWatcher(settings)

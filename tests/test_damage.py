@@ -24,6 +24,7 @@ from indexer.model import model_id
 from indexer.settings import Settings
 from lookalike.cli import cli
 from search_api import create_app
+from search_api.current import service_of
 from storage.catalog import FileRef, NewImage
 from storage.sync import open_index
 from storage.vector_index import SCORE_LIMIT, IndexDamagedError, IndexStore
@@ -178,7 +179,7 @@ def test_garbled_catalog_header_pages_every_command_says_what_is_damaged(
 
     # A server still boots, and says why it is not ready.
     app = create_app(indexed)
-    app.extensions["lookalike"].warm_up()
+    service_of(app).warm_up()
     assert_problem(app.test_client().get("/readyz"), 503, "catalog_damaged", str(db))
 
 

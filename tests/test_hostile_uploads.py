@@ -37,6 +37,7 @@ from PIL import Image
 
 from indexer.settings import Settings
 from search_api import create_app
+from search_api.current import service_of
 from storage.catalog import Catalog
 
 MAX_UPLOAD_MB = 1
@@ -150,7 +151,7 @@ def library_and_settings(tmp_path_factory: pytest.TempPathFactory, tf1_module: P
 def client(library_and_settings: tuple[Path, Settings]) -> Iterator[FlaskClient]:
     app = create_app(library_and_settings[1])
     app.config["TESTING"] = True
-    app.extensions["lookalike"].warm_up()
+    service_of(app).warm_up()
     yield app.test_client()
 
 

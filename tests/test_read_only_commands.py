@@ -10,6 +10,7 @@ from helpers import assert_problem, env_for, make_settings, run_index
 
 from lookalike.cli import cli
 from search_api import create_app
+from search_api.current import service_of
 
 READ_ONLY = [["stats"], ["stats", "--json"], ["search", "{image}"], ["similar", "1"], ["verify"], ["verify", "--json"],
              ["errors"], ["duplicates"], ["rebuild"], ["backup", "{dest}"]]
@@ -34,7 +35,7 @@ def test_server_without_a_catalog_says_so_until_an_index_run_creates_it(tmp_path
     settings = make_settings(tmp_path / "data", tf1_module)
     app = create_app(settings)
     client = app.test_client()
-    app.extensions["lookalike"].warm_up()
+    service_of(app).warm_up()
     body = assert_problem(client.get("/readyz"), 503, "no_catalog", str(tmp_path / "data" / "catalog.db"))
     assert "lookalike index PATH" in body["detail"]
     assert_problem(client.get("/api/v1/images/1/similar"), 503, "no_catalog")

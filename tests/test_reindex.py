@@ -43,6 +43,7 @@ from indexer.scan import RootError
 from indexer.settings import Settings
 from lookalike.cli import cli
 from search_api import create_app
+from search_api.current import service_of
 from storage import staging
 from storage.faults import AFTER_ENV, POINT_ENV
 from storage.vector_index import IndexMismatchError, IndexStore
@@ -207,7 +208,7 @@ def test_a_stopped_reindex_keeps_the_old_model_serving_and_resumes(tmp_path: Pat
     # The old model answers exactly as before; a server of the new model says a reindex is under way.
     assert similar_answers(create_app(old).test_client(), 5) == before
     new_app = create_app(new)
-    new_app.extensions["lookalike"].warm_up()  # a server boots, and says why it is not ready
+    service_of(new_app).warm_up()  # a server boots, and says why it is not ready
     new_server = new_app.test_client()
     assert_problem(new_server.get("/readyz"), 503, "model_mismatch", "reindex to model")
     with pytest.raises(IndexMismatchError, match=r"in progress: 12 of 40 .*lookalike index --reindex"):
