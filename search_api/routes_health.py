@@ -22,12 +22,14 @@ def healthz() -> ResponseReturnValue:
 @bp.get("/readyz")
 @operation(summary="Readiness: the model is loaded and warm, and an index of the catalog's vectors is loaded "
                    "(503 until then, with the reason: not_ready, index_not_loaded, model_unavailable, "
-                   "model_mismatch, catalog_unavailable)", response=schemas.Ready, problems=(503,), tags=("meta",))
+                   "model_mismatch, catalog_unavailable, no_catalog)",
+           response=schemas.Ready, problems=(503,), tags=("meta",))
 def readyz() -> ResponseReturnValue:
     svc = current_service()
     svc.check_model()  # a model that failed to load: 503 model_unavailable, saying why
     if not svc.is_ready():
         raise ApiProblem(503, "the model is still loading", "not_ready")
+    svc.require_catalog()  # none yet: 503 no_catalog, saying how to create one
     stats = svc.stats()  # a catalog of another model: 503 model_mismatch, saying what to do
     if stats["images"] and not stats["vectors"]:
         raise ApiProblem(503, f"the catalog holds {stats['images']} images but no index of them is loaded yet",

@@ -24,7 +24,7 @@ from search_api.neighbours import Neighbour, QueryOptions, SearchPage
 from search_api.upload_decoder import DecodeRequest, InlineDecoder, UploadDecoder
 from storage.catalog import Catalog, ImageRecord
 from storage.class_rule import ClassRule
-from storage.errors import CatalogError, DamagedVectorError
+from storage.errors import CatalogError, CatalogMissingError, DamagedVectorError
 from storage.index_calibration import index_summary
 from storage.index_cost import IndexMeasurements
 from storage.label_queries import ids_with_labels, labels_of_images
@@ -80,6 +80,10 @@ class SearchService:
             if self._catalog is None:  # none yet: CatalogMissingError, and asked again next time
                 self._catalog = Catalog(self.settings.storage.resolved_database_url(), create=False)
             return self._catalog
+
+    def require_catalog(self) -> None:
+        """Raise CatalogMissingError (and the like) when there is no usable catalog yet."""
+        self.catalog.count_images()
 
     @property
     def embedder(self) -> Embedder:
@@ -293,10 +297,16 @@ class SearchService:
         return self._manifest.generation if self._manifest else None
 
     def stats(self) -> dict[str, object]:
-        index = self.index()
+        """Counts of the catalog and the index; all zero while nothing has been indexed (no catalog yet),
+        which is what a page or a monitor wants to show then (/readyz says why the server is not ready)."""
+        try:
+            index = self.index()
+            images, files = self.catalog.count_images(), self.catalog.count_files()
+        except CatalogMissingError:
+            index, images, files = None, 0, 0
         return {
-            "images": self.catalog.count_images(),
-            "files": self.catalog.count_files(),
+            "images": images,
+            "files": files,
             "vectors": index.count if index is not None else 0,
             "generation": self._manifest.generation if self._manifest else None,
             "model_id": self.model_id,
