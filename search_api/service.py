@@ -1,7 +1,9 @@
 """The search engine behind the HTTP API: embed a query, search the index, join the catalog.
 
 It never writes the index: it follows the generations the indexer publishes, checking the
-manifest at most once a second, and swaps in a new generation without failing requests.
+manifest at most once a second, and swaps in a new generation without failing requests. Between
+publishes it follows the catalog's tail too (storage.live_index), so an image committed by any
+writer is searchable within about a second.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from storage.errors import CatalogError, CatalogMissingError, DamagedVectorError
 from storage.index_calibration import index_summary
 from storage.index_cost import IndexMeasurements
 from storage.label_queries import ids_with_labels, labels_of_images
+from storage.live_index import LiveIndex, Tail
 from storage.sync import build_from_catalog, check_model, open_index
 from storage.vector_index import IndexDamagedError, IndexMismatchError, IndexStore, Manifest, VectorIndex, usable
 
@@ -60,6 +63,7 @@ class SearchService:
         self._embedder: Embedder | None = None
         self._index: VectorIndex | None = None
         self._manifest: Manifest | None = None
+        self._tail: Tail | None = None  # images committed after the served generation
         self._checked_at = 0.0
         self._model_error: tuple[str, float] | None = None  # why the model last failed to load, and when
         # One lock per component, so a slow one (the model: seconds; an index generation: as long)
@@ -140,11 +144,14 @@ class SearchService:
             manifest = self.store.manifest()
             current = self._manifest.generation if self._manifest else None
             if manifest is not None and manifest.generation == current and self._index is not None:
+                self._follow_tail(catalog)
                 return self._index
             if manifest is not None and manifest.model_id == self.model_id:
                 loaded = self.store.load(manifest, mmap=self.settings.storage.mmap_index)
                 if loaded is not None:
                     self._index, self._manifest = loaded, manifest
+                    self._tail = Tail(loaded.dimension, self.model_id, manifest.high_water)
+                    self._follow_tail(catalog)
                     log.info("serving index generation %d (%d vectors)", manifest.generation, loaded.count)
                     metrics.record_index(loaded.count, manifest.generation)
                     return self._index
@@ -157,10 +164,28 @@ class SearchService:
                     self._index, self._manifest = None, None  # every request asks again until this is fixed
                     raise
             if self._index is None:
+                covered = catalog.max_image_id()  # what the index built here holds at least
                 self._index, self._manifest = open_index(catalog, self.store, self.model_id, publish_repairs=False,
                                                          config=self.index_config)
+                self._tail = None if self._index is None else Tail(self._index.dimension, self.model_id, covered)
                 metrics.record_index(self._index.count if self._index else 0, self.generation())
+            self._follow_tail(catalog)
             return self._index
+
+    def _follow_tail(self, catalog: Catalog) -> None:
+        """Read the images committed since the last check into the tail (called under the index lock)."""
+        if self._index is None:
+            return
+        if self._tail is None:
+            after = self._manifest.high_water if self._manifest is not None else catalog.max_image_id()
+            self._tail = Tail(self._index.dimension, self.model_id, after)
+        if self._tail.follow(catalog):
+            log.debug("following the catalog: %d images after generation %s", self._tail.count, self.generation())
+
+    def searchable(self) -> LiveIndex | None:
+        """The served generation and the catalog's tail, searched as one (None before anything is indexed)."""
+        generation = self.index()
+        return None if generation is None else LiveIndex(generation, self._tail)
 
     # --- queries ---------------------------------------------------------------------------
 
@@ -232,7 +257,7 @@ class SearchService:
 
     def _ranked(self, vector: np.ndarray, options: QueryOptions, exclude_id: int | None) -> list[Neighbour]:
         """At least offset+k+1 ranked hits when that many exist (one more tells that a next page exists)."""
-        index = self.index()
+        index: LiveIndex | VectorIndex | None = self.searchable()
         if index is None:
             return []
         allowed = self.allowed_ids(options.class_ids, options.class_rule, options.labels)
@@ -244,7 +269,8 @@ class SearchService:
             try:
                 raw = index.search(vector[None], fetch, allowed, self.index_config)[0]
             except IndexDamagedError as exc:
-                index = self._replace_damaged(index, exc)
+                generation = index.generation if isinstance(index, LiveIndex) else index
+                index = LiveIndex(self._replace_damaged(generation, exc), self._tail)
                 raw = index.search(vector[None], fetch, allowed, self.index_config)[0]
             exhausted = len(raw) < fetch or fetch >= index.count
             if options.min_score is not None and raw and raw[-1][1] < options.min_score:
@@ -307,7 +333,8 @@ class SearchService:
         return {
             "images": images,
             "files": files,
-            "vectors": index.count if index is not None else 0,
+            # Searchable: the generation's vectors and the catalog's tail that is followed beside it.
+            "vectors": (index.count + (self._tail.count if self._tail is not None else 0)) if index is not None else 0,
             "generation": self._manifest.generation if self._manifest else None,
             "model_id": self.model_id,
             "model": self.model_info(),

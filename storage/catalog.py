@@ -241,6 +241,19 @@ class Catalog:
             last = int(ids[-1])
             yield ids, vectors
 
+    def embeddings_after(self, after: int, model_id: str, limit: int) -> tuple[np.ndarray, np.ndarray]:
+        """Up to `limit` (ids, vectors) of `model_id` with ids above `after`, in id order: the catalog's tail."""
+        with self.session() as s:
+            rows = s.execute(
+                select(ImageRow.id, ImageRow.embedding)
+                .where(ImageRow.id > after, ImageRow.model_id == model_id)
+                .order_by(ImageRow.id).limit(limit)
+            ).all()
+        if not rows:
+            return np.empty(0, np.int64), np.empty((0, 0), np.float32)
+        ids = np.fromiter((r.id for r in rows), dtype=np.int64, count=len(rows))
+        return ids, np.stack([np.frombuffer(r.embedding, dtype="<f4") for r in rows])
+
     def embedding(self, image_id: int, model_id: str | None = None) -> np.ndarray | None:
         """The stored vector of an image, None for an unknown id.
 
