@@ -14,106 +14,30 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 
 from indexer.batch_commit import Unstored
 from indexer.custom_labels import keep_labels_up_to_date
 from indexer.model import Embedder, top_k
+from indexer.plan import Plan, plan_run, record_scan_problems
 from indexer.prepare import PrepareConfig, Prepared, close_decode_pool, decode_pool, ordered_prefetch
 from indexer.reindex import Reembed, Reindex, local_reembed
-from indexer.scan import FoundFile, RootError, ScanProblems, resolve_root, scan
+from indexer.report import IndexReport, NoProgress, Progress
+from indexer.scan import FoundFile, resolve_root
 from indexer.settings import Settings
 from indexer.tf_runtime import effective_batch_size
 from indexer.thumbnails import prune_thumbnails
 from storage.catalog import ROW_VALUE_ERRORS, Catalog, FileRef, NewImage
-from storage.paths import display_path, printable
-from storage.rejections import UNREADABLE, UNREADABLE_FOLDER, Rejection
+from storage.paths import printable
+from storage.rejections import Rejection
 from storage.staging import NOT_REINDEXED
 from storage.sync import build_from_catalog, check_model, needs_rebuild, open_index
 from storage.vector_index import IndexStore, RemoveUnsupportedError, VectorIndex
 
+__all__ = ["IndexReport", "LibraryIndexer", "Plan", "Progress"]
+
 log = logging.getLogger(__name__)
-
-
-class Progress(Protocol):
-    """Receives the number of files to process (of `found`), then one outcome per file: indexed, linked or failed."""
-
-    def start(self, total: int, found: int = 0) -> None: ...
-
-    def advance(self, outcome: str) -> None: ...
-
-
-class _NoProgress:
-    def start(self, total: int, found: int = 0) -> None:
-        pass
-
-    def advance(self, outcome: str) -> None:
-        pass
-
-
-@dataclass
-class IndexReport:
-    """What one run did; `to_json()` is the contract of `lookalike index --json`."""
-
-    indexed: int = 0  # images embedded this run
-    linked: int = 0  # files whose content was already embedded (moved, renamed, duplicate, touched)
-    unchanged: int = 0
-    skipped: int = 0  # rejected by an earlier run and unchanged since
-    removed: int = 0
-    failed: int = 0
-    failures: list[dict[str, str]] = field(default_factory=list)
-    kept: int = 0  # catalog files kept unchecked: under a folder that could not be listed, or not stat'ed
-    unreadable: list[dict[str, str]] = field(default_factory=list)  # folders and files the scan could not check
-    found: int = 0
-    seconds: float = 0.0
-    interrupted: bool = False  # stopped early on request; everything reported here is committed
-    reindexed: int = 0  # of `indexed`: images embedded again for a reindex (--reindex)
-    reindex_resumed: int = 0  # images a reindex interrupted earlier had embedded already
-    not_reindexed: int = 0  # images a reindex could not read again (their files are in `failures`)
-
-    def to_json(self) -> dict[str, object]:
-        rate = self.indexed / self.seconds if self.seconds > 0 else 0.0
-        return {
-            "indexed": self.indexed,
-            "linked": self.linked,
-            "unchanged": self.unchanged,
-            "skipped": self.skipped,
-            "removed": self.removed,
-            "failed": self.failed,
-            "failures": [{**f, "path": display_path(f["path"])} for f in self.failures],
-            "kept": self.kept,
-            "unreadable": [{**u, "path": display_path(u["path"])} for u in self.unreadable],
-            "found": self.found,
-            "seconds": round(self.seconds, 3),
-            "images_per_second": round(rate, 2),
-            "interrupted": self.interrupted,
-            "reindexed": self.reindexed,
-            "reindex_resumed": self.reindex_resumed,
-            "not_reindexed": self.not_reindexed,
-        }
-
-
-@dataclass
-class Plan:
-    """What a run has to do, decided from a scan before anything is touched."""
-
-    candidates: list[FoundFile] = field(default_factory=list)  # new or changed files
-    removed: list[str] = field(default_factory=list)  # files that disappeared
-    unchanged: int = 0
-    skipped: int = 0  # rejected before and unchanged since
-    kept: int = 0  # catalog files under a folder or entry the scan could not check: kept as they are
-    scan_problems: dict[str, ScanProblems] = field(default_factory=dict)  # by root
-
-    def unreadable(self) -> list[Rejection]:
-        """What the scan could not check, as records for `lookalike errors`."""
-        out = []
-        for root, problems in self.scan_problems.items():
-            out += [Rejection(path, root, 0, 0, UNREADABLE_FOLDER, error) for path, error in problems.folders.items()]
-            out += [Rejection(path, root, 0, 0, UNREADABLE, error) for path, error in problems.files.items()]
-        return out
 
 
 class LibraryIndexer:
@@ -134,7 +58,7 @@ class LibraryIndexer:
         self.model_id = model_id
         self._load_embedder = load_embedder
         self._embedder: Embedder | None = None
-        self.progress: Progress = progress or _NoProgress()
+        self.progress: Progress = progress or NoProgress()
         self.index: VectorIndex | None = None
         self.index_config = settings.storage.index_config()
         self._dirty = False
@@ -157,46 +81,8 @@ class LibraryIndexer:
         self._stop.set()
 
     def plan(self, roots: Sequence[str], allow_empty_roots: bool = False) -> Plan:
-        """Scan every root and compare it with the catalog; nothing is written.
-
-        Only a file positively known to be gone (its folder listed fine and the name is not
-        there, or no longer a regular file) is removed: what lies under a folder that could not
-        be listed, or a file that could not be stat'ed, is kept as the catalog knows it.
-        """
-        resolved = [resolve_root(r) for r in roots]  # every root checked before anything is touched
-        plan = Plan()
-        gone_rejections: list[str] = []
-        for root in resolved:
-            root_name = str(root)
-            known = self.catalog.files_under(root_name)
-            rejected = self.catalog.rejected_under(root_name)
-            problems = plan.scan_problems[root_name] = ScanProblems()
-            seen: set[str] = set()
-            for found in scan(root, problems):
-                seen.add(found.path)
-                state = known.get(found.path)
-                rejection = rejected.get(found.path)
-                if rejection is not None and rejection.skips(found.size, found.mtime_ns):
-                    plan.skipped += 1
-                elif (rejection is None and state is not None and state.size == found.size
-                      and state.mtime_ns == found.mtime_ns):
-                    plan.unchanged += 1
-                else:  # new, changed, or unreadable last time (retried on every run)
-                    plan.candidates.append(found)
-            if known and not seen and not problems and not allow_empty_roots:
-                raise RootError(
-                    f"{printable(root_name)}: no image files found, but the catalog holds {len(known):,} from this "
-                    "folder. Is the drive unmounted? Nothing was removed. If the photos really are gone, run again "
-                    "with --allow-empty-root."
-                )
-            for path in sorted(set(known) - seen):
-                if problems.covers(path, root_name):
-                    plan.kept += 1
-                else:
-                    plan.removed.append(path)
-            gone_rejections.extend(p for p in sorted(set(rejected) - seen) if not problems.covers(p, root_name))
-        plan.removed.extend(gone_rejections)  # forgetting a path also forgets its rejection
-        return plan
+        """Scan every root and compare it with the catalog; nothing is written (see indexer.plan)."""
+        return plan_run(self.catalog, roots, allow_empty_roots)
 
     def run(self, roots: Sequence[str], reindex: bool = False, allow_empty_roots: bool = False) -> IndexReport:
         started = time.perf_counter()
@@ -258,7 +144,7 @@ class LibraryIndexer:
         plan = self.plan(roots, allow_empty_roots)
         report.unchanged, report.skipped, report.kept = plan.unchanged, plan.skipped, plan.kept
         report.found = len(plan.candidates) + plan.unchanged + plan.skipped
-        self._record_scan_problems(plan, report)
+        report.unreadable = record_scan_problems(self.catalog, plan)
         log.info("%d files to index, %d unchanged, %d rejected before and unchanged, %d gone",
                  len(plan.candidates), plan.unchanged, plan.skipped, len(plan.removed))
         self.progress.start(len(plan.candidates), report.found)
@@ -276,18 +162,6 @@ class LibraryIndexer:
             prune_thumbnails(self.settings.storage.data_dir, self.catalog.content_hashes())
         report.seconds = time.perf_counter() - started
         return report
-
-    def _record_scan_problems(self, plan: Plan, report: IndexReport) -> None:
-        """List what the scan could not check under `lookalike errors` (clearing folders that read again)."""
-        unreadable = plan.unreadable()
-        for root in plan.scan_problems:
-            under = [r for r in unreadable if r.root == root]
-            self.catalog.record_scan_problems(root, [r for r in under if r.kind == UNREADABLE_FOLDER],
-                                              [r for r in under if r.kind != UNREADABLE_FOLDER])
-        report.unreadable = [{"path": r.path, "kind": r.kind, "error": r.reason} for r in unreadable]
-        if unreadable:
-            log.warning("%d folder(s) or file(s) could not be read; the %d catalog file(s) under them are kept",
-                        len(unreadable), plan.kept)
 
     def _publish(self) -> None:
         if self._dirty and self.index is not None:
