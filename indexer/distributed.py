@@ -24,11 +24,13 @@ import logging
 import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from sqlalchemy.exc import IntegrityError
 
+from indexer.batch import Batch
 from indexer.images import DecodedImage
 from indexer.model import STORED_PREDICTIONS
 from indexer.pipeline import IndexReport, LibraryIndexer, Progress, _BackgroundWriter
@@ -116,12 +118,12 @@ class RayIndexer(LibraryIndexer):
         import ray.exceptions
 
         commit_every = max(self.settings.indexer.commit_every, self.model_batch_size())
-        pending_hashes: set[str] = set()  # content embedded this run (committed or not)
+        embedded: set[str] = set()  # content embedded this run (committed or not)
         writer = _BackgroundWriter(self._commit)
         try:
             batches = self.dataset(candidates).iter_batches(batch_size=commit_every, batch_format="numpy")
-            for batch in batches:
-                writer.submit(*self._outcomes(batch, report, pending_hashes))
+            for fetched in batches:
+                writer.submit(self._outcomes(fetched, report, embedded))
                 if self._stop.is_set():
                     log.warning("stopping on request; everything so far is committed")
                     break
@@ -150,37 +152,22 @@ class RayIndexer(LibraryIndexer):
                     if problem is not None:
                         yield Reembedded(image, file, error=problem)
                         continue
-                    predictions = [(int(c), float(p)) for c, p in zip(batch["class_ids"][i], batch["probabilities"][i],
-                                                                        strict=True) if c >= 0]
-                    yield Reembedded(image, file, np.asarray(batch["embedding"][i], dtype=np.float32), predictions)
+                    yield Reembedded(image, file, np.asarray(batch["embedding"][i], dtype=np.float32),
+                                     _predictions(batch, i))
         except ray.exceptions.RayError as exc:
             raise DistributedIndexError(f"the Ray cluster could not finish the run: {_root_cause(exc)}") from exc
 
-    def _outcomes(self, batch: dict[str, np.ndarray], report: IndexReport,
-                  pending_hashes: set[str]) -> tuple[list[NewImage], list[FileRef], list[Rejection]]:
+    def _outcomes(self, fetched: dict[str, np.ndarray], report: IndexReport,
+                  embedded: set[str]) -> Batch[RayRow]:
         """The catalog changes of one batch of pipeline rows, counted in the report and the progress."""
-        new_images: list[NewImage] = []
-        files: list[FileRef] = []
-        rejected: list[Rejection] = []
-        for i in range(len(batch["path"])):
-            path, root = from_db(str(batch["path"][i])), from_db(str(batch["root"][i]))
-            digest = str(batch["content_hash"][i])
-            size, mtime_ns = int(batch["size"][i]), int(batch["mtime_ns"][i])
-            kind, error = str(batch["error_kind"][i]), str(batch["error"][i])
-            if kind:
-                rejected.append(self._rejected(report, FoundFile(path, root, size, mtime_ns), kind, error))
-                continue
-            files.append(FileRef(path, root, size, mtime_ns, digest))
-            if not self._needs_embedding(report, digest, bool(batch["decoded"][i]), pending_hashes):
-                continue
-            predictions = [(int(c), float(p)) for c, p in zip(batch["class_ids"][i], batch["probabilities"][i],
-                                                                strict=True) if c >= 0]
-            new_images.append(NewImage(digest, int(batch["width"][i]), int(batch["height"][i]),
-                                       str(batch["format"][i]), self.model_id,
-                                       np.asarray(batch["embedding"][i], dtype=np.float32), predictions))
+        batch: Batch[RayRow] = Batch()
+        for row in rows_of(fetched):
+            self._take(row, batch, embedded, report)
+        for row in batch.take_waiting():
+            batch.new_images.append(row.new_image(self.model_id))
             report.indexed += 1
             self.progress.advance("indexed")
-        return new_images, files, rejected
+        return batch
 
     def _commit(self, new_images: list[NewImage], files: list[FileRef], rejected: list[Rejection]) -> None:
         """Commit one batch, merging rows that are already in the catalog instead of failing on them."""
@@ -194,6 +181,46 @@ class RayIndexer(LibraryIndexer):
                     raise
                 log.warning("batch collided with another writer (%s); merging and committing again",
                             exc.orig if exc.orig is not None else exc)
+
+
+@dataclass(frozen=True)
+class RayRow:
+    """One row of the Ray pipeline as the driver receives it: read, and embedded when new (pixels stay behind)."""
+
+    file: FoundFile
+    content_hash: str
+    error_kind: str | None
+    error: str | None
+    is_decoded: bool
+    width: int = 0
+    height: int = 0
+    format: str = ""
+    embedding: np.ndarray | None = None
+    predictions: tuple[tuple[int, float], ...] = ()
+
+    def new_image(self, model_id: str) -> NewImage:
+        assert self.embedding is not None, "a row of new content arrives embedded"
+        return NewImage(self.content_hash, self.width, self.height, self.format, model_id, self.embedding,
+                        list(self.predictions))
+
+
+def rows_of(fetched: dict[str, np.ndarray]) -> Iterator[RayRow]:
+    """The rows of one fetched batch (columns of the decode and embed stages), in order."""
+    for i in range(len(fetched["path"])):
+        kind = str(fetched["error_kind"][i])
+        file = FoundFile(from_db(str(fetched["path"][i])), from_db(str(fetched["root"][i])),
+                         int(fetched["size"][i]), int(fetched["mtime_ns"][i]))
+        decoded = not kind and bool(fetched["decoded"][i])
+        yield RayRow(file, str(fetched["content_hash"][i]), kind or None, str(fetched["error"][i]) if kind else None,
+                     decoded, int(fetched["width"][i]), int(fetched["height"][i]), str(fetched["format"][i]),
+                     np.asarray(fetched["embedding"][i], dtype=np.float32) if decoded else None,
+                     tuple(_predictions(fetched, i)) if decoded else ())
+
+
+def _predictions(fetched: dict[str, np.ndarray], i: int) -> list[tuple[int, float]]:
+    """Row i's stored predictions; unused ranks (a model with fewer classes) hold class -1."""
+    return [(int(c), float(p)) for c, p in zip(fetched["class_ids"][i], fetched["probabilities"][i], strict=True)
+            if c >= 0]
 
 
 # Stands for pixels that stayed on a decode worker: read_problem only asks whether there were any.

@@ -14,9 +14,11 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
+from indexer.batch import Batch, R, commit_size, needs_embedding
 from indexer.batch_commit import Unstored
 from indexer.custom_labels import keep_labels_up_to_date
 from indexer.model import Embedder, top_k
@@ -183,57 +185,44 @@ class LibraryIndexer:
         if not candidates:
             return
         batch_size = effective_batch_size(self.settings.model.batch_size)
-        commit_every = max(self.settings.indexer.commit_every, batch_size)
-        files: list[FileRef] = []
-        rejected: list[Rejection] = []
-        to_embed: list[Prepared] = []
-        new_images: list[NewImage] = []
-        pending_hashes: set[str] = set()  # content embedded this run (committed or not)
+        commit_every = commit_size(self.settings.indexer.commit_every, batch_size)
+        embedded: set[str] = set()  # content embedded this run (committed or not)
+        batch: Batch[Prepared] = Batch()
         writer = _BackgroundWriter(self._commit)
         try:
             for item in ordered_prefetch(pool, prepare, candidates, window=2 * batch_size + workers, stop=self._stop):
-                f = item.file
-                if item.error is not None:
-                    rejected.append(self._rejected(report, f, item.error_kind or "corrupt", item.error))
-                else:
-                    files.append(FileRef(f.path, f.root, f.size, f.mtime_ns, item.content_hash))
-                    if self._needs_embedding(report, item.content_hash, item.decoded is not None, pending_hashes):
-                        to_embed.append(item)
-                if len(to_embed) >= batch_size:
-                    new_images.extend(self._embed(to_embed, report))
-                    to_embed = []
-                if len(files) + len(rejected) >= commit_every or self._stop.is_set():
+                self._take(item, batch, embedded, report)
+                if len(batch.waiting) >= batch_size:
+                    batch.new_images.extend(self._embed(batch.take_waiting(), report))
+                if batch.size >= commit_every or self._stop.is_set():
                     # Files may point at content still waiting for its batch: embed it first.
-                    new_images.extend(self._embed(to_embed, report))
-                    writer.submit(new_images, files, rejected)
-                    to_embed, new_images, files, rejected = [], [], [], []
+                    batch.new_images.extend(self._embed(batch.take_waiting(), report))
+                    writer.submit(batch)
+                    batch = Batch()
                     if self._stop.is_set():
                         log.warning("stopping on request; everything so far is committed")
                         break
-            new_images.extend(self._embed(to_embed, report))
-            writer.submit(new_images, files, rejected)
+            batch.new_images.extend(self._embed(batch.take_waiting(), report))
+            writer.submit(batch)
         finally:
             writer.close()
 
-    def _rejected(self, report: IndexReport, f: FoundFile, kind: str, error: str) -> Rejection:
-        """Count a file that cannot be indexed; its record for the catalog."""
-        report.failed += 1
-        report.failures.append({"path": f.path, "kind": kind, "error": error})
-        log.info("rejected %s: %s", printable(f.path), error)
-        self.progress.advance("failed")
-        return Rejection(f.path, f.root, f.size, f.mtime_ns, kind, error)
-
-    def _needs_embedding(self, report: IndexReport, content_hash: str, decoded: bool, pending: set[str]) -> bool:
-        """Whether a readable file brings new content; files of known content are counted as linked.
-
-        `pending` holds the content embedded this run (committed or not) and grows with the answer.
-        """
-        if not decoded or content_hash in pending:
+    def _take(self, row: R, batch: Batch[R], embedded: set[str], report: IndexReport) -> None:
+        """Put one row into the batch, counted in the report and the progress (except what waits for the model)."""
+        if row.error is not None:
+            rejection = batch.reject(row)
+            report.failed += 1
+            report.failures.append({"path": rejection.path, "kind": rejection.kind, "error": rejection.reason})
+            log.info("rejected %s: %s", printable(rejection.path), rejection.reason)
+            self.progress.advance("failed")
+            return
+        batch.add_file(row)
+        if needs_embedding(row.content_hash, row.is_decoded, embedded):
+            embedded.add(row.content_hash)
+            batch.waiting.append(row)
+        else:
             report.linked += 1
             self.progress.advance("linked")
-            return False
-        pending.add(content_hash)
-        return True
 
     def _embed(self, items: list[Prepared], report: IndexReport) -> list[NewImage]:
         if not items:
@@ -319,10 +308,10 @@ class _BackgroundWriter:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="catalog-writer")
         self._pending: Future[None] | None = None
 
-    def submit(self, new_images: list[NewImage], files: list[FileRef], rejected: list[Rejection]) -> None:
+    def submit(self, batch: Batch[Any]) -> None:
         self.wait()
-        if new_images or files or rejected:
-            self._pending = self._pool.submit(self._commit, new_images, files, rejected)
+        if batch.new_images or batch.files or batch.rejected:
+            self._pending = self._pool.submit(self._commit, batch.new_images, batch.files, batch.rejected)
 
     def wait(self) -> None:
         """Block until the last commit is done; re-raises its error."""

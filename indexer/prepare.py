@@ -51,6 +51,11 @@ class Prepared:
     error_kind: str | None = None  # an ImageRejected kind, "not_a_file" or "unreadable"
     error: str | None = None
 
+    @property
+    def is_decoded(self) -> bool:
+        """Decoded for the model: its content is not in the catalog (or a reindex asked for it)."""
+        return self.decoded is not None
+
 
 @dataclass(frozen=True)
 class PrepareConfig:
