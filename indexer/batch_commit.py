@@ -4,7 +4,6 @@ fails or loses its batch: the good files land, the bad one is recorded as `unsto
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import replace
 from typing import Protocol
 
@@ -25,10 +24,11 @@ class Counts(Protocol):
 
 
 class Unstored:
-    """Files the catalog refused during a run (recorded as `unstorable` rejections instead)."""
+    """Files the catalog refused during a run (recorded as `unstorable` rejections instead).
+
+    Not thread-safe: its writer (indexer.catalog_writer) calls it under its own lock."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
         self.files: list[tuple[FileRef, str]] = []
         self.images = 0  # new content none of whose files could be stored
 
@@ -47,8 +47,7 @@ class Unstored:
             except ROW_VALUE_ERRORS as exc:
                 reason = f"the catalog cannot store this file: {type(exc).__name__}: {exc}"
                 log.warning("%s: %s", printable(ref.path), reason)
-                with self._lock:
-                    self.files.append((ref, reason))
+                self.files.append((ref, reason))
                 _record(catalog, [Rejection(ref.path, ref.root, ref.size, ref.mtime_ns, UNSTORABLE, reason)])
                 continue
             if image is not None:
@@ -57,19 +56,17 @@ class Unstored:
                 ids.extend(new_ids)
             orphans.extend(gone)
         _record(catalog, rejected)
-        with self._lock:
-            self.images += len(waiting)
+        self.images += len(waiting)
         return landed, ids, orphans
 
     def count_in(self, report: Counts) -> None:
         """Count the unstored files as failed (they were counted as embedded or linked), then forget them."""
-        with self._lock:
-            for ref, reason in self.files:
-                report.failed += 1
-                report.failures.append({"path": ref.path, "kind": UNSTORABLE, "error": reason})
-            report.indexed -= self.images
-            report.linked -= len(self.files) - self.images
-            self.files, self.images = [], 0
+        for ref, reason in self.files:
+            report.failed += 1
+            report.failures.append({"path": ref.path, "kind": UNSTORABLE, "error": reason})
+        report.indexed -= self.images
+        report.linked -= len(self.files) - self.images
+        self.files, self.images = [], 0
 
 
 def _record(catalog: Catalog, rejected: list[Rejection]) -> None:

@@ -28,21 +28,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy.exc import IntegrityError
 
 from indexer.batch import Batch
+from indexer.catalog_writer import BackgroundCommits, CatalogWriter
 from indexer.images import DecodedImage
 from indexer.model import STORED_PREDICTIONS
-from indexer.pipeline import IndexReport, LibraryIndexer, Progress, _BackgroundWriter
+from indexer.pipeline import IndexReport, LibraryIndexer, Progress
 from indexer.prepare import FilePreparer, PrepareConfig, Prepared
 from indexer.ray_cluster import ClusterInfo, check_catalog_for_cluster
 from indexer.reindex import Reembedded, read_problem
 from indexer.scan import FoundFile
 from indexer.settings import ModelSettings, Settings
 from indexer.tf_runtime import CPU_BATCH_SIZE, GPU_BATCH_SIZE
-from storage.catalog import Catalog, FileRef, NewImage
+from storage.catalog import Catalog, NewImage
 from storage.paths import from_db, to_db
-from storage.rejections import Rejection
 from storage.staging import FileOfImage, ToReread
 from storage.vector_index import IndexStore
 
@@ -50,7 +49,6 @@ log = logging.getLogger(__name__)
 
 DECODE_ROWS_PER_TASK = 16  # files per decode task: enough to hide the task overhead, small for retries
 MIN_EMBED_ROWS_PER_CALL = 32  # rows per actor call; the actor embeds them in model-sized batches
-COMMIT_ATTEMPTS = 3  # a batch racing another writer is re-checked and committed again
 DECODE_TASK_BASE_MEMORY = 128 * 2**20  # a decode worker process with Pillow, NumPy and SQLAlchemy
 
 
@@ -64,6 +62,7 @@ class RayIndexer(LibraryIndexer):
     def __init__(self, settings: Settings, catalog: Catalog, store: IndexStore, model_id: str,
                  cluster: ClusterInfo, progress: Progress | None = None) -> None:
         super().__init__(settings, catalog, store, model_id, _no_model_in_driver, progress)
+        self.writer = CatalogWriter.from_settings(settings, catalog, store, model_id, merge_known_content=True)
         self.cluster = cluster
 
     def run(self, roots: Sequence[str], reindex: bool = False, allow_empty_roots: bool = False) -> IndexReport:
@@ -119,18 +118,16 @@ class RayIndexer(LibraryIndexer):
 
         commit_every = max(self.settings.indexer.commit_every, self.model_batch_size())
         embedded: set[str] = set()  # content embedded this run (committed or not)
-        writer = _BackgroundWriter(self._commit)
-        try:
-            batches = self.dataset(candidates).iter_batches(batch_size=commit_every, batch_format="numpy")
-            for fetched in batches:
-                writer.submit(self._outcomes(fetched, report, embedded))
-                if self._stop.is_set():
-                    log.warning("stopping on request; everything so far is committed")
-                    break
-        except ray.exceptions.RayError as exc:
-            raise DistributedIndexError(f"the Ray cluster could not finish the run: {_root_cause(exc)}") from exc
-        finally:
-            writer.close()
+        with BackgroundCommits(self.writer.commit) as commits:
+            try:
+                batches = self.dataset(candidates).iter_batches(batch_size=commit_every, batch_format="numpy")
+                for fetched in batches:
+                    commits.submit(self._outcomes(fetched, report, embedded))
+                    if self._stop.is_set():
+                        log.warning("stopping on request; everything so far is committed")
+                        break
+            except ray.exceptions.RayError as exc:
+                raise DistributedIndexError(f"the Ray cluster could not finish the run: {_root_cause(exc)}") from exc
 
     def _reembed_on_ray(self, items: Iterable[tuple[ToReread, FileOfImage]]) -> Iterator[Reembedded]:
         """A reindex's re-reading and embedding, on the cluster (see indexer.reindex)."""
@@ -168,19 +165,6 @@ class RayIndexer(LibraryIndexer):
             report.indexed += 1
             self.progress.advance("indexed")
         return batch
-
-    def _commit(self, new_images: list[NewImage], files: list[FileRef], rejected: list[Rejection]) -> None:
-        """Commit one batch, merging rows that are already in the catalog instead of failing on them."""
-        for attempt in range(1, COMMIT_ATTEMPTS + 1):
-            fresh = new_content(self.catalog, new_images)
-            try:
-                super()._commit(fresh, files, rejected)
-                return
-            except IntegrityError as exc:  # another writer inserted the same content or path meanwhile
-                if attempt == COMMIT_ATTEMPTS:
-                    raise
-                log.warning("batch collided with another writer (%s); merging and committing again",
-                            exc.orig if exc.orig is not None else exc)
 
 
 @dataclass(frozen=True)
@@ -225,17 +209,6 @@ def _predictions(fetched: dict[str, np.ndarray], i: int) -> list[tuple[int, floa
 
 # Stands for pixels that stayed on a decode worker: read_problem only asks whether there were any.
 _DECODED = DecodedImage(np.zeros((1, 1, 3), np.uint8), 1, 1, "")
-
-
-def new_content(catalog: Catalog, new_images: Sequence[NewImage]) -> list[NewImage]:
-    """The images whose content the catalog does not hold yet; the others are linked by their files."""
-    if not new_images:
-        return []
-    known = catalog.ids_for_hashes(img.content_hash for img in new_images)
-    if known:
-        log.info("%d image(s) already in the catalog (a retried batch, or another writer): linked, not inserted",
-                 len(known))
-    return [img for img in new_images if img.content_hash not in known]
 
 
 def _no_model_in_driver() -> Any:

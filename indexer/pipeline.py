@@ -13,14 +13,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from typing import Any
+from concurrent.futures import Executor
 
 import numpy as np
 
 from indexer.batch import Batch, R, commit_size, needs_embedding
-from indexer.batch_commit import Unstored
-from indexer.custom_labels import keep_labels_up_to_date
+from indexer.catalog_writer import BackgroundCommits, CatalogWriter
 from indexer.model import Embedder, top_k
 from indexer.plan import Plan, plan_run, record_scan_problems
 from indexer.prepare import PrepareConfig, Prepared, close_decode_pool, decode_pool, ordered_prefetch
@@ -29,13 +27,11 @@ from indexer.report import IndexReport, NoProgress, Progress
 from indexer.scan import FoundFile, resolve_root
 from indexer.settings import Settings
 from indexer.tf_runtime import effective_batch_size
-from indexer.thumbnails import prune_thumbnails
-from storage.catalog import ROW_VALUE_ERRORS, Catalog, FileRef, NewImage
+from storage.catalog import Catalog, NewImage
 from storage.paths import printable
-from storage.rejections import Rejection
 from storage.staging import NOT_REINDEXED
-from storage.sync import build_from_catalog, check_model, needs_rebuild, open_index
-from storage.vector_index import IndexStore, RemoveUnsupportedError, VectorIndex
+from storage.sync import check_model
+from storage.vector_index import IndexStore
 
 __all__ = ["IndexReport", "LibraryIndexer", "Plan", "Progress"]
 
@@ -61,14 +57,9 @@ class LibraryIndexer:
         self._load_embedder = load_embedder
         self._embedder: Embedder | None = None
         self.progress: Progress = progress or NoProgress()
-        self.index: VectorIndex | None = None
         self.index_config = settings.storage.index_config()
-        self._dirty = False
-        self._rebuild_reason: str | None = None
+        self.writer = CatalogWriter.from_settings(settings, catalog, store, model_id)
         self._stop = threading.Event()
-        self._published_at = time.monotonic()
-        self._pruned_content = False
-        self._unstored = Unstored()  # filled by the writer thread, counted after the run
 
     @property
     def embedder(self) -> Embedder:
@@ -141,8 +132,7 @@ class LibraryIndexer:
         if report.interrupted:  # a reindex stopped on request: nothing else happens in this run
             report.seconds = time.perf_counter() - started
             return report
-        self.index, _ = open_index(self.catalog, self.store, self.model_id, publish_repairs=True,
-                                   config=self.index_config)
+        self.writer.open()
         plan = self.plan(roots, allow_empty_roots)
         report.unchanged, report.skipped, report.kept = plan.unchanged, plan.skipped, plan.kept
         report.found = len(plan.candidates) + plan.unchanged + plan.skipped
@@ -151,25 +141,14 @@ class LibraryIndexer:
                  len(plan.candidates), plan.unchanged, plan.skipped, len(plan.removed))
         self.progress.start(len(plan.candidates), report.found)
         process(plan.candidates, report)
-        self._unstored.count_in(report)
+        self.writer.count_unstored_in(report)
         report.interrupted = self._stop.is_set()
         if plan.removed and not report.interrupted:
-            _, orphans = self.catalog.apply(removed_paths=plan.removed)
-            self._index_changes([], None, orphans)
+            self.writer.remove(plan.removed)
             report.removed = len(plan.removed)
-        self._rebuild_if_needed()
-        self._publish()
-        keep_labels_up_to_date(self.catalog, self.model_id, "catch_up", self.store.directory)
-        if self._pruned_content and self.settings.indexer.thumbnail_size:
-            prune_thumbnails(self.settings.storage.data_dir, self.catalog.content_hashes())
+        self.writer.finish()
         report.seconds = time.perf_counter() - started
         return report
-
-    def _publish(self) -> None:
-        if self._dirty and self.index is not None:
-            self.store.publish(self.index, self.catalog.max_image_id())
-            self._dirty = False
-        self._published_at = time.monotonic()
 
     def _prepare_config(self) -> PrepareConfig:
         return PrepareConfig(
@@ -188,8 +167,7 @@ class LibraryIndexer:
         commit_every = commit_size(self.settings.indexer.commit_every, batch_size)
         embedded: set[str] = set()  # content embedded this run (committed or not)
         batch: Batch[Prepared] = Batch()
-        writer = _BackgroundWriter(self._commit)
-        try:
+        with BackgroundCommits(self.writer.commit) as commits:
             for item in ordered_prefetch(pool, prepare, candidates, window=2 * batch_size + workers, stop=self._stop):
                 self._take(item, batch, embedded, report)
                 if len(batch.waiting) >= batch_size:
@@ -197,15 +175,13 @@ class LibraryIndexer:
                 if batch.size >= commit_every or self._stop.is_set():
                     # Files may point at content still waiting for its batch: embed it first.
                     batch.new_images.extend(self._embed(batch.take_waiting(), report))
-                    writer.submit(batch)
+                    commits.submit(batch)
                     batch = Batch()
                     if self._stop.is_set():
                         log.warning("stopping on request; everything so far is committed")
                         break
             batch.new_images.extend(self._embed(batch.take_waiting(), report))
-            writer.submit(batch)
-        finally:
-            writer.close()
+            commits.submit(batch)
 
     def _take(self, row: R, batch: Batch[R], embedded: set[str], report: IndexReport) -> None:
         """Put one row into the batch, counted in the report and the progress (except what waits for the model)."""
@@ -246,81 +222,3 @@ class LibraryIndexer:
             for item, vector, preds in zip(items, out.features, predictions, strict=True)
             if item.decoded is not None
         ]
-
-    def _commit(self, new_images: list[NewImage], files: list[FileRef], rejected: list[Rejection]) -> None:
-        """One catalog transaction, then the same change in the live index (runs in the writer thread).
-
-        One file the catalog cannot store never fails or loses its batch: the batch is then
-        committed a file at a time, and that file is recorded as rejected instead.
-        """
-        if not new_images and not files and not rejected:
-            return
-        try:
-            ids, orphans = self.catalog.apply(new_images=new_images, files=files, rejected=rejected)
-        except ROW_VALUE_ERRORS as exc:
-            log.warning("the catalog refused a batch of %d files (%s: %s): committing them one at a time",
-                        len(files) + len(rejected), type(exc).__name__, exc)
-            new_images, ids, orphans = self._unstored.commit_apart(self.catalog, new_images, files, rejected)
-        if ids:
-            keep_labels_up_to_date(self.catalog, self.model_id, "score_new_images", self.store.directory)
-        vectors = np.stack([img.embedding for img in new_images]) if new_images else None
-        self._index_changes(ids, vectors, orphans)
-        interval = self.settings.indexer.publish_every_seconds
-        if interval and time.monotonic() - self._published_at >= interval and self._rebuild_reason is None:
-            self._publish()  # long runs become searchable as they go
-
-    def _index_changes(self, ids: list[int], vectors: np.ndarray | None, orphans: list[int]) -> None:
-        """Apply committed catalog changes to the live index, or note why it must be rebuilt instead."""
-        if vectors is not None and len(ids):
-            if self.index is None:
-                self._rebuild_reason = "no index yet"
-            elif self._rebuild_reason is None:
-                self.index.add(np.asarray(ids, dtype=np.int64), vectors)
-            self._dirty = True
-        if orphans:
-            self._pruned_content = True
-        if orphans and self.index is not None and self._rebuild_reason is None:
-            try:
-                self.index.remove(np.asarray(orphans, dtype=np.int64))
-            except RemoveUnsupportedError as exc:
-                self._rebuild_reason = str(exc)
-            self._dirty = True
-
-    def _rebuild_if_needed(self) -> None:
-        count = self.catalog.count_images()
-        reason = self._rebuild_reason
-        if reason is None and self.index is not None and self._dirty:
-            reason = needs_rebuild(self.index, count, self.index_config)
-        if reason is None:
-            return
-        log.info("rebuilding the index from the catalog: %s", reason)
-        dimension = self.index.dimension if self.index is not None else None
-        self.index = build_from_catalog(self.catalog, self.model_id, self.index_config, dimension)
-        self._dirty = True
-        self._rebuild_reason = None
-
-
-class _BackgroundWriter:
-    """Runs commits one at a time in a thread, at most one behind the caller, in submission order."""
-
-    def __init__(self, commit: Callable[[list[NewImage], list[FileRef], list[Rejection]], None]) -> None:
-        self._commit = commit
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="catalog-writer")
-        self._pending: Future[None] | None = None
-
-    def submit(self, batch: Batch[Any]) -> None:
-        self.wait()
-        if batch.new_images or batch.files or batch.rejected:
-            self._pending = self._pool.submit(self._commit, batch.new_images, batch.files, batch.rejected)
-
-    def wait(self) -> None:
-        """Block until the last commit is done; re-raises its error."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
-
-    def close(self) -> None:
-        try:
-            self.wait()
-        finally:
-            self._pool.shutdown(wait=True)

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from helpers import GREEN, POSTGRES_URL, colour_image, make_colour_library, make_settings, postgres_answers, write_image
 from sqlalchemy.exc import IntegrityError
 
+from indexer.batch import Batch
 from indexer.distributed import RayIndexer, prepare_batch
 from indexer.model import Embedder, model_id
 from indexer.pipeline import IndexReport, LibraryIndexer
@@ -193,9 +194,9 @@ def test_a_retried_batch_whose_rows_landed_is_merged_not_an_error(new_database: 
         cluster = ClusterInfo("local", nodes=1, cpus=2, gpus=0)
         indexer = RayIndexer(settings, catalog, IndexStore(tmp_path / "index"), "m@64", cluster)
         more_images, more_files = batch_of(2, "/lib/b.jpg")
-        indexer._commit(images + more_images, files + more_files + [FileRef("/lib/a-copy.jpg", "/lib", 100, 1,
-                                                                                   images[0].content_hash)], [])
-        indexer._commit(images + more_images, files + more_files, [])  # the same batch delivered again
+        indexer.writer.commit(Batch(files + more_files + [FileRef("/lib/a-copy.jpg", "/lib", 100, 1,
+                                                                 images[0].content_hash)], [], images + more_images))
+        indexer.writer.commit(Batch(files + more_files, [], images + more_images))  # the same batch delivered again
         assert catalog.count_images() == 2 and catalog.count_files() == 3
         assert sorted(catalog.files_under("/lib")) == ["/lib/a-copy.jpg", "/lib/a.jpg", "/lib/b.jpg"]
     finally:
