@@ -225,7 +225,7 @@ def test_decoding_is_a_task_stage_of_its_own_before_the_embedding_actors(
     try:
         indexer = RayIndexer(settings, catalog, IndexStore(tmp_path / "index"), "m@64",
                              ClusterInfo("local", nodes=1, cpus=2, gpus=0))
-        indexer.dataset([FoundFile(str(tmp_path / "a.jpg"), str(tmp_path), 1, 1)]).explain()
+        indexer.source.dataset([FoundFile(str(tmp_path / "a.jpg"), str(tmp_path), 1, 1)]).explain()
     finally:
         catalog.close()
     physical = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
