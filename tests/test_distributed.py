@@ -175,6 +175,19 @@ def test_a_reindex_on_ray_builds_beside_and_switches_like_the_single_machine_one
     assert_same_catalog(runs["single"], runs["ray"])
 
 
+def test_a_reindex_on_ray_reads_again_files_whose_names_the_catalog_escapes(
+        local_ray: None, tmp_path: Path, tf1_module: Path, tf2_module: Path) -> None:
+    library = tmp_path / "library"
+    write_image(library / "back\\slash.png", colour_image(GREEN, seed=1))
+    not_utf8 = Path(os.fsdecode(bytes(library) + b"/caf\xe9.png"))
+    write_image(not_utf8, colour_image(GREEN, seed=2, accent=(200, 30, 30)))
+    ray_run(make_settings(tmp_path / "data", tf1_module), library)
+    new = make_settings(tmp_path / "data", tf2_module)
+    report = ray_run(new, library, reindex=True)
+    assert (report.reindexed, report.not_reindexed, report.interrupted) == (2, 0, False)
+    assert len(catalog_contents(new)["images"]) == 2  # verified clean, of the new model only
+
+
 def batch_of(seed: int, path: str) -> tuple[list[NewImage], list[FileRef]]:
     vector = np.random.default_rng(seed).normal(size=16).astype(np.float32)
     digest = f"{seed:064x}"
