@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -70,21 +70,19 @@ def read_problem(image: ToReread, row: PreparedRow) -> str | None:
     return None
 
 
+@dataclass
 class Reindex:
     """Stages the configured model's vectors for every catalog image, then switches the catalog and index."""
 
-    def __init__(self, catalog: Catalog, store: IndexStore, model_id: str, reembed: Reembed, commit_every: int,
-                 index_config: IndexConfig, stop: threading.Event,
-                 on_outcome: Callable[[str], None] = lambda outcome: None) -> None:
-        self.catalog = catalog
-        self.store = store
-        self.model_id = model_id
-        self.reembed = reembed
-        self.commit_every = commit_every
-        self.index_config = index_config
-        self.stop = stop
-        self.on_outcome = on_outcome
-        self.progress = ReindexProgress()
+    catalog: Catalog
+    store: IndexStore
+    model_id: str
+    reembed: Reembed
+    commit_every: int  # images staged per transaction
+    index_config: IndexConfig
+    stop: threading.Event
+    on_outcome: Callable[[str], None] = lambda outcome: None  # "indexed" or "failed", per image
+    progress: ReindexProgress = field(default_factory=ReindexProgress, init=False)
 
     def todo(self) -> tuple[int, int]:
         """(images still to embed, images in the catalog), after forgetting vectors staged for another model."""
