@@ -32,8 +32,11 @@ def catalog(tmp_path: Path) -> Iterator[Catalog]:
     catalog.close()
 
 
-def writer_for(catalog: Catalog, tmp_path: Path, **options: object) -> CatalogWriter:
-    writer = CatalogWriter(catalog, IndexStore(tmp_path / "index"), CATALOG_MODEL, IndexConfig(), **options)  # type: ignore[arg-type]
+def writer_for(catalog: Catalog, tmp_path: Path, *, thumbnails_of: Path | None = None,
+               publish_every_seconds: float = 0.0, merge_known_content: bool = False) -> CatalogWriter:
+    writer = CatalogWriter(catalog, IndexStore(tmp_path / "index"), CATALOG_MODEL, IndexConfig(),
+                           publish_every_seconds=publish_every_seconds, thumbnails_of=thumbnails_of,
+                           merge_known_content=merge_known_content)
     writer.open()
     return writer
 

@@ -77,9 +77,10 @@ def catalog(tmp_path: Path) -> Iterator[Catalog]:
     catalog.close()
 
 
-def runner_for(catalog: Catalog, tmp_path: Path, commit_every: int = 3) -> IndexRunner[Row]:
+def runner_for(catalog: Catalog, tmp_path: Path, commit_every: int = 3) -> tuple[IndexRunner[Row], HashSource]:
     writer = CatalogWriter(catalog, IndexStore(tmp_path / "index"), CATALOG_MODEL, IndexConfig())
-    return IndexRunner(catalog, HashSource(catalog), writer, commit_every=commit_every)
+    source = HashSource(catalog)
+    return IndexRunner(catalog, source, writer, commit_every=commit_every), source
 
 
 def library(root: Path, contents: dict[str, bytes]) -> Path:
@@ -92,40 +93,39 @@ def library(root: Path, contents: dict[str, bytes]) -> Path:
 def test_rows_become_commits_links_and_rejections(catalog: Catalog, tmp_path: Path) -> None:
     root = library(tmp_path / "lib", {"a.png": b"A", "b.png": b"B", "a-copy.png": b"A", "bad.png": b"bad",
                                       "c.png": b"C", "d.png": b"D"})
-    runner = runner_for(catalog, tmp_path)
+    runner, source = runner_for(catalog, tmp_path)
     report = runner.run([str(root)])
     assert (report.indexed, report.linked, report.failed, report.found) == (4, 1, 1, 6)
     assert report.failures == [{"path": str(root / "bad.png"), "kind": "truncated", "error": "the file ends early"}]
-    assert sum(runner.source.embedded) == 4 and max(runner.source.embedded) <= HashSource.embed_batch
+    assert sum(source.embedded) == 4 and max(source.embedded) <= HashSource.embed_batch
     assert catalog.count_images() == 4 and catalog.count_files() == 5
-    assert runner.source.closed_with is False  # a run that ends by itself waits for its workers
+    assert source.closed_with is False  # a run that ends by itself waits for its workers
     assert verify(catalog, runner.writer.store, CATALOG_MODEL).ok
 
     (root / "d.png").unlink()
-    again = runner_for(catalog, tmp_path).run([str(root)])
+    again = runner_for(catalog, tmp_path)[0].run([str(root)])
     assert (again.indexed, again.unchanged, again.skipped, again.removed) == (0, 4, 1, 1)  # bad.png: skipped
     assert catalog.count_images() == 3
 
 
 def test_a_stop_request_commits_every_row_taken_and_publishes(catalog: Catalog, tmp_path: Path) -> None:
     root = library(tmp_path / "lib", {f"{i:02d}.png": bytes([i]) for i in range(10)})
-    runner = runner_for(catalog, tmp_path, commit_every=4)
-    runner.source.on_row = lambda taken: runner.request_stop() if taken == 5 else None
+    runner, source = runner_for(catalog, tmp_path, commit_every=4)
+    source.on_row = lambda taken: runner.request_stop() if taken == 5 else None
     report = runner.run([str(root)])
     assert report.interrupted and report.indexed == 5 == catalog.count_images()  # the half batch too
     manifest = runner.writer.store.manifest()
     assert manifest is not None and manifest.count == 5
-    assert runner.source.closed_with is True  # a stopped run does not wait for busy workers
+    assert source.closed_with is True  # a stopped run does not wait for busy workers
 
-    rest = runner_for(catalog, tmp_path, commit_every=4).run([str(root)])
+    rest = runner_for(catalog, tmp_path, commit_every=4)[0].run([str(root)])
     assert (rest.indexed, rest.unchanged, rest.interrupted) == (5, 5, False)
 
 
 def test_a_source_that_fails_keeps_what_was_committed_and_leaves_its_workers(catalog: Catalog,
                                                                               tmp_path: Path) -> None:
     root = library(tmp_path / "lib", {f"{i:02d}.png": bytes([i]) for i in range(8)})
-    runner = runner_for(catalog, tmp_path, commit_every=2)
-    source = runner.source
+    runner, source = runner_for(catalog, tmp_path, commit_every=2)
 
     def vanish_the_rest(taken: int) -> None:
         if taken == 5:
