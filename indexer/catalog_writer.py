@@ -3,7 +3,9 @@
 The catalog is the truth and the FAISS index follows it: each committed batch is applied to the
 live index at once (or, when the index cannot take it, noted as a reason to rebuild it from the
 catalog at the end). The index is published as a new generation at the end of the run, and every
-`publish_every_seconds` along the way so that a long run becomes searchable as it goes.
+`publish_every_seconds` along the way so that a long run becomes searchable as it goes. A batch
+the catalog refuses is committed file by file: one file it cannot store never fails or loses its
+batch, and is recorded as `unstorable` instead.
 
 The writer is used from two threads (commits run in a background thread while the next batch is
 embedded; the run's start and end on the main one), so every public method holds its lock.
@@ -16,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,11 +26,13 @@ import numpy as np
 from sqlalchemy.exc import IntegrityError
 
 from indexer.batch import Batch
-from indexer.batch_commit import Counts, Unstored
 from indexer.custom_labels import keep_labels_up_to_date
+from indexer.report import IndexReport
 from indexer.thumbnails import prune_thumbnails
-from storage.catalog import ROW_VALUE_ERRORS, Catalog, NewImage
+from storage.catalog import ROW_VALUE_ERRORS, Catalog, FileRef, NewImage
 from storage.index_factory import IndexConfig
+from storage.paths import printable
+from storage.rejections import UNSTORABLE, Rejection
 from storage.sync import build_from_catalog, needs_rebuild, open_index
 from storage.vector_index import IndexStore, RemoveUnsupportedError, VectorIndex
 
@@ -107,7 +112,7 @@ class CatalogWriter:
             _, orphans = self.catalog.apply(removed_paths=paths)
             self._index_changes([], None, orphans)
 
-    def count_unstored_in(self, report: Counts) -> None:
+    def count_unstored_in(self, report: IndexReport) -> None:
         """Count files the catalog refused as failed (they were counted as embedded or linked)."""
         with self._lock:
             self._unstored.count_in(report)
@@ -218,3 +223,68 @@ class BackgroundCommits:
             self.wait()
         finally:
             self._pool.shutdown(wait=True)
+
+
+# --- a batch the catalog refused, committed file by file ------------------------------------------
+# So that one file never fails or loses its batch: the good files land, the bad one is recorded as
+# `unstorable`.
+
+
+class Unstored:
+    """Files the catalog refused during a run (recorded as `unstorable` rejections instead).
+
+    Not thread-safe: its writer calls it under its own lock."""
+
+    def __init__(self) -> None:
+        self.files: list[tuple[FileRef, str]] = []
+        self.images = 0  # new content none of whose files could be stored
+
+    def commit_apart(self, catalog: Catalog, new_images: list[NewImage], files: list[FileRef],
+                     rejected: list[Rejection]) -> tuple[list[NewImage], list[int], list[int]]:
+        """Commit a batch file by file (each with its content when new). Returns the images that landed,
+        their ids and the orphaned ids; files that cannot be stored are recorded as rejected."""
+        waiting = {img.content_hash: img for img in new_images}
+        landed: list[NewImage] = []
+        ids: list[int] = []
+        orphans: list[int] = []
+        for ref in files:
+            image = waiting.get(ref.content_hash)
+            try:
+                new_ids, gone = catalog.apply(new_images=[image] if image else [], files=[ref])
+            except ROW_VALUE_ERRORS as exc:
+                reason = f"the catalog cannot store this file: {type(exc).__name__}: {exc}"
+                log.warning("%s: %s", printable(ref.path), reason)
+                self.files.append((ref, reason))
+                _record(catalog, [Rejection(ref.path, ref.root, ref.size, ref.mtime_ns, UNSTORABLE, reason)])
+                continue
+            if image is not None:
+                del waiting[ref.content_hash]
+                landed.append(image)
+                ids.extend(new_ids)
+            orphans.extend(gone)
+        _record(catalog, rejected)
+        self.images += len(waiting)
+        return landed, ids, orphans
+
+    def count_in(self, report: IndexReport) -> None:
+        """Count the unstored files as failed (they were counted as embedded or linked), then forget them."""
+        for ref, reason in self.files:
+            report.failed += 1
+            report.failures.append({"path": ref.path, "kind": UNSTORABLE, "error": reason})
+        report.indexed -= self.images
+        report.linked -= len(self.files) - self.images
+        self.files, self.images = [], 0
+
+
+def _record(catalog: Catalog, rejected: list[Rejection]) -> None:
+    """Record rejections one by one; one the catalog cannot hold is kept without its size and time, or logged."""
+    for rejection in rejected:
+        failure: Exception | None = None
+        for attempt in (rejection, replace(rejection, size=0, mtime_ns=0)):
+            try:
+                catalog.apply(rejected=[attempt])
+                break
+            except ROW_VALUE_ERRORS as exc:
+                failure = exc
+        else:
+            log.error("cannot record the rejection of %s in the catalog: %s", printable(rejection.path), failure)
