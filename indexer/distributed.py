@@ -1,18 +1,19 @@
 """The indexing run on a Ray cluster: the same plan and catalog writes, with reading and embedding spread out.
 
-The driver scans the library and compares it with the catalog exactly as the single-machine
-indexer does (`LibraryIndexer.plan`), so unchanged, moved, removed and rejected files are
-handled the same way. Ray Data then runs two stages over the candidate files:
+The driver runs the same runner as the single-machine indexer (indexer.runner): it scans the
+library and compares it with the catalog (indexer.plan), so unchanged, moved, removed and
+rejected files are handled the same way. Only the source of rows differs (`RaySource`): Ray
+Data runs two stages over the candidate files:
 
 - read + hash + decode (`FilePreparer`) in CPU tasks: content already in the catalog is only
   hashed, and thumbnails are written next to the catalog (`storage.data_dir`);
 - embed in a pool of actors, each loading the model once (one per GPU when the cluster has
   GPUs, else one per node).
 
-The driver takes the results in batches and commits each in one transaction, then extends and
-publishes the FAISS index as the single-machine indexer does. Commits are idempotent: content
+The driver takes the results a commit at a time and commits each in one transaction, then extends
+and publishes the FAISS index as the single-machine indexer does. Commits are idempotent: content
 that is already in the catalog (a retried batch whose rows landed, or another writer that got
-there first) is linked rather than inserted again.
+there first) is linked rather than inserted again (`CatalogWriter(merge_known_content=True)`).
 
 TensorFlow is imported only inside the embedding actors, never in the driver or decode tasks.
 """
@@ -22,25 +23,26 @@ from __future__ import annotations
 import functools
 import logging
 import re
-import time
+import threading
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy.exc import IntegrityError
 
-from indexer.images import DecodedImage
+from indexer.batch import commit_size
+from indexer.catalog_writer import CatalogWriter
 from indexer.model import STORED_PREDICTIONS
-from indexer.pipeline import IndexReport, LibraryIndexer, Progress, _BackgroundWriter
-from indexer.prepare import FilePreparer, PrepareConfig, Prepared
+from indexer.prepare import FilePreparer, PrepareConfig
 from indexer.ray_cluster import ClusterInfo, check_catalog_for_cluster
 from indexer.reindex import Reembedded, read_problem
+from indexer.report import IndexReport, Progress
+from indexer.runner import IndexRunner
 from indexer.scan import FoundFile
 from indexer.settings import ModelSettings, Settings
 from indexer.tf_runtime import CPU_BATCH_SIZE, GPU_BATCH_SIZE
-from storage.catalog import Catalog, FileRef, NewImage
+from storage.catalog import Catalog, NewImage
 from storage.paths import from_db, to_db
-from storage.rejections import Rejection
 from storage.staging import FileOfImage, ToReread
 from storage.vector_index import IndexStore
 
@@ -48,7 +50,6 @@ log = logging.getLogger(__name__)
 
 DECODE_ROWS_PER_TASK = 16  # files per decode task: enough to hide the task overhead, small for retries
 MIN_EMBED_ROWS_PER_CALL = 32  # rows per actor call; the actor embeds them in model-sized batches
-COMMIT_ATTEMPTS = 3  # a batch racing another writer is re-checked and committed again
 DECODE_TASK_BASE_MEMORY = 128 * 2**20  # a decode worker process with Pillow, NumPy and SQLAlchemy
 
 
@@ -56,24 +57,44 @@ class DistributedIndexError(RuntimeError):
     """The Ray cluster could not run the pipeline (a model that does not load on a worker, a lost node...)."""
 
 
-class RayIndexer(LibraryIndexer):
+class RayIndexer:
     """Brings the catalog and index in step with library roots, reading and embedding on a Ray cluster."""
 
     def __init__(self, settings: Settings, catalog: Catalog, store: IndexStore, model_id: str,
                  cluster: ClusterInfo, progress: Progress | None = None) -> None:
-        super().__init__(settings, catalog, store, model_id, _no_model_in_driver, progress)
+        self.database_url = settings.storage.resolved_database_url()
         self.cluster = cluster
+        self.source = RaySource(settings, model_id, cluster)
+        self.writer = CatalogWriter.from_settings(settings, catalog, store, model_id, merge_known_content=True)
+        self.runner: IndexRunner[RayRow] = IndexRunner(catalog, self.source, self.writer,
+                                                       commit_every=settings.indexer.commit_every, progress=progress)
+
+    def request_stop(self) -> None:
+        """Finish the current batch, commit it, publish the index and return (safe from a signal handler)."""
+        self.runner.request_stop()
 
     def run(self, roots: Sequence[str], reindex: bool = False, allow_empty_roots: bool = False) -> IndexReport:
-        check_catalog_for_cluster(self.settings.storage.resolved_database_url(), self.cluster)
-        started = time.perf_counter()
-        report = self._begin(roots, reindex, allow_empty_roots, lambda: self._reembed_on_ray)
-        return self._run(roots, allow_empty_roots, started, self._process_on_ray, report)
+        check_catalog_for_cluster(self.database_url, self.cluster)
+        return self.runner.run(roots, reindex, allow_empty_roots)
 
-    # --- the pipeline ---------------------------------------------------------------------
 
-    def model_batch_size(self) -> int:
-        return self.settings.model.batch_size or (GPU_BATCH_SIZE if self.cluster.gpus >= 1 else CPU_BATCH_SIZE)
+class RaySource:
+    """A RowSource (see indexer.runner) on a Ray cluster: rows arrive read, decoded and embedded, without pixels."""
+
+    def __init__(self, settings: Settings, model_id: str, cluster: ClusterInfo) -> None:
+        self.model = settings.model
+        self.model_id = model_id
+        self.cluster = cluster
+        self.prepare_config = PrepareConfig.from_settings(settings)
+        self.max_image_pixels = settings.indexer.max_image_pixels
+        self.embed_batch = settings.model.batch_size or (GPU_BATCH_SIZE if cluster.gpus >= 1 else CPU_BATCH_SIZE)
+        self.fetch_rows = commit_size(settings.indexer.commit_every, self.embed_batch)  # rows a commit takes
+
+    def open(self) -> None:
+        """Nothing to start: Ray starts the tasks and actors when the driver asks for rows."""
+
+    def close(self, stop_workers: bool) -> None:
+        """Nothing to stop: the tasks and actors of a dataset end with it."""
 
     def embed_actors(self) -> int:
         """One actor per GPU, or one per node on a CPU-only cluster (TensorFlow uses the node's cores)."""
@@ -81,7 +102,7 @@ class RayIndexer(LibraryIndexer):
 
     def decode_task_memory(self) -> int:
         """Bytes a decode task may need: the largest accepted photo decoded to RGB, plus the process itself."""
-        return DECODE_TASK_BASE_MEMORY + 3 * self.settings.indexer.max_image_pixels
+        return DECODE_TASK_BASE_MEMORY + 3 * self.max_image_pixels
 
     def dataset(self, candidates: Sequence[FoundFile], decode_known: bool = False) -> Any:
         """The lazy Ray dataset: candidate files -> decoded (tasks) -> embedded (actor pool).
@@ -93,126 +114,93 @@ class RayIndexer(LibraryIndexer):
         rows = [{"path": to_db(f.path), "root": to_db(f.root), "size": f.size, "mtime_ns": f.mtime_ns}
                 for f in candidates]
         use_gpus = self.cluster.gpus >= 1
-        model_batch = self.model_batch_size()
-        call_rows = max(model_batch, MIN_EMBED_ROWS_PER_CALL)
+        call_rows = max(self.embed_batch, MIN_EMBED_ROWS_PER_CALL)
         return (
             ray.data.from_items(rows)
             .map_batches(prepare_batch, batch_size=DECODE_ROWS_PER_TASK, batch_format="numpy",
-                         fn_kwargs={"config": self._prepare_config(), "decode_known": decode_known}, num_cpus=1,
+                         fn_kwargs={"config": self.prepare_config, "decode_known": decode_known}, num_cpus=1,
                          # Room for the largest photo accepted. A request the actors do not make,
                          # it also keeps decoding a stage of its own instead of fused into the
                          # embedding actors, so decoding scales with CPUs, not with actors.
                          memory=self.decode_task_memory())
             .map_batches(EmbedBatch, batch_size=call_rows, batch_format="numpy",
-                         fn_constructor_kwargs={"model": self.settings.model, "model_id": self.model_id,
-                                                "model_batch": model_batch},
+                         fn_constructor_kwargs={"model": self.model, "model_id": self.model_id,
+                                                "model_batch": self.embed_batch},
                          compute=ray.data.ActorPoolStrategy(size=self.embed_actors()),
                          num_gpus=1 if use_gpus else 0, num_cpus=1)
         )
 
-    def _process_on_ray(self, candidates: list[FoundFile], report: IndexReport) -> None:
-        if not candidates:
-            return
-        import ray.exceptions
+    def rows(self, candidates: Sequence[FoundFile], stop: threading.Event) -> Iterator[RayRow]:
+        """The dataset's rows, fetched a commit at a time (`stop` is the runner's to act on, between rows)."""
+        return self._fetched(candidates, decode_known=False)
 
-        commit_every = max(self.settings.indexer.commit_every, self.model_batch_size())
-        pending_hashes: set[str] = set()  # content embedded this run (committed or not)
-        writer = _BackgroundWriter(self._commit)
-        try:
-            batches = self.dataset(candidates).iter_batches(batch_size=commit_every, batch_format="numpy")
-            for batch in batches:
-                writer.submit(*self._outcomes(batch, report, pending_hashes))
-                if self._stop.is_set():
-                    log.warning("stopping on request; everything so far is committed")
-                    break
-        except ray.exceptions.RayError as exc:
-            raise DistributedIndexError(f"the Ray cluster could not finish the run: {_root_cause(exc)}") from exc
-        finally:
-            writer.close()
+    def embed(self, rows: Sequence[RayRow]) -> list[NewImage]:
+        """The rows' images: the actors embedded them already."""
+        return [row.new_image(self.model_id) for row in rows]
 
-    def _reembed_on_ray(self, items: Iterable[tuple[ToReread, FileOfImage]]) -> Iterator[Reembedded]:
+    def reembed(self, items: Iterable[tuple[ToReread, FileOfImage]]) -> Iterator[Reembedded]:
         """A reindex's re-reading and embedding, on the cluster (see indexer.reindex)."""
-        import ray.exceptions
-
         by_path = {file.path: (image, file) for image, file in items}
         if not by_path:
             return
         files = [FoundFile(f.path, f.root, f.size, f.mtime_ns) for _, f in by_path.values()]
+        for row in self._fetched(files, decode_known=True):
+            image, file = by_path[row.file.path]
+            problem = read_problem(image, row)
+            if problem is not None:
+                yield Reembedded(image, file, error=problem)
+            else:
+                yield Reembedded(image, file, row.embedding, row.predictions)
+
+    def _fetched(self, files: Sequence[FoundFile], decode_known: bool) -> Iterator[RayRow]:
+        import ray.exceptions
+
         try:
-            for batch in self.dataset(files, decode_known=True).iter_batches(
-                    batch_size=max(self.settings.indexer.commit_every, self.model_batch_size()), batch_format="numpy"):
-                for i in range(len(batch["path"])):
-                    image, file = by_path[str(batch["path"][i])]
-                    problem = read_problem(image, Prepared(
-                        FoundFile(file.path, file.root, file.size, file.mtime_ns), str(batch["content_hash"][i]),
-                        _DECODED if batch["decoded"][i] else None, str(batch["error_kind"][i]) or None,
-                        str(batch["error"][i]) or None))
-                    if problem is not None:
-                        yield Reembedded(image, file, error=problem)
-                        continue
-                    predictions = [(int(c), float(p)) for c, p in zip(batch["class_ids"][i], batch["probabilities"][i],
-                                                                        strict=True) if c >= 0]
-                    yield Reembedded(image, file, np.asarray(batch["embedding"][i], dtype=np.float32), predictions)
+            for fetched in self.dataset(files, decode_known).iter_batches(batch_size=self.fetch_rows,
+                                                                          batch_format="numpy"):
+                yield from rows_of(fetched)
         except ray.exceptions.RayError as exc:
             raise DistributedIndexError(f"the Ray cluster could not finish the run: {_root_cause(exc)}") from exc
 
-    def _outcomes(self, batch: dict[str, np.ndarray], report: IndexReport,
-                  pending_hashes: set[str]) -> tuple[list[NewImage], list[FileRef], list[Rejection]]:
-        """The catalog changes of one batch of pipeline rows, counted in the report and the progress."""
-        new_images: list[NewImage] = []
-        files: list[FileRef] = []
-        rejected: list[Rejection] = []
-        for i in range(len(batch["path"])):
-            path, root = from_db(str(batch["path"][i])), from_db(str(batch["root"][i]))
-            digest = str(batch["content_hash"][i])
-            size, mtime_ns = int(batch["size"][i]), int(batch["mtime_ns"][i])
-            kind, error = str(batch["error_kind"][i]), str(batch["error"][i])
-            if kind:
-                rejected.append(self._rejected(report, FoundFile(path, root, size, mtime_ns), kind, error))
-                continue
-            files.append(FileRef(path, root, size, mtime_ns, digest))
-            if not self._needs_embedding(report, digest, bool(batch["decoded"][i]), pending_hashes):
-                continue
-            predictions = [(int(c), float(p)) for c, p in zip(batch["class_ids"][i], batch["probabilities"][i],
-                                                                strict=True) if c >= 0]
-            new_images.append(NewImage(digest, int(batch["width"][i]), int(batch["height"][i]),
-                                       str(batch["format"][i]), self.model_id,
-                                       np.asarray(batch["embedding"][i], dtype=np.float32), predictions))
-            report.indexed += 1
-            self.progress.advance("indexed")
-        return new_images, files, rejected
 
-    def _commit(self, new_images: list[NewImage], files: list[FileRef], rejected: list[Rejection]) -> None:
-        """Commit one batch, merging rows that are already in the catalog instead of failing on them."""
-        for attempt in range(1, COMMIT_ATTEMPTS + 1):
-            fresh = new_content(self.catalog, new_images)
-            try:
-                super()._commit(fresh, files, rejected)
-                return
-            except IntegrityError as exc:  # another writer inserted the same content or path meanwhile
-                if attempt == COMMIT_ATTEMPTS:
-                    raise
-                log.warning("batch collided with another writer (%s); merging and committing again",
-                            exc.orig if exc.orig is not None else exc)
+@dataclass(frozen=True)
+class RayRow:
+    """One row of the Ray pipeline as the driver receives it: read, and embedded when new (pixels stay behind)."""
+
+    file: FoundFile
+    content_hash: str
+    error_kind: str | None
+    error: str | None
+    is_decoded: bool
+    width: int = 0
+    height: int = 0
+    format: str = ""
+    embedding: np.ndarray | None = None
+    predictions: tuple[tuple[int, float], ...] = ()
+
+    def new_image(self, model_id: str) -> NewImage:
+        assert self.embedding is not None, "a row of new content arrives embedded"
+        return NewImage(self.content_hash, self.width, self.height, self.format, model_id, self.embedding,
+                        list(self.predictions))
 
 
-# Stands for pixels that stayed on a decode worker: read_problem only asks whether there were any.
-_DECODED = DecodedImage(np.zeros((1, 1, 3), np.uint8), 1, 1, "")
+def rows_of(fetched: dict[str, np.ndarray]) -> Iterator[RayRow]:
+    """The rows of one fetched batch (columns of the decode and embed stages), in order."""
+    for i in range(len(fetched["path"])):
+        kind = str(fetched["error_kind"][i])
+        file = FoundFile(from_db(str(fetched["path"][i])), from_db(str(fetched["root"][i])),
+                         int(fetched["size"][i]), int(fetched["mtime_ns"][i]))
+        decoded = not kind and bool(fetched["decoded"][i])
+        yield RayRow(file, str(fetched["content_hash"][i]), kind or None, str(fetched["error"][i]) if kind else None,
+                     decoded, int(fetched["width"][i]), int(fetched["height"][i]), str(fetched["format"][i]),
+                     np.asarray(fetched["embedding"][i], dtype=np.float32) if decoded else None,
+                     tuple(_predictions(fetched, i)) if decoded else ())
 
 
-def new_content(catalog: Catalog, new_images: Sequence[NewImage]) -> list[NewImage]:
-    """The images whose content the catalog does not hold yet; the others are linked by their files."""
-    if not new_images:
-        return []
-    known = catalog.ids_for_hashes(img.content_hash for img in new_images)
-    if known:
-        log.info("%d image(s) already in the catalog (a retried batch, or another writer): linked, not inserted",
-                 len(known))
-    return [img for img in new_images if img.content_hash not in known]
-
-
-def _no_model_in_driver() -> Any:
-    raise RuntimeError("the distributed indexer embeds in Ray actors; the driver never loads the model")
+def _predictions(fetched: dict[str, np.ndarray], i: int) -> list[tuple[int, float]]:
+    """Row i's stored predictions; unused ranks (a model with fewer classes) hold class -1."""
+    return [(int(c), float(p)) for c, p in zip(fetched["class_ids"][i], fetched["probabilities"][i], strict=True)
+            if c >= 0]
 
 
 def _root_cause(exc: BaseException) -> str:

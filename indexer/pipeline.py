@@ -1,123 +1,29 @@
-"""The indexing run: scan -> read+hash+decode (worker processes) -> embed (batches) -> write (background).
+"""Indexing on this machine: the runner (indexer.runner) fed by the local decode pool and model
+(indexer.local_source), committing through a catalog writer (indexer.catalog_writer).
 
-Decoding runs in worker processes a bounded window ahead of the model, so decoding and
-TensorFlow use the cores at the same time; catalog commits run in a background thread while
-the next batch is embedded. Content already in the catalog (a moved, renamed or duplicated
-file) is linked to its image, not re-embedded. A stop request (Ctrl-C) ends the run after the
-current batch is committed, so the next run resumes from there.
+    scan -> read+hash+decode (worker processes) -> embed (batches) -> write (background thread)
 """
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Protocol
 
-import numpy as np
-
-from indexer.batch_commit import Unstored
-from indexer.custom_labels import keep_labels_up_to_date
-from indexer.model import Embedder, top_k
-from indexer.prepare import PrepareConfig, Prepared, close_decode_pool, decode_pool, ordered_prefetch
-from indexer.reindex import Reembed, Reindex, local_reembed
-from indexer.scan import FoundFile, RootError, ScanProblems, resolve_root, scan
+from indexer.catalog_writer import CatalogWriter
+from indexer.local_source import LocalSource
+from indexer.model import Embedder
+from indexer.plan import Plan, plan_run
+from indexer.prepare import Prepared
+from indexer.report import IndexReport, Progress
+from indexer.runner import IndexRunner
 from indexer.settings import Settings
-from indexer.tf_runtime import effective_batch_size
-from indexer.thumbnails import prune_thumbnails
-from storage.catalog import ROW_VALUE_ERRORS, Catalog, FileRef, NewImage
-from storage.paths import display_path, printable
-from storage.rejections import UNREADABLE, UNREADABLE_FOLDER, Rejection
-from storage.staging import NOT_REINDEXED
-from storage.sync import build_from_catalog, check_model, needs_rebuild, open_index
-from storage.vector_index import IndexStore, RemoveUnsupportedError, VectorIndex
+from storage.catalog import Catalog
+from storage.vector_index import IndexStore
 
-log = logging.getLogger(__name__)
-
-
-class Progress(Protocol):
-    """Receives the number of files to process (of `found`), then one outcome per file: indexed, linked or failed."""
-
-    def start(self, total: int, found: int = 0) -> None: ...
-
-    def advance(self, outcome: str) -> None: ...
-
-
-class _NoProgress:
-    def start(self, total: int, found: int = 0) -> None:
-        pass
-
-    def advance(self, outcome: str) -> None:
-        pass
-
-
-@dataclass
-class IndexReport:
-    """What one run did; `to_json()` is the contract of `lookalike index --json`."""
-
-    indexed: int = 0  # images embedded this run
-    linked: int = 0  # files whose content was already embedded (moved, renamed, duplicate, touched)
-    unchanged: int = 0
-    skipped: int = 0  # rejected by an earlier run and unchanged since
-    removed: int = 0
-    failed: int = 0
-    failures: list[dict[str, str]] = field(default_factory=list)
-    kept: int = 0  # catalog files kept unchecked: under a folder that could not be listed, or not stat'ed
-    unreadable: list[dict[str, str]] = field(default_factory=list)  # folders and files the scan could not check
-    found: int = 0
-    seconds: float = 0.0
-    interrupted: bool = False  # stopped early on request; everything reported here is committed
-    reindexed: int = 0  # of `indexed`: images embedded again for a reindex (--reindex)
-    reindex_resumed: int = 0  # images a reindex interrupted earlier had embedded already
-    not_reindexed: int = 0  # images a reindex could not read again (their files are in `failures`)
-
-    def to_json(self) -> dict[str, object]:
-        rate = self.indexed / self.seconds if self.seconds > 0 else 0.0
-        return {
-            "indexed": self.indexed,
-            "linked": self.linked,
-            "unchanged": self.unchanged,
-            "skipped": self.skipped,
-            "removed": self.removed,
-            "failed": self.failed,
-            "failures": [{**f, "path": display_path(f["path"])} for f in self.failures],
-            "kept": self.kept,
-            "unreadable": [{**u, "path": display_path(u["path"])} for u in self.unreadable],
-            "found": self.found,
-            "seconds": round(self.seconds, 3),
-            "images_per_second": round(rate, 2),
-            "interrupted": self.interrupted,
-            "reindexed": self.reindexed,
-            "reindex_resumed": self.reindex_resumed,
-            "not_reindexed": self.not_reindexed,
-        }
-
-
-@dataclass
-class Plan:
-    """What a run has to do, decided from a scan before anything is touched."""
-
-    candidates: list[FoundFile] = field(default_factory=list)  # new or changed files
-    removed: list[str] = field(default_factory=list)  # files that disappeared
-    unchanged: int = 0
-    skipped: int = 0  # rejected before and unchanged since
-    kept: int = 0  # catalog files under a folder or entry the scan could not check: kept as they are
-    scan_problems: dict[str, ScanProblems] = field(default_factory=dict)  # by root
-
-    def unreadable(self) -> list[Rejection]:
-        """What the scan could not check, as records for `lookalike errors`."""
-        out = []
-        for root, problems in self.scan_problems.items():
-            out += [Rejection(path, root, 0, 0, UNREADABLE_FOLDER, error) for path, error in problems.folders.items()]
-            out += [Rejection(path, root, 0, 0, UNREADABLE, error) for path, error in problems.files.items()]
-        return out
+__all__ = ["IndexReport", "LibraryIndexer", "Plan", "Progress"]
 
 
 class LibraryIndexer:
-    """Brings the catalog and index in step with the files under some library roots."""
+    """Brings the catalog and index in step with the files under some library roots, on this machine."""
 
     def __init__(
         self,
@@ -128,336 +34,21 @@ class LibraryIndexer:
         load_embedder: Callable[[], Embedder],
         progress: Progress | None = None,
     ) -> None:
-        self.settings = settings
         self.catalog = catalog
-        self.store = store
-        self.model_id = model_id
-        self._load_embedder = load_embedder
-        self._embedder: Embedder | None = None
-        self.progress: Progress = progress or _NoProgress()
-        self.index: VectorIndex | None = None
-        self.index_config = settings.storage.index_config()
-        self._dirty = False
-        self._rebuild_reason: str | None = None
-        self._stop = threading.Event()
-        self._published_at = time.monotonic()
-        self._pruned_content = False
-        self._unstored = Unstored()  # filled by the writer thread, counted after the run
-
-    @property
-    def embedder(self) -> Embedder:
-        if self._embedder is None:
-            self._embedder = self._load_embedder()
-            if self._embedder.model_id != self.model_id:
-                raise RuntimeError(f"loaded model {self._embedder.model_id}, expected {self.model_id}")
-        return self._embedder
+        self.source = LocalSource(settings, model_id, load_embedder)
+        self.writer = CatalogWriter.from_settings(settings, catalog, store, model_id)
+        self.runner: IndexRunner[Prepared] = IndexRunner(catalog, self.source, self.writer,
+                                                         commit_every=settings.indexer.commit_every,
+                                                         progress=progress)
 
     def request_stop(self) -> None:
         """Finish the current batch, commit it, publish the index and return (safe from a signal handler)."""
-        self._stop.set()
+        self.runner.request_stop()
 
     def plan(self, roots: Sequence[str], allow_empty_roots: bool = False) -> Plan:
-        """Scan every root and compare it with the catalog; nothing is written.
-
-        Only a file positively known to be gone (its folder listed fine and the name is not
-        there, or no longer a regular file) is removed: what lies under a folder that could not
-        be listed, or a file that could not be stat'ed, is kept as the catalog knows it.
-        """
-        resolved = [resolve_root(r) for r in roots]  # every root checked before anything is touched
-        plan = Plan()
-        gone_rejections: list[str] = []
-        for root in resolved:
-            root_name = str(root)
-            known = self.catalog.files_under(root_name)
-            rejected = self.catalog.rejected_under(root_name)
-            problems = plan.scan_problems[root_name] = ScanProblems()
-            seen: set[str] = set()
-            for found in scan(root, problems):
-                seen.add(found.path)
-                state = known.get(found.path)
-                rejection = rejected.get(found.path)
-                if rejection is not None and rejection.skips(found.size, found.mtime_ns):
-                    plan.skipped += 1
-                elif (rejection is None and state is not None and state.size == found.size
-                      and state.mtime_ns == found.mtime_ns):
-                    plan.unchanged += 1
-                else:  # new, changed, or unreadable last time (retried on every run)
-                    plan.candidates.append(found)
-            if known and not seen and not problems and not allow_empty_roots:
-                raise RootError(
-                    f"{printable(root_name)}: no image files found, but the catalog holds {len(known):,} from this "
-                    "folder. Is the drive unmounted? Nothing was removed. If the photos really are gone, run again "
-                    "with --allow-empty-root."
-                )
-            for path in sorted(set(known) - seen):
-                if problems.covers(path, root_name):
-                    plan.kept += 1
-                else:
-                    plan.removed.append(path)
-            gone_rejections.extend(p for p in sorted(set(rejected) - seen) if not problems.covers(p, root_name))
-        plan.removed.extend(gone_rejections)  # forgetting a path also forgets its rejection
-        return plan
+        """Scan every root and compare it with the catalog; nothing is written (see indexer.plan)."""
+        return plan_run(self.catalog, roots, allow_empty_roots)
 
     def run(self, roots: Sequence[str], reindex: bool = False, allow_empty_roots: bool = False) -> IndexReport:
-        started = time.perf_counter()
-        if not reindex:
-            check_model(self.catalog, self.model_id)  # refused before any decode worker starts
-        workers = self.settings.indexer.effective_decode_workers()
-        pool, prepare = decode_pool(self._prepare_config(), workers, self.settings.indexer.decode_in_processes)
-        finished = False
-        try:
-            batch = effective_batch_size(self.settings.model.batch_size)
-            window = 2 * batch + workers
-            report = self._begin(roots, reindex, allow_empty_roots,
-                                 lambda: local_reembed(pool, prepare, window, lambda: self.embedder, batch))
-            report = self._run(roots, allow_empty_roots, started,
-                               lambda candidates, report: self._process(candidates, report, pool, prepare, workers),
-                               report)
-            finished = True
-            return report
-        finally:
-            close_decode_pool(pool, stop_workers=not finished or self._stop.is_set())
-
-    def _begin(self, roots: Sequence[str], reindex: bool, allow_empty_roots: bool,
-               reembed: Callable[[], Reembed]) -> IndexReport:
-        """The run's report. With `reindex`, first every catalog image is embedded again with the configured
-        model beside the current vectors, and switched to; then a catalog of another model is refused."""
-        report = IndexReport()
-        if reindex:
-            for root in roots:  # every root checked before anything is touched
-                resolve_root(root)
-            self._reindex(report, reembed(), allow_empty_roots)
-        if not report.interrupted:
-            check_model(self.catalog, self.model_id)
-        return report
-
-    def _reindex(self, report: IndexReport, reembed: Reembed, allow_empty_roots: bool) -> None:
-        commit_every = max(self.settings.indexer.commit_every, effective_batch_size(self.settings.model.batch_size))
-        job = Reindex(self.catalog, self.store, self.model_id, reembed, commit_every, self.index_config, self._stop,
-                      self.progress.advance)
-        todo, total = job.todo()
-        log.warning("re-indexing %d of %d images with model %s beside the current vectors, which keep serving "
-                    "until the switch", todo, total, self.model_id)
-        self.progress.start(todo, total)
-        done = job.run(allow_empty_roots)
-        report.indexed += done.reembedded
-        report.reindexed, report.reindex_resumed = done.reembedded, done.resumed
-        report.not_reindexed = len(done.dropped)
-        for image, why in done.dropped.values():
-            report.failures.extend({"path": f.path, "kind": NOT_REINDEXED, "error": why} for f in image.files)
-        report.interrupted = not done.switched
-
-    def _run(self, roots: Sequence[str], allow_empty_roots: bool, started: float,
-             process: Callable[[list[FoundFile], IndexReport], None], report: IndexReport) -> IndexReport:
-        """Plan, hand the candidates to `process` (which commits them), remove what is gone, publish."""
-        if report.interrupted:  # a reindex stopped on request: nothing else happens in this run
-            report.seconds = time.perf_counter() - started
-            return report
-        self.index, _ = open_index(self.catalog, self.store, self.model_id, publish_repairs=True,
-                                   config=self.index_config)
-        plan = self.plan(roots, allow_empty_roots)
-        report.unchanged, report.skipped, report.kept = plan.unchanged, plan.skipped, plan.kept
-        report.found = len(plan.candidates) + plan.unchanged + plan.skipped
-        self._record_scan_problems(plan, report)
-        log.info("%d files to index, %d unchanged, %d rejected before and unchanged, %d gone",
-                 len(plan.candidates), plan.unchanged, plan.skipped, len(plan.removed))
-        self.progress.start(len(plan.candidates), report.found)
-        process(plan.candidates, report)
-        self._unstored.count_in(report)
-        report.interrupted = self._stop.is_set()
-        if plan.removed and not report.interrupted:
-            _, orphans = self.catalog.apply(removed_paths=plan.removed)
-            self._index_changes([], None, orphans)
-            report.removed = len(plan.removed)
-        self._rebuild_if_needed()
-        self._publish()
-        keep_labels_up_to_date(self.catalog, self.model_id, "catch_up", self.store.directory)
-        if self._pruned_content and self.settings.indexer.thumbnail_size:
-            prune_thumbnails(self.settings.storage.data_dir, self.catalog.content_hashes())
-        report.seconds = time.perf_counter() - started
-        return report
-
-    def _record_scan_problems(self, plan: Plan, report: IndexReport) -> None:
-        """List what the scan could not check under `lookalike errors` (clearing folders that read again)."""
-        unreadable = plan.unreadable()
-        for root in plan.scan_problems:
-            under = [r for r in unreadable if r.root == root]
-            self.catalog.record_scan_problems(root, [r for r in under if r.kind == UNREADABLE_FOLDER],
-                                              [r for r in under if r.kind != UNREADABLE_FOLDER])
-        report.unreadable = [{"path": r.path, "kind": r.kind, "error": r.reason} for r in unreadable]
-        if unreadable:
-            log.warning("%d folder(s) or file(s) could not be read; the %d catalog file(s) under them are kept",
-                        len(unreadable), plan.kept)
-
-    def _publish(self) -> None:
-        if self._dirty and self.index is not None:
-            self.store.publish(self.index, self.catalog.max_image_id())
-            self._dirty = False
-        self._published_at = time.monotonic()
-
-    def _prepare_config(self) -> PrepareConfig:
-        return PrepareConfig(
-            database_url=self.settings.storage.resolved_database_url(),
-            image_size=self.settings.model.image_size,
-            max_pixels=self.settings.indexer.max_image_pixels,
-            data_dir=self.settings.storage.data_dir,
-            thumbnail_size=self.settings.indexer.thumbnail_size,
-        )
-
-    def _process(self, candidates: list[FoundFile], report: IndexReport, pool: Executor,
-                 prepare: Callable[[FoundFile], Prepared], workers: int) -> None:
-        if not candidates:
-            return
-        batch_size = effective_batch_size(self.settings.model.batch_size)
-        commit_every = max(self.settings.indexer.commit_every, batch_size)
-        files: list[FileRef] = []
-        rejected: list[Rejection] = []
-        to_embed: list[Prepared] = []
-        new_images: list[NewImage] = []
-        pending_hashes: set[str] = set()  # content embedded this run (committed or not)
-        writer = _BackgroundWriter(self._commit)
-        try:
-            for item in ordered_prefetch(pool, prepare, candidates, window=2 * batch_size + workers, stop=self._stop):
-                f = item.file
-                if item.error is not None:
-                    rejected.append(self._rejected(report, f, item.error_kind or "corrupt", item.error))
-                else:
-                    files.append(FileRef(f.path, f.root, f.size, f.mtime_ns, item.content_hash))
-                    if self._needs_embedding(report, item.content_hash, item.decoded is not None, pending_hashes):
-                        to_embed.append(item)
-                if len(to_embed) >= batch_size:
-                    new_images.extend(self._embed(to_embed, report))
-                    to_embed = []
-                if len(files) + len(rejected) >= commit_every or self._stop.is_set():
-                    # Files may point at content still waiting for its batch: embed it first.
-                    new_images.extend(self._embed(to_embed, report))
-                    writer.submit(new_images, files, rejected)
-                    to_embed, new_images, files, rejected = [], [], [], []
-                    if self._stop.is_set():
-                        log.warning("stopping on request; everything so far is committed")
-                        break
-            new_images.extend(self._embed(to_embed, report))
-            writer.submit(new_images, files, rejected)
-        finally:
-            writer.close()
-
-    def _rejected(self, report: IndexReport, f: FoundFile, kind: str, error: str) -> Rejection:
-        """Count a file that cannot be indexed; its record for the catalog."""
-        report.failed += 1
-        report.failures.append({"path": f.path, "kind": kind, "error": error})
-        log.info("rejected %s: %s", printable(f.path), error)
-        self.progress.advance("failed")
-        return Rejection(f.path, f.root, f.size, f.mtime_ns, kind, error)
-
-    def _needs_embedding(self, report: IndexReport, content_hash: str, decoded: bool, pending: set[str]) -> bool:
-        """Whether a readable file brings new content; files of known content are counted as linked.
-
-        `pending` holds the content embedded this run (committed or not) and grows with the answer.
-        """
-        if not decoded or content_hash in pending:
-            report.linked += 1
-            self.progress.advance("linked")
-            return False
-        pending.add(content_hash)
-        return True
-
-    def _embed(self, items: list[Prepared], report: IndexReport) -> list[NewImage]:
-        if not items:
-            return []
-        pixels = np.stack([item.decoded.pixels for item in items if item.decoded is not None])
-        out = self.embedder.embed(pixels)
-        predictions = top_k(out.probabilities)
-        report.indexed += len(items)
-        for _ in items:
-            self.progress.advance("indexed")
-        return [
-            NewImage(
-                content_hash=item.content_hash,
-                width=item.decoded.width,
-                height=item.decoded.height,
-                format=item.decoded.format,
-                model_id=self.model_id,
-                embedding=vector,
-                predictions=preds,
-            )
-            for item, vector, preds in zip(items, out.features, predictions, strict=True)
-            if item.decoded is not None
-        ]
-
-    def _commit(self, new_images: list[NewImage], files: list[FileRef], rejected: list[Rejection]) -> None:
-        """One catalog transaction, then the same change in the live index (runs in the writer thread).
-
-        One file the catalog cannot store never fails or loses its batch: the batch is then
-        committed a file at a time, and that file is recorded as rejected instead.
-        """
-        if not new_images and not files and not rejected:
-            return
-        try:
-            ids, orphans = self.catalog.apply(new_images=new_images, files=files, rejected=rejected)
-        except ROW_VALUE_ERRORS as exc:
-            log.warning("the catalog refused a batch of %d files (%s: %s): committing them one at a time",
-                        len(files) + len(rejected), type(exc).__name__, exc)
-            new_images, ids, orphans = self._unstored.commit_apart(self.catalog, new_images, files, rejected)
-        if ids:
-            keep_labels_up_to_date(self.catalog, self.model_id, "score_new_images", self.store.directory)
-        vectors = np.stack([img.embedding for img in new_images]) if new_images else None
-        self._index_changes(ids, vectors, orphans)
-        interval = self.settings.indexer.publish_every_seconds
-        if interval and time.monotonic() - self._published_at >= interval and self._rebuild_reason is None:
-            self._publish()  # long runs become searchable as they go
-
-    def _index_changes(self, ids: list[int], vectors: np.ndarray | None, orphans: list[int]) -> None:
-        """Apply committed catalog changes to the live index, or note why it must be rebuilt instead."""
-        if vectors is not None and len(ids):
-            if self.index is None:
-                self._rebuild_reason = "no index yet"
-            elif self._rebuild_reason is None:
-                self.index.add(np.asarray(ids, dtype=np.int64), vectors)
-            self._dirty = True
-        if orphans:
-            self._pruned_content = True
-        if orphans and self.index is not None and self._rebuild_reason is None:
-            try:
-                self.index.remove(np.asarray(orphans, dtype=np.int64))
-            except RemoveUnsupportedError as exc:
-                self._rebuild_reason = str(exc)
-            self._dirty = True
-
-    def _rebuild_if_needed(self) -> None:
-        count = self.catalog.count_images()
-        reason = self._rebuild_reason
-        if reason is None and self.index is not None and self._dirty:
-            reason = needs_rebuild(self.index, count, self.index_config)
-        if reason is None:
-            return
-        log.info("rebuilding the index from the catalog: %s", reason)
-        dimension = self.index.dimension if self.index is not None else None
-        self.index = build_from_catalog(self.catalog, self.model_id, self.index_config, dimension)
-        self._dirty = True
-        self._rebuild_reason = None
-
-
-class _BackgroundWriter:
-    """Runs commits one at a time in a thread, at most one behind the caller, in submission order."""
-
-    def __init__(self, commit: Callable[[list[NewImage], list[FileRef], list[Rejection]], None]) -> None:
-        self._commit = commit
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="catalog-writer")
-        self._pending: Future[None] | None = None
-
-    def submit(self, new_images: list[NewImage], files: list[FileRef], rejected: list[Rejection]) -> None:
-        self.wait()
-        if new_images or files or rejected:
-            self._pending = self._pool.submit(self._commit, new_images, files, rejected)
-
-    def wait(self) -> None:
-        """Block until the last commit is done; re-raises its error."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
-
-    def close(self) -> None:
-        try:
-            self.wait()
-        finally:
-            self._pool.shutdown(wait=True)
+        """One run: with `reindex`, first every image is embedded again with the configured model."""
+        return self.runner.run(roots, reindex, allow_empty_roots)

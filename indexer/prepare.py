@@ -20,7 +20,7 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPool
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from indexer.images import DecodedImage, ImageRejected, model_input, open_upright
 from indexer.library_files import NOT_A_FILE, OUTSIDE, UNREADABLE, LibraryFileError, read_library_file
@@ -30,6 +30,9 @@ from indexer.thumbnails import thumbnail_path, write_thumbnail
 from storage.catalog import ContentLookup
 from storage.faults import fault_point
 from storage.paths import printable
+
+if TYPE_CHECKING:
+    from indexer.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +54,31 @@ class Prepared:
     error_kind: str | None = None  # an ImageRejected kind, "not_a_file" or "unreadable"
     error: str | None = None
 
+    @property
+    def is_decoded(self) -> bool:
+        """Decoded for the model: its content is not in the catalog (or a reindex asked for it)."""
+        return self.decoded is not None
+
 
 @dataclass(frozen=True)
 class PrepareConfig:
+    """What a decode worker needs: picklable, so it travels to worker processes and Ray tasks."""
+
     database_url: str
     image_size: int
     max_pixels: int
     data_dir: Path
     thumbnail_size: int  # 0: no thumbnails
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PrepareConfig:
+        return cls(
+            database_url=settings.storage.resolved_database_url(),
+            image_size=settings.model.image_size,
+            max_pixels=settings.indexer.max_image_pixels,
+            data_dir=settings.storage.data_dir,
+            thumbnail_size=settings.indexer.thumbnail_size,
+        )
 
 
 class FilePreparer:

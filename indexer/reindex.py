@@ -14,20 +14,16 @@ the same run picks up what it can (changed files are embedded as new content).
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import threading
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from indexer.model import Embedder, top_k
-from indexer.prepare import Prepared, ordered_prefetch
-from indexer.scan import FoundFile, RootError
+from indexer.batch import PreparedRow
+from indexer.scan import RootError
 from storage import staging
 from storage.catalog import Catalog
 from storage.index_factory import IndexConfig
@@ -63,68 +59,30 @@ class ReindexProgress:
         self.switched = False
 
 
-def local_reembed(pool: Executor, prepare: Callable[..., Prepared], window: int, embedder: Callable[[], Embedder],
-                  batch_size: int) -> Reembed:
-    """Re-read with the decode pool of this machine, embed with the model loaded here."""
-    reread = functools.partial(prepare, decode_known=True)
-
-    def embed(batch: list[tuple[ToReread, FileOfImage, Prepared]]) -> Iterator[Reembedded]:
-        if not batch:
-            return
-        out = embedder().embed(np.stack([p.decoded.pixels for _, _, p in batch if p.decoded is not None]))
-        for (image, file, _), vector, preds in zip(batch, out.features, top_k(out.probabilities), strict=True):
-            yield Reembedded(image, file, vector, preds)
-
-    def run(items: Iterable[tuple[ToReread, FileOfImage]]) -> Iterator[Reembedded]:
-        meta: deque[tuple[ToReread, FileOfImage]] = deque()
-
-        def files() -> Iterator[FoundFile]:
-            for image, file in items:
-                meta.append((image, file))
-                yield FoundFile(file.path, file.root, file.size, file.mtime_ns)
-
-        batch: list[tuple[ToReread, FileOfImage, Prepared]] = []
-        for prepared in ordered_prefetch(pool, reread, files(), window):
-            image, file = meta.popleft()
-            problem = read_problem(image, prepared)
-            if problem is not None:
-                yield Reembedded(image, file, error=problem)
-                continue
-            batch.append((image, file, prepared))
-            if len(batch) >= batch_size:
-                yield from embed(batch)
-                batch = []
-        yield from embed(batch)
-
-    return run
-
-
-def read_problem(image: ToReread, prepared: Prepared) -> str | None:
+def read_problem(image: ToReread, row: PreparedRow) -> str | None:
     """Why the bytes read for `image` cannot be embedded for it, or None."""
-    if prepared.error is not None:
-        return prepared.error
-    if prepared.content_hash != image.content_hash:
+    if row.error is not None:
+        return row.error
+    if row.content_hash != image.content_hash:
         return "the file changed since it was indexed (its bytes are no longer the indexed content)"
-    if prepared.decoded is None:
+    if not row.is_decoded:
         return "the file could not be decoded"
     return None
 
 
+@dataclass
 class Reindex:
     """Stages the configured model's vectors for every catalog image, then switches the catalog and index."""
 
-    def __init__(self, catalog: Catalog, store: IndexStore, model_id: str, reembed: Reembed, commit_every: int,
-                 index_config: IndexConfig, stop: threading.Event,
-                 on_outcome: Callable[[str], None] = lambda outcome: None) -> None:
-        self.catalog = catalog
-        self.store = store
-        self.model_id = model_id
-        self.reembed = reembed
-        self.commit_every = commit_every
-        self.index_config = index_config
-        self.stop = stop
-        self.on_outcome = on_outcome
-        self.progress = ReindexProgress()
+    catalog: Catalog
+    store: IndexStore
+    model_id: str
+    reembed: Reembed
+    commit_every: int  # images staged per transaction
+    index_config: IndexConfig
+    stop: threading.Event
+    on_outcome: Callable[[str], None] = lambda outcome: None  # "indexed" or "failed", per image
+    progress: ReindexProgress = field(default_factory=ReindexProgress, init=False)
 
     def todo(self) -> tuple[int, int]:
         """(images still to embed, images in the catalog), after forgetting vectors staged for another model."""

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from helpers import GREEN, POSTGRES_URL, colour_image, make_colour_library, make_settings, postgres_answers, write_image
 from sqlalchemy.exc import IntegrityError
 
+from indexer.batch import Batch
 from indexer.distributed import RayIndexer, prepare_batch
 from indexer.model import Embedder, model_id
 from indexer.pipeline import IndexReport, LibraryIndexer
@@ -174,6 +175,19 @@ def test_a_reindex_on_ray_builds_beside_and_switches_like_the_single_machine_one
     assert_same_catalog(runs["single"], runs["ray"])
 
 
+def test_a_reindex_on_ray_reads_again_files_whose_names_the_catalog_escapes(
+        local_ray: None, tmp_path: Path, tf1_module: Path, tf2_module: Path) -> None:
+    library = tmp_path / "library"
+    write_image(library / "back\\slash.png", colour_image(GREEN, seed=1))
+    not_utf8 = Path(os.fsdecode(bytes(library) + b"/caf\xe9.png"))
+    write_image(not_utf8, colour_image(GREEN, seed=2, accent=(200, 30, 30)))
+    ray_run(make_settings(tmp_path / "data", tf1_module), library)
+    new = make_settings(tmp_path / "data", tf2_module)
+    report = ray_run(new, library, reindex=True)
+    assert (report.reindexed, report.not_reindexed, report.interrupted) == (2, 0, False)
+    assert len(catalog_contents(new)["images"]) == 2  # verified clean, of the new model only
+
+
 def batch_of(seed: int, path: str) -> tuple[list[NewImage], list[FileRef]]:
     vector = np.random.default_rng(seed).normal(size=16).astype(np.float32)
     digest = f"{seed:064x}"
@@ -193,9 +207,9 @@ def test_a_retried_batch_whose_rows_landed_is_merged_not_an_error(new_database: 
         cluster = ClusterInfo("local", nodes=1, cpus=2, gpus=0)
         indexer = RayIndexer(settings, catalog, IndexStore(tmp_path / "index"), "m@64", cluster)
         more_images, more_files = batch_of(2, "/lib/b.jpg")
-        indexer._commit(images + more_images, files + more_files + [FileRef("/lib/a-copy.jpg", "/lib", 100, 1,
-                                                                                   images[0].content_hash)], [])
-        indexer._commit(images + more_images, files + more_files, [])  # the same batch delivered again
+        indexer.writer.commit(Batch(files + more_files + [FileRef("/lib/a-copy.jpg", "/lib", 100, 1,
+                                                                 images[0].content_hash)], [], images + more_images))
+        indexer.writer.commit(Batch(files + more_files, [], images + more_images))  # the same batch delivered again
         assert catalog.count_images() == 2 and catalog.count_files() == 3
         assert sorted(catalog.files_under("/lib")) == ["/lib/a-copy.jpg", "/lib/a.jpg", "/lib/b.jpg"]
     finally:
@@ -224,7 +238,7 @@ def test_decoding_is_a_task_stage_of_its_own_before_the_embedding_actors(
     try:
         indexer = RayIndexer(settings, catalog, IndexStore(tmp_path / "index"), "m@64",
                              ClusterInfo("local", nodes=1, cpus=2, gpus=0))
-        indexer.dataset([FoundFile(str(tmp_path / "a.jpg"), str(tmp_path), 1, 1)]).explain()
+        indexer.source.dataset([FoundFile(str(tmp_path / "a.jpg"), str(tmp_path), 1, 1)]).explain()
     finally:
         catalog.close()
     physical = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
