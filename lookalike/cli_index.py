@@ -7,6 +7,7 @@ import signal
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from types import FrameType, SimpleNamespace
 
 import click
@@ -86,9 +87,12 @@ def _stop_on_interrupt(indexer) -> Iterator[None]:  # type: ignore[no-untyped-de
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Read and embed on a Ray cluster: alone for a local Ray, or auto, ray://HOST:PORT, HOST:PORT "
                    "(needs the `distributed` extra).")
+@click.option("--wait", is_flag=True,
+              help="When another indexer or a watcher is writing to the data directory, wait for it instead of "
+                   "stopping.")
 @click.pass_obj
 def index(obj: CliContext, paths: tuple[str, ...], as_json: bool, reindex: bool, allow_empty_root: bool,
-          ray_address: str | None) -> None:
+          ray_address: str | None, wait: bool) -> None:
     """Index the photos under PATHS (folders, searched recursively).
 
     New and changed images are embedded, moved or duplicated ones are linked to their
@@ -107,20 +111,21 @@ def index(obj: CliContext, paths: tuple[str, ...], as_json: bool, reindex: bool,
         hint = f" (--ray took {ray_address!r} for the Ray address: put --ray after the folders)" \
             if ray_address not in (None, "local", "auto") else ""
         raise click.UsageError(f"Missing argument 'PATHS...'{hint}.")
-    report_index_run(run_index(obj.settings, paths, reindex, allow_empty_root, ray_address), as_json)
+    report_index_run(run_index(obj.settings, paths, reindex, allow_empty_root, ray_address, wait), as_json)
 
 
 def run_index(settings, paths: Sequence[str], reindex: bool = False,  # type: ignore[no-untyped-def]
-              allow_empty_root: bool = False, ray_address: str | None = None):
+              allow_empty_root: bool = False, ray_address: str | None = None, wait: bool = False):
     """One indexing run under the writer lock, with a progress bar on a terminal; errors become exit 1.
 
-    With `ray_address`, files are read and embedded on that Ray cluster (see indexer.distributed).
+    With `ray_address`, files are read and embedded on that Ray cluster (see indexer.distributed). With
+    `wait`, a run that finds another writer (or a watcher) waits for it instead of stopping.
     """
     from indexer.model import Embedder, ModelUnavailableError, model_id
     from indexer.pipeline import LibraryIndexer
     from indexer.scan import RootError
     from storage.catalog import Catalog
-    from storage.lock import LockedError, writer_lock
+    from storage.lock import LockedError, index_run_lock
     from storage.vector_index import IndexMismatchError, IndexStore, IndexWriteError
 
     data_dir = settings.storage.data_dir
@@ -134,7 +139,9 @@ def run_index(settings, paths: Sequence[str], reindex: bool = False,  # type: ig
                 distributed = _distributed_modules()
                 errors += (distributed.ClusterError, distributed.DistributedIndexError)
                 distributed.check_address(ray_address)  # a folder taken for the address stops here
-            stack.enter_context(writer_lock(data_dir))
+            if wait:
+                _say_whom_we_wait_for(data_dir)
+            stack.enter_context(index_run_lock(data_dir, wait))
             catalog = Catalog(settings.storage.resolved_database_url())
             stack.callback(catalog.close)
             store, mid = IndexStore(data_dir / "index"), model_id(m.handle, m.image_size)
@@ -150,6 +157,16 @@ def run_index(settings, paths: Sequence[str], reindex: bool = False,  # type: ig
         raise click.ClickException(str(exc)) from None
     finally:
         bar.close()
+
+
+def _say_whom_we_wait_for(data_dir: Path) -> None:
+    """With --wait: one line on stderr when the run has to wait, so a silent start is not taken for a hang."""
+    from storage.lock import WRITER_LOCK, holder, watcher_pid
+
+    if (pid := watcher_pid(data_dir)) is not None:
+        click.echo(f"waiting for the watcher (pid {pid}) keeping {data_dir} in step to stop", err=True)
+    elif (pid := holder(data_dir, WRITER_LOCK)) is not None:
+        click.echo(f"waiting for the indexer (pid {pid}) writing to {data_dir} to finish", err=True)
 
 
 def _distributed_modules() -> SimpleNamespace:
