@@ -83,12 +83,42 @@ class StorageSettings(_Section):
 
 
 class IndexerSettings(_Section):
+    roots: list[Path] = Field(
+        default_factory=list,
+        description="The library: folders `lookalike index` (with no PATH), `lookalike watch` and `serve --watch` "
+                    "keep in step. In an environment variable, separated by the path separator (:).")
     decode_workers: int = Field(0, ge=0, le=256)
     max_image_pixels: int = Field(178_956_970, ge=1)
     commit_every: int = Field(256, ge=1)
     decode_in_processes: bool = True
     thumbnail_size: int = Field(320, ge=0, le=2048)
     publish_every_seconds: float = Field(600.0, ge=0)
+    watch_poll_seconds: float = Field(
+        0.0, ge=0,
+        description="A watcher also polls the roots this often (seconds), for file systems that send no events "
+                    "(network shares); 0: events only.")
+    settle_seconds: float = Field(
+        2.0, ge=0, le=3600,
+        description="A watcher indexes a file being written once it is closed, or once its size and modification "
+                    "time have not changed for this many seconds.")
+    rescan_hours: float = Field(
+        24.0, ge=0,
+        description="A watcher scans every root in full this often (hours), catching changes no event reported; "
+                    "0: only when it starts.")
+
+    @field_validator("roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        """A string (an environment variable) holds roots separated by os.pathsep; empty means none."""
+        if isinstance(value, str):
+            return [part for part in value.split(os.pathsep) if part]
+        return value
+
+    @field_validator("roots")
+    @classmethod
+    def _absolute_roots(cls, value: list[Path]) -> list[Path]:
+        """Resolved once against the starting directory, like storage.data_dir."""
+        return [Path(os.path.abspath(root.expanduser())) for root in value]
 
     def effective_decode_workers(self) -> int:
         return self.decode_workers or (os.cpu_count() or 1)

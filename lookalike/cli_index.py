@@ -77,7 +77,7 @@ def _stop_on_interrupt(indexer) -> Iterator[None]:  # type: ignore[no-untyped-de
 @click.command()
 # Not `required`: `--ray FOLDER` takes the folder for the address, and the error should say so. Not
 # `readable`: a folder that cannot be listed keeps its images and is reported, it does not stop the run.
-@click.argument("paths", nargs=-1, type=click.Path(file_okay=False, readable=False), metavar="PATHS...")
+@click.argument("paths", nargs=-1, type=click.Path(file_okay=False, readable=False), metavar="[PATHS]...")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary as the last line of stdout.")
 @click.option("--reindex", is_flag=True,
               help="Embed every image again with the configured model (after a model change), beside the current "
@@ -93,7 +93,7 @@ def _stop_on_interrupt(indexer) -> Iterator[None]:  # type: ignore[no-untyped-de
 @click.pass_obj
 def index(obj: CliContext, paths: tuple[str, ...], as_json: bool, reindex: bool, allow_empty_root: bool,
           ray_address: str | None, wait: bool) -> None:
-    """Index the photos under PATHS (folders, searched recursively).
+    """Index the photos under PATHS (folders, searched recursively), by default the folders of indexer.roots.
 
     New and changed images are embedded, moved or duplicated ones are linked to their
     existing vectors, and images whose files disappeared are removed. Files that cannot be
@@ -103,15 +103,26 @@ def index(obj: CliContext, paths: tuple[str, ...], as_json: bool, reindex: bool,
     \b
     Examples:
       lookalike index ~/Pictures /mnt/photos
+      lookalike index                                   # the folders listed in indexer.roots
       lookalike index --json ~/Pictures | tail -n 1
       lookalike index ~/Pictures --ray                  # a local Ray (started, or the one running here)
       lookalike index /mnt/photos --ray auto           # the cluster this machine is part of
     """
     if not paths:
-        hint = f" (--ray took {ray_address!r} for the Ray address: put --ray after the folders)" \
-            if ray_address not in (None, "local", "auto") else ""
-        raise click.UsageError(f"Missing argument 'PATHS...'{hint}.")
+        if ray_address not in (None, "local", "auto"):
+            raise click.UsageError(f"Missing argument 'PATHS...' (--ray took {ray_address!r} for the Ray address: "
+                                   "put --ray after the folders).")
+        paths = configured_roots(obj.settings)
     report_index_run(run_index(obj.settings, paths, reindex, allow_empty_root, ray_address, wait), as_json)
+
+
+def configured_roots(settings) -> tuple[str, ...]:  # type: ignore[no-untyped-def]
+    """The library folders of `indexer.roots`, for a command given no PATH; a usage error when there are none."""
+    roots = tuple(str(root) for root in settings.indexer.roots)
+    if not roots:
+        raise click.UsageError("Missing argument 'PATHS...': give the folders to index, or list them in "
+                               "indexer.roots (config.yaml, or LOOKALIKE_INDEXER__ROOTS=/photos:/mnt/more).")
+    return roots
 
 
 def run_index(settings, paths: Sequence[str], reindex: bool = False,  # type: ignore[no-untyped-def]
