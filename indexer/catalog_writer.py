@@ -66,6 +66,7 @@ class CatalogWriter:
         self._rebuild_reason: str | None = None  # why the live index cannot follow the catalog any more
         self._published_at = time.monotonic()
         self._pruned_content = False  # images left the catalog: their thumbnails may go
+        self._added = 0  # images added to the catalog since the last publish
         self._unstored = Unstored()
 
     @classmethod
@@ -81,6 +82,20 @@ class CatalogWriter:
         with self._lock:
             self.index, _ = open_index(self.catalog, self.store, self.model_id, publish_repairs=True,
                                        config=self.index_config)
+            self._dirty, self._rebuild_reason, self._added = False, None, 0
+            self._published_at = time.monotonic()
+
+    def publish_due(self, tail_limit: int) -> bool:
+        """Whether a writer that stays open (a watcher) should publish now: nothing is searchable from a
+        generation yet, `tail_limit` images were added since the last publish (servers search those
+        exactly, beside the generation), or publish_every_seconds have passed with changes unpublished."""
+        with self._lock:
+            if not self._dirty and self._rebuild_reason is None:
+                return False
+            if self.index is None:
+                return True
+            interval = self.publish_every_seconds
+            return self._added >= tail_limit or bool(interval and time.monotonic() - self._published_at >= interval)
 
     def commit(self, batch: Batch[Any]) -> None:
         """One catalog transaction, then the same change in the live index.
@@ -158,6 +173,7 @@ class CatalogWriter:
     def _index_changes(self, ids: list[int], vectors: np.ndarray | None, orphans: list[int]) -> None:
         """Apply committed catalog changes to the live index, or note why it must be rebuilt instead."""
         if vectors is not None and len(ids):
+            self._added += len(ids)
             if self.index is None:
                 self._rebuild_reason = "no index yet"
             elif self._rebuild_reason is None:
@@ -188,7 +204,7 @@ class CatalogWriter:
     def _publish(self) -> None:
         if self._dirty and self.index is not None:
             self.store.publish(self.index, self.catalog.max_image_id())
-            self._dirty = False
+            self._dirty, self._added = False, 0
         self._published_at = time.monotonic()
 
 

@@ -20,7 +20,7 @@ from typing import Generic, Protocol
 
 from indexer.batch import Batch, R, commit_size, needs_embedding
 from indexer.catalog_writer import BackgroundCommits, CatalogWriter
-from indexer.plan import plan_run, record_scan_problems
+from indexer.plan import Plan, plan_run, record_scan_problems
 from indexer.reindex import Reembedded, Reindex
 from indexer.report import IndexReport, NoProgress, Progress
 from indexer.scan import FoundFile, resolve_root
@@ -112,9 +112,18 @@ class IndexRunner(Generic[R]):
         """Plan, commit the candidates' rows, remove what is gone, publish."""
         self.writer.open()
         plan = plan_run(self.catalog, roots, allow_empty_roots)
-        report.unchanged, report.skipped, report.kept = plan.unchanged, plan.skipped, plan.kept
-        report.found = len(plan.candidates) + plan.unchanged + plan.skipped
         report.unreadable = record_scan_problems(self.catalog, plan)
+        self.apply(plan, report)
+        self.writer.finish()
+
+    def apply(self, plan: Plan, report: IndexReport) -> None:
+        """Commit a plan's candidates, then forget the files it found gone (the writer is open; nothing is
+        published). New paths are linked before old ones are forgotten: a moved file keeps its vector.
+        Counts add up in `report`, so that one report can cover several plans (a watcher's batches)."""
+        report.unchanged += plan.unchanged
+        report.skipped += plan.skipped
+        report.kept += plan.kept
+        report.found += len(plan.candidates) + plan.unchanged + plan.skipped
         log.info("%d files to index, %d unchanged, %d rejected before and unchanged, %d gone",
                  len(plan.candidates), plan.unchanged, plan.skipped, len(plan.removed))
         self.progress.start(len(plan.candidates), report.found)
@@ -123,8 +132,7 @@ class IndexRunner(Generic[R]):
         report.interrupted = self.stop.is_set()
         if plan.removed and not report.interrupted:
             self.writer.remove(plan.removed)
-            report.removed = len(plan.removed)
-        self.writer.finish()
+            report.removed += len(plan.removed)
 
     def _process(self, candidates: Sequence[FoundFile], report: IndexReport) -> None:
         """Turn the candidates' rows into batches and commit each, the writer one batch behind."""

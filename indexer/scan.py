@@ -60,8 +60,9 @@ class ScanProblems:
             path = parent
 
 
-def scan(root: Path, problems: ScanProblems | None = None) -> Iterator[FoundFile]:
-    """Image files under `root` (by extension), recursively, in a stable order.
+def scan(root: Path, problems: ScanProblems | None = None, start: Path | None = None) -> Iterator[FoundFile]:
+    """Image files under `root` (by extension), recursively, in a stable order; with `start` (a folder below
+    `root`), only those under it, still as files of `root`.
 
     Symlinks are not followed: a link inside the root points at files that are scanned at
     their real place anyway, and a link leaving the root must not pull other files in.
@@ -69,7 +70,7 @@ def scan(root: Path, problems: ScanProblems | None = None) -> Iterator[FoundFile
     listed and entries that cannot be stat'ed are logged and noted in `problems`.
     """
     problems = problems if problems is not None else ScanProblems()
-    stack = [root]
+    stack = [start if start is not None else root]
     while stack:
         folder = stack.pop()
         try:

@@ -207,8 +207,10 @@ def _register() -> None:
     from lookalike.cli_model import config, model
     from lookalike.cli_search import search, similar
     from lookalike.cli_storage import backup, rebuild, verify
+    from lookalike.cli_watch import watch
 
-    for command in (index, errors, duplicates, search, similar, label, rebuild, verify, backup, model, config):
+    for command in (index, watch, errors, duplicates, search, similar, label, rebuild, verify, backup, model,
+                    config):
         cli.add_command(command)
 
 
