@@ -153,6 +153,10 @@ class ApiSettings(_Section):
     upload_memory_mb: int = Field(256, ge=1)
     max_batch_images: int = Field(16, ge=1, le=1024)
     max_form_parts: int = Field(64, ge=2)
+    watch: bool = Field(
+        False,
+        description="`lookalike serve` also runs a watcher keeping the catalog in step with indexer.roots, as "
+                    "`serve --watch` does.")
 
     @model_validator(mode="after")
     def _parts_hold_a_full_batch(self) -> ApiSettings:

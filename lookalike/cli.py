@@ -106,21 +106,42 @@ def stats(obj: CliContext, as_json: bool) -> None:
 @click.option("--host", default=None, help="Address to listen on (default: api.host).")
 @click.option("--port", type=int, default=None, help="Port to listen on (default: api.port).")
 @click.option("--workers", type=click.IntRange(1, 64), default=None, help="Worker processes (default: api.workers).")
+@click.option("--watch", is_flag=True, default=None,
+              help="Also keep the catalog in step with indexer.roots, as `lookalike watch` does (default: api.watch).")
 @click.pass_obj
-def serve(obj: CliContext, host: str | None, port: int | None, workers: int | None) -> None:
+def serve(obj: CliContext, host: str | None, port: int | None, workers: int | None, watch: bool | None) -> None:
     """Serve the search API (and its JSON endpoints) with gunicorn.
+
+    With --watch, one child process of the server watches the folders of indexer.roots and
+    indexes what changes; every worker serves the new photos within seconds.
 
     \b
     Example:
       lookalike serve --host 0.0.0.0 --port 8000
       curl -F image=@cat.jpg 'http://127.0.0.1:8000/api/v1/search?k=5'
+      lookalike serve --watch --workers 2
     """
     from search_api.serve import serve as run_server
 
     settings = obj.settings
     host, port = host or settings.api.host, port or settings.api.port
     check_port_free(host, port)
-    run_server(settings, host, port, workers or settings.api.workers)
+    watch_command = _watch_command(obj) if (watch or settings.api.watch) else None
+    run_server(settings, host, port, workers or settings.api.workers, watch_command)
+
+
+def _watch_command(obj: CliContext) -> list[str]:
+    """The `lookalike watch` a watching server runs as its child, with this command's settings file."""
+    from lookalike.cli_index import configured_roots
+    from storage.lock import watcher_pid
+
+    configured_roots(obj.settings)  # none configured: a usage error now, not a child failing forever
+    pid = watcher_pid(obj.settings.storage.data_dir)
+    if pid is not None:
+        raise click.ClickException(f"another lookalike watcher (pid {pid}) keeps {obj.settings.storage.data_dir} in "
+                                   "step already: stop it, or serve without --watch (api.watch: false)")
+    config = ["--config", obj.config] if obj.config else []
+    return [sys.executable, "-m", "lookalike", *config, "watch", "--parent-pid", str(os.getpid())]
 
 
 @cli.command("sample-library")

@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Sequence
 from typing import Any
 
 from flask import Flask
@@ -67,8 +68,10 @@ def _when_ready(server: Any) -> None:
 
 
 class LookalikeServer(BaseApplication):  # type: ignore[misc]
-    def __init__(self, settings: Settings, host: str, port: int, workers: int) -> None:
+    def __init__(self, settings: Settings, host: str, port: int, workers: int,
+                 watch_command: Sequence[str] | None = None) -> None:
         self.settings = settings
+        self.watch_command = watch_command
         self.cpu_threads = threads_per_worker(workers)
         self.options = {
             "bind": f"{host}:{port}",
@@ -98,6 +101,20 @@ class LookalikeServer(BaseApplication):  # type: ignore[misc]
     def load(self) -> Any:
         return build_worker_app(self.settings, self.cpu_threads)
 
+    def run(self) -> None:
+        """gunicorn's arbiter; with a watcher command, one that also keeps the watcher running."""
+        if self.watch_command is None:
+            super().run()
+            return
+        from search_api.watcher_process import WatcherProcess, WatchingArbiter
+
+        try:
+            WatchingArbiter(self, WatcherProcess(self.watch_command)).run()
+        except RuntimeError as exc:  # as gunicorn's own run() reports a server that cannot start
+            print(f"\nError: {exc}\n", file=sys.stderr)
+            sys.stderr.flush()
+            sys.exit(1)
+
 
 # glibc's M_ARENA_MAX: by default each request thread may get its own malloc arena, which under
 # sustained load keeps growing a worker's memory through fragmentation; two arenas keep it flat.
@@ -116,15 +133,16 @@ def limit_malloc_arenas() -> bool:
         return False
 
 
-def serve(settings: Settings, host: str, port: int, workers: int) -> None:
-    """Serve until stopped; metrics of all workers are gathered in a fresh temporary directory."""
+def serve(settings: Settings, host: str, port: int, workers: int, watch_command: Sequence[str] | None = None) -> None:
+    """Serve until stopped; metrics of all workers are gathered in a fresh temporary directory. With
+    `watch_command`, the arbiter also runs that watcher (search_api.watcher_process)."""
     limit_malloc_arenas()
     if "search_api.metrics" in sys.modules:
         log.warning("metrics were created before %s was set: /metrics will show one worker only", MULTIPROC_ENV)
     metrics_dir = tempfile.mkdtemp(prefix="lookalike-metrics-")
     os.environ[MULTIPROC_ENV] = metrics_dir
     owner = os.getpid()
-    server = LookalikeServer(settings, host, port, workers)
+    server = LookalikeServer(settings, host, port, workers, watch_command)
     log.info("serving on http://%s:%d with %d worker(s); %d CPU thread(s) per worker for TensorFlow and FAISS "
              "(%d cores); metrics in %s=%s", host, port, workers, server.cpu_threads, available_cores(),
              MULTIPROC_ENV, metrics_dir)

@@ -481,8 +481,9 @@ class ServerProcess:
 
     def __init__(self, env: dict[str, str], log: Path, workers: int = 1, args: tuple[str, ...] = (),
                  python_args: tuple[str, ...] = ("-m", "lookalike"), probe: str = "/readyz",
-                 cwd: Path | None = None) -> None:
+                 cwd: Path | None = None, serve_args: tuple[str, ...] = ()) -> None:
         self.env, self.log_path, self.workers_wanted, self.args, self.cwd = env, log, workers, args, cwd
+        self.serve_args = serve_args  # after `serve`
         self.probe = probe  # entered once this path answers 200
         self.python_args = python_args  # how Python starts the command (the arguments follow)
         self.port = free_port()
@@ -494,7 +495,7 @@ class ServerProcess:
         with self.log_path.open("wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, *self.python_args, *self.args, "serve", "--host", "127.0.0.1",
-                 "--port", str(self.port), "--workers", str(self.workers_wanted)],
+                 "--port", str(self.port), "--workers", str(self.workers_wanted), *self.serve_args],
                 env=self.env, cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         wait_ready(self.proc, self.base, probe=self.probe)
         wait_for(lambda: len(self.worker_pids()) == self.workers_wanted, 60, "the workers")
@@ -526,19 +527,34 @@ class ServerProcess:
         return pids
 
     def worker_pids(self) -> set[int]:
-        """Live gunicorn workers: the server's children that are not zombies."""
+        """Live gunicorn workers: the server's children that are not zombies (nor its watcher)."""
         import psutil
 
         assert self.proc is not None
         workers = set()
         for child in psutil.Process(self.proc.pid).children():
             try:
-                if child.status() != psutil.STATUS_ZOMBIE:
+                if child.status() != psutil.STATUS_ZOMBIE and "--parent-pid" not in child.cmdline():
                     workers.add(child.pid)
             except psutil.NoSuchProcess:
                 continue
         self.seen.update(workers)
         return workers
+
+    def watcher_pids(self) -> set[int]:
+        """The live `lookalike watch` child of a `serve --watch`."""
+        import psutil
+
+        assert self.proc is not None
+        found = set()
+        for child in psutil.Process(self.proc.pid).children():
+            try:
+                if child.status() != psutil.STATUS_ZOMBIE and "--parent-pid" in child.cmdline():
+                    found.add(child.pid)
+            except psutil.NoSuchProcess:
+                continue
+        self.seen.update(found)
+        return found
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
