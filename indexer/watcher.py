@@ -36,6 +36,7 @@ from indexer.scan import RootError
 from indexer.settings import Settings
 from indexer.watch_events import EVENT_TYPES, ChangeQueue
 from indexer.watch_plan import Changes, plan_changes, root_identity, root_present
+from indexer.watch_status import write_status
 from storage.catalog import Catalog
 from storage.lock import LockedError, watch_lock, writer_lock
 from storage.paths import printable
@@ -53,6 +54,7 @@ TAIL_PUBLISH = 10_000  # images added since the last generation that make the wa
 LOCK_POLL_SECONDS = 1.0
 FALLBACK_POLL_SECONDS = 60.0  # polling interval for a root that events cannot be had for
 FINAL_LOCK_WAIT_SECONDS = 5.0
+STATUS_SECONDS = 1.0  # how often watch-status.json is written (and after every batch)
 
 
 class Stopped(Exception):
@@ -129,8 +131,12 @@ class Watcher:
         next_rescan = time.monotonic() + rescan_every if rescan_every else None
         next_root_check = time.monotonic() + ROOT_CHECK_SECONDS
         log.info("watching %d root(s): %s", len(self.roots), ", ".join(printable(r) for r in self.roots))
+        next_status = 0.0
         while not self.stop.wait(TICK_SECONDS):
             now = time.monotonic()
+            if now >= next_status:
+                write_status(self.data_dir, self.status())
+                next_status = now + STATUS_SECONDS
             if now >= next_root_check:
                 self._check_roots()
                 next_root_check = now + ROOT_CHECK_SECONDS
@@ -212,7 +218,9 @@ class Watcher:
             setattr(self.totals, name, getattr(self.totals, name) + getattr(report, name))
         self.totals.seconds += report.seconds
         self.batches += 1
-        self.last_batch = {"what": what, **report.to_json()}
+        summary = {k: v for k, v in report.to_json().items() if k not in ("failures", "unreadable")}
+        self.last_batch = {"what": what, "at": time.time(), **summary}
+        write_status(self.data_dir, self.status())
         if report.indexed or report.linked or report.removed or report.failed or what != "changes":
             log.info("%s: %s", what, self._summary(report))
         for failure in report.failures:

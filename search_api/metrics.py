@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 from flask import Blueprint, Flask, Response, g, request
 from flask.typing import ResponseReturnValue
@@ -22,6 +24,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from search_api.current import current_service
 from search_api.openapi import operation
@@ -76,7 +80,41 @@ def metrics() -> ResponseReturnValue:
     index = service.index()
     record_index(index.count if index is not None else 0, service.generation())
     # CONTENT_TYPE_LATEST names its charset already: as a mimetype, Flask would add a second one.
-    return Response(generate_latest(_registry()), content_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(_registry()) + _watcher_metrics(service.data_dir),
+                    content_type=CONTENT_TYPE_LATEST)
+
+
+def _watcher_metrics(data_dir: Path) -> bytes:
+    """The gauges of the watcher keeping `data_dir` in step (another process: read from its status file)."""
+    from indexer.watch_status import read_status
+
+    status = read_status(data_dir) or {}
+    values = {
+        ("lookalike_watch_running", "1 while a watcher (lookalike watch, serve --watch) keeps the library in step."):
+            1 if status else 0,
+        ("lookalike_watch_roots", "Library roots the watcher watches."): len(status.get("roots", [])),
+        ("lookalike_watch_roots_missing", "Watched roots that are missing or unmounted now (nothing removed)."):
+            len(status.get("vanished", [])),
+        ("lookalike_watch_events_received", "File-system events the watcher received since it started."):
+            status.get("events", 0),
+        ("lookalike_watch_files_settling", "Files written lately, waiting to be complete before they are indexed."):
+            status.get("waiting", 0),
+        ("lookalike_watch_index_lag_seconds", "Age of the oldest change the watcher has not committed yet (0: none)."):
+            status.get("lag_seconds", 0.0),
+    }
+    registry = CollectorRegistry()
+    # Metric families made here and now: a Gauge would keep a value file in the multiprocess directory.
+    registry.register(_Families([GaugeMetricFamily(name, description, value=float(value))
+                                 for (name, description), value in values.items()]))
+    return generate_latest(registry)
+
+
+class _Families(Collector):
+    def __init__(self, families: list[GaugeMetricFamily]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        return iter(self.families)
 
 
 def init_app(app: Flask) -> None:

@@ -247,3 +247,30 @@ def test_a_bind_mount_over_the_root_and_its_unmount(tmp_path: Path, tf1_module: 
                   "events followed on the mounted disk again")
     finally:
         subprocess.run(["umount", str(root)], capture_output=True)
+
+
+def metric(text: str, name: str) -> float:
+    [line] = [line for line in text.splitlines() if line.startswith(name + " ")]
+    return float(line.split()[1])
+
+
+def test_metrics_show_the_watcher(tmp_path: Path, tf1_module: Path) -> None:
+    from search_api import create_app
+
+    settings = watch_settings(tmp_path, tf1_module)
+    root = tmp_path / "library"
+    root.mkdir()
+    (root / "first.png").write_bytes(picture(RED, 60))
+    with watching(settings, root):
+        until(settings, lambda files: len(files) == 1, "the first scan")
+        (root / "second.png").write_bytes(picture(BLUE, 61))
+        until(settings, lambda files: len(files) == 2, "a new file")
+        client = create_app(settings).test_client()
+        wait_for(lambda: metric(client.get("/metrics").get_data(as_text=True), "lookalike_watch_events_received")
+                 > 0, 10, "the events counted")
+        text = client.get("/metrics").get_data(as_text=True)
+        assert metric(text, "lookalike_watch_running") == 1 and metric(text, "lookalike_watch_roots") == 1
+        assert metric(text, "lookalike_watch_roots_missing") == 0
+        assert metric(text, "lookalike_watch_files_settling") == 0
+        assert metric(text, "lookalike_watch_index_lag_seconds") == 0
+    assert metric(client.get("/metrics").get_data(as_text=True), "lookalike_watch_running") == 0
