@@ -34,16 +34,25 @@ def write_status(data_dir: Path, status: dict[str, Any]) -> None:
 
 
 def read_status(data_dir: Path) -> dict[str, Any] | None:
-    """The running watcher's status (lag brought up to now), or None when no watcher runs."""
+    """The running watcher's status (lag brought up to now), or None when no watcher runs (a watcher writes
+    its first status as soon as it holds the watch lock)."""
     pid = watcher_pid(data_dir)
     if pid is None:
         return None
     try:
         status = json.loads((data_dir / STATUS_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return {"pid": pid, "starting": True}
+        return None
     if not isinstance(status, dict) or str(status.get("pid")) != pid:
-        return {"pid": pid, "starting": True}
+        return None  # the watch lock is held by an index run (see storage.lock.index_run_lock)
     if status.get("lag_seconds"):
         status["lag_seconds"] = round(status["lag_seconds"] + max(0.0, time.time() - status["written_at"]), 3)
     return status
+
+
+def remove_status(data_dir: Path) -> None:
+    """A watcher that stops takes its status with it."""
+    try:
+        (data_dir / STATUS_FILE).unlink(missing_ok=True)
+    except OSError as exc:
+        log.debug("cannot remove %s: %s", data_dir / STATUS_FILE, exc)

@@ -36,7 +36,7 @@ from indexer.scan import RootError
 from indexer.settings import Settings
 from indexer.watch_events import EVENT_TYPES, ChangeQueue
 from indexer.watch_plan import Changes, plan_changes, root_identity, root_present
-from indexer.watch_status import write_status
+from indexer.watch_status import remove_status, write_status
 from storage.catalog import Catalog
 from storage.lock import LockedError, watch_lock, writer_lock
 from storage.paths import printable
@@ -98,6 +98,8 @@ class Watcher:
     def run(self) -> None:
         """Watch until a stop is requested. Raises LockedError when another watcher keeps the data directory."""
         with watch_lock(self.data_dir), ExitStack() as stack:
+            write_status(self.data_dir, {"roots": self.roots, "starting": True})
+            stack.callback(remove_status, self.data_dir)
             self.catalog = Catalog(self.settings.storage.resolved_database_url())
             stack.callback(self.catalog.close)
             self.store = IndexStore(self.data_dir / "index")

@@ -18,19 +18,24 @@ from lookalike.context import CliContext, human
 class _ProgressBar:
     """A tqdm bar on stderr: files done of those to index, per-outcome counts, images/s and ETA."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, also=None) -> None:  # type: ignore[no-untyped-def]
         self.enabled = enabled
         self.bar = None
         self.counts = {"embedded": 0, "linked": 0, "failed": 0}
+        self.also = also  # another Progress told the same (a job's file)
 
     def start(self, total: int, found: int = 0) -> None:
         from tqdm import tqdm
 
+        if self.also is not None:
+            self.also.start(total, found)
         self.close()  # a reindex run has two phases, each with its own bar
         self.bar = tqdm(total=total, unit="img", disable=not self.enabled, file=sys.stderr, dynamic_ncols=True,
                         desc=f"found {found:,}, to index")
 
     def advance(self, outcome: str) -> None:
+        if self.also is not None:
+            self.also.advance(outcome)
         self.counts["embedded" if outcome == "indexed" else outcome] += 1
         if self.bar is not None:
             self.bar.update(1)
@@ -90,9 +95,12 @@ def _stop_on_interrupt(indexer) -> Iterator[None]:  # type: ignore[no-untyped-de
 @click.option("--wait", is_flag=True,
               help="When another indexer or a watcher is writing to the data directory, wait for it instead of "
                    "stopping.")
+@click.option("--job", "job_id", default=None, hidden=True,
+              help="Write progress and summary into this job of the data directory (POST /api/v1/jobs/index).")
+@click.option("--parent-pid", type=int, default=None, hidden=True, help="End when this process ends.")
 @click.pass_obj
 def index(obj: CliContext, paths: tuple[str, ...], as_json: bool, reindex: bool, allow_empty_root: bool,
-          ray_address: str | None, wait: bool) -> None:
+          ray_address: str | None, wait: bool, job_id: str | None, parent_pid: int | None) -> None:
     """Index the photos under PATHS (folders, searched recursively), by default the folders of indexer.roots.
 
     New and changed images are embedded, moved or duplicated ones are linked to their
@@ -113,7 +121,26 @@ def index(obj: CliContext, paths: tuple[str, ...], as_json: bool, reindex: bool,
             raise click.UsageError(f"Missing argument 'PATHS...' (--ray took {ray_address!r} for the Ray address: "
                                    "put --ray after the folders).")
         paths = configured_roots(obj.settings)
-    report_index_run(run_index(obj.settings, paths, reindex, allow_empty_root, ray_address, wait), as_json)
+    if parent_pid is not None:
+        from indexer.lifeline import die_with_parent
+
+        die_with_parent(parent_pid)
+    if job_id is None:
+        report_index_run(run_index(obj.settings, paths, reindex, allow_empty_root, ray_address, wait), as_json)
+        return
+    from indexer.index_jobs import JobProgress
+
+    job = JobProgress(obj.settings.storage.data_dir, job_id)
+    try:
+        report = run_index(obj.settings, paths, reindex, allow_empty_root, ray_address, wait, job)
+    except click.ClickException as exc:
+        job.fail(exc.message)
+        raise
+    except BaseException as exc:
+        job.fail(f"{type(exc).__name__}: {exc}")
+        raise
+    job.finish(report.to_json())
+    report_index_run(report, as_json)
 
 
 def configured_roots(settings) -> tuple[str, ...]:  # type: ignore[no-untyped-def]
@@ -126,7 +153,8 @@ def configured_roots(settings) -> tuple[str, ...]:  # type: ignore[no-untyped-de
 
 
 def run_index(settings, paths: Sequence[str], reindex: bool = False,  # type: ignore[no-untyped-def]
-              allow_empty_root: bool = False, ray_address: str | None = None, wait: bool = False):
+              allow_empty_root: bool = False, ray_address: str | None = None, wait: bool = False,
+              job=None):
     """One indexing run under the writer lock, with a progress bar on a terminal; errors become exit 1.
 
     With `ray_address`, files are read and embedded on that Ray cluster (see indexer.distributed). With
@@ -141,7 +169,7 @@ def run_index(settings, paths: Sequence[str], reindex: bool = False,  # type: ig
 
     data_dir = settings.storage.data_dir
     m = settings.model
-    bar = _ProgressBar(enabled=sys.stderr.isatty())
+    bar = _ProgressBar(enabled=sys.stderr.isatty(), also=job)
     errors: tuple[type[Exception], ...] = (RootError, ModelUnavailableError, LockedError, IndexMismatchError,
                                            IndexWriteError)
     try:

@@ -16,6 +16,7 @@ from search_api import (
     routes_docs,
     routes_health,
     routes_images,
+    routes_jobs,
     routes_labels,
     routes_page,
     routes_search,
@@ -51,7 +52,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     security_headers.init_app(app)
     metrics.init_app(app)
     for bp in (routes_search.bp, routes_images.bp, routes_browse.bp, routes_labels.bp, routes_health.bp,
-               routes_page.bp):
+               routes_page.bp, routes_jobs.bp):
         app.register_blueprint(bp)
     routes_docs.init_app(app)
     return app

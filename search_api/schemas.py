@@ -254,3 +254,28 @@ class Ready(Stats):
     in_step: bool = Field(description="The index holds exactly the catalog's images (false for a moment while an "
                                       "indexer runs).")
 
+
+
+class IndexJob(BaseModel):
+    id: str
+    kind: Literal["index"]
+    state: Literal["queued", "running", "done", "interrupted", "failed"]
+    roots: list[str]
+    created_at: float = Field(description="Unix time the job was asked for.")
+    started_at: float | None
+    finished_at: float | None
+    pid: int | None = Field(description="The `lookalike index` process running it.")
+    found: int = Field(description="Files found under the roots.")
+    total: int = Field(description="Files to index (new or changed).")
+    done: int = Field(description="Of `total`, files done (indexed, linked or failed).")
+    indexed: int
+    linked: int
+    failed: int
+    images_per_second: float
+    eta_seconds: float | None = Field(description="Seconds left at the current rate (null: not known yet).")
+    summary: dict[str, object] | None = Field(description="At the end, the fields of `lookalike index --json`.")
+    error: str | None
+
+
+class IndexJobList(BaseModel):
+    jobs: list[IndexJob] = Field(description="The last jobs, newest first.")

@@ -131,6 +131,7 @@ def index_run_lock(data_dir: Path, wait: bool = False) -> Iterator[None]:
                 f"another lookalike indexer (pid {_holder(fd)}, a watcher) is writing to {data_dir}; "
                 "wait for it to finish, or stop it, then run again (or use --wait)"
             )
+        _claim(fd)  # so that nobody takes this run for the watcher that held the lock last
         with writer_lock(data_dir, None if wait else 0.0):
             yield
     finally:
