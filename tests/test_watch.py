@@ -274,3 +274,14 @@ def test_metrics_show_the_watcher(tmp_path: Path, tf1_module: Path) -> None:
         assert metric(text, "lookalike_watch_files_settling") == 0
         assert metric(text, "lookalike_watch_index_lag_seconds") == 0
     assert metric(client.get("/metrics").get_data(as_text=True), "lookalike_watch_running") == 0
+
+
+def test_a_root_missing_at_start_is_watched_once_it_appears(tmp_path: Path, tf1_module: Path) -> None:
+    settings = watch_settings(tmp_path, tf1_module)
+    root = tmp_path / "later"
+    with watching(settings, root) as (watcher, _):
+        assert str(root) in watcher.vanished
+        root.mkdir()
+        wait_for(lambda: str(root) not in watcher.vanished, 15, "the new root noticed")
+        (root / "p.png").write_bytes(picture(GREEN, 70))
+        until(settings, lambda files: set(files) == {str(root / "p.png")}, "a file in the new root")
