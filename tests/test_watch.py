@@ -285,3 +285,28 @@ def test_a_root_missing_at_start_is_watched_once_it_appears(tmp_path: Path, tf1_
         wait_for(lambda: str(root) not in watcher.vanished, 15, "the new root noticed")
         (root / "p.png").write_bytes(picture(GREEN, 70))
         until(settings, lambda files: set(files) == {str(root / "p.png")}, "a file in the new root")
+
+
+def test_a_root_without_events_is_polled(tmp_path: Path, tf1_module: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where inotify cannot watch (its watch limit reached, a network share), indexer.watch_poll_seconds polls."""
+    import errno
+
+    from watchdog.observers import Observer
+
+    class NoInotify(Observer):  # type: ignore[misc,valid-type]
+        def schedule(self, *args: object, **kwargs: object) -> None:
+            raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+    monkeypatch.setattr("indexer.watcher.Observer", NoInotify)
+    settings = watch_settings(tmp_path, tf1_module, watch_poll_seconds=0.5)
+    root = tmp_path / "share"
+    root.mkdir()
+    with watching(settings, root):
+        path = root / "polled.png"
+        path.write_bytes(picture(BLUE, 80))
+        until(settings, lambda files: files.get(str(path)) == sha256_of(path), "a polled new file")
+        moved = root / "moved.png"
+        path.rename(moved)
+        until(settings, lambda files: set(files) == {str(moved)}, "a polled move")
+        moved.unlink()
+        until(settings, lambda files: not files, "a polled deletion")
