@@ -109,7 +109,7 @@ def test_a_watcher_killed_mid_batch_resumes_and_verify_is_clean(tmp_path: Path, 
         assert 0 < catalog_count(data, tf1_module) < 20
         proc = start_watch(env, log, str(root))
         wait_for(lambda: catalog_count(data, tf1_module) == 20, 90, "the next start to resume")
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
         assert proc.wait(20) == 0, log.read_text()
         checked = CliRunner().invoke(cli, ["verify"], env=env)
         assert checked.exit_code == 0 and checked.output.strip().endswith("ok"), checked.output
