@@ -203,8 +203,8 @@ class Embedder:
     """A loaded image module: batches of uint8 RGB images in, unit feature vectors and class probabilities out."""
 
     def __init__(self, handle: str, image_size: int, download_timeout: float = 60.0,
-                 precision: str = "float32") -> None:
-        configure_tensorflow(precision)
+                 precision: str = "auto") -> None:
+        self.precision = configure_tensorflow(precision)
         self.handle = handle
         self.image_size = image_size
         self.model_id = model_id(handle, image_size)

@@ -36,7 +36,7 @@ class ModelSettings(_Section):
     image_size: int = Field(380, ge=32, le=2048)
     batch_size: int = Field(0, ge=0, le=1024)
     download_timeout: float = Field(60.0, gt=0)
-    precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
+    precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = "auto"
 
 
 class StorageSettings(_Section):
