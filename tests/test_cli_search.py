@@ -165,6 +165,8 @@ def test_config_show_names_every_source(tmp_path: Path) -> None:
     assert rows[port + 1] == "    Port `lookalike serve` listens on."  # its help, on the lines below it
     settings_rows = [line for line in rows if not line.startswith(" ")]
     assert [line.split()[0] for line in settings_rows] == list(shown)
+    words = " ".join(table.stdout.split())
+    assert all(" ".join(helps[key].split()) in words for key in shown)
 
 
 def test_config_example_is_the_repository_config_yaml() -> None:
