@@ -32,6 +32,8 @@ from indexer.tf_runtime import configure_tensorflow, load_tensorflow
 
 log = logging.getLogger(__name__)
 
+_DEFAULTS = ModelSettings()  # what an Embedder made without settings uses
+
 
 class ModelUnavailableError(RuntimeError):
     """The configured model cannot be found, downloaded or loaded; the message says what to do."""
@@ -202,8 +204,8 @@ def _single_pass_tf2(module: Any) -> Callable[[Any], dict[str, Any]]:
 class Embedder:
     """A loaded image module: batches of uint8 RGB images in, unit feature vectors and class probabilities out."""
 
-    def __init__(self, handle: str, image_size: int, download_timeout: float = 60.0,
-                 precision: str = "auto") -> None:
+    def __init__(self, handle: str, image_size: int, download_timeout: float = _DEFAULTS.download_timeout,
+                 precision: str = _DEFAULTS.precision) -> None:
         self.precision = configure_tensorflow(precision)
         self.handle = handle
         self.image_size = image_size

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from types import ModuleType
+from typing import Literal, get_args
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,9 @@ START_UP_NOISE = re.compile(
     r"|failed call to cuInit"
 )
 
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+# The model.precision setting's type (indexer/settings.py) and the values configure_tensorflow takes.
+Precision = Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 # Measured with bench/model_speed.py on 2 CPU cores (B4, 380x380): batch 1 ran 3.2-4.0 img/s, batch 8
 # 2.6, batch 32 2.1, with the least memory at batch 1: a small CPU gains nothing from batching.
 CPU_BATCH_SIZE = 1

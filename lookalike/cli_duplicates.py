@@ -10,12 +10,12 @@ from lookalike.context import CliContext, human
 
 
 @click.command()
-@click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=0.95, show_default=True,
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
               help="Cosine similarity at or above which two images count as near-duplicates; a group holds "
-                   "images linked by such pairs.")
+                   "images linked by such pairs (default: search.dedupe_threshold).")
 @click.option("--json", "as_json", is_flag=True, help="Print the groups as JSON.")
 @click.pass_obj
-def duplicates(obj: CliContext, threshold: float, as_json: bool) -> None:
+def duplicates(obj: CliContext, threshold: float | None, as_json: bool) -> None:
     """List groups of duplicate photos: same content at several paths, and near-duplicates.
 
     Near-duplicates (resized, recompressed, slightly edited copies) are found with a range
@@ -33,6 +33,8 @@ def duplicates(obj: CliContext, threshold: float, as_json: bool) -> None:
     from storage.vector_index import IndexMismatchError, IndexStore
 
     settings = obj.settings
+    if threshold is None:
+        threshold = settings.search.dedupe_threshold
     config = settings.storage.index_config()
     catalog = Catalog(settings.storage.resolved_database_url(), create=False)
     try:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from lookalike.context import CliContext, human
+from lookalike.context import CliContext, IntUpToSetting, human
 from storage.paths import display_path
 
 if TYPE_CHECKING:  # the engine is imported by the commands that search, not by every start of the CLI
@@ -116,8 +116,8 @@ class _Queries:
 
 
 _common = [
-    click.option("-k", "--k", "k", type=click.IntRange(1, 1000), default=None,
-                 help="Number of results (default: search.default_k)."),
+    click.option("-k", "--k", "k", type=IntUpToSetting(1, "search.max_k"), default=None,
+                 help="Number of results (default: search.default_k; at most search.max_k)."),
     click.option("--class", "classes", multiple=True, metavar="CLASS",
                  help="Only images of this ImageNet class (id, name or WordNet id), concept "
                       "(dog, bird, vehicle, ...) or custom label (label:NAME); repeat for several."),

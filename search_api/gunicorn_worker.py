@@ -50,8 +50,8 @@ CLOSE_LINGER = 0.5
 class DeadlineSocket(socket.socket):
     """A client connection whose reads and writes for one request share two time budgets."""
 
-    read_timeout = 60.0
-    send_timeout = 60.0
+    read_timeout: float  # api.read_timeout and api.send_timeout, set by adopt()
+    send_timeout: float
 
     @classmethod
     def adopt(cls, sock: socket.socket, read_timeout: float, send_timeout: float) -> DeadlineSocket:

@@ -13,7 +13,7 @@ from flask.typing import ResponseReturnValue
 from werkzeug.wsgi import wrap_file
 
 from indexer.library_files import UNREADABLE, LibraryFileError, open_beneath
-from indexer.thumbnails import DEFAULT_THUMBNAIL_SIZE, ThumbnailUnavailable, thumbnail_for
+from indexer.thumbnails import ThumbnailUnavailable, thumbnail_for
 from search_api import schemas
 from search_api.current import current_service
 from search_api.headers import content_disposition
@@ -126,7 +126,7 @@ def image_thumbnail(image_id: int) -> ResponseReturnValue:
     files = _library_files(image_id)
     try:
         thumb = thumbnail_for(settings.storage.data_dir, files,
-                              settings.indexer.thumbnail_size or DEFAULT_THUMBNAIL_SIZE,
+                              settings.indexer.served_thumbnail_size(),
                               settings.indexer.max_image_pixels)
     except ThumbnailUnavailable as exc:
         log.info("image %d: no thumbnail (%s): %s", image_id, exc.kind, exc)

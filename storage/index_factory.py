@@ -29,7 +29,9 @@ DEFAULT_NPROBE = 16
 
 @dataclass(frozen=True)
 class IndexConfig:
-    """What storage needs to know to choose and query an index (built from the settings by callers)."""
+    """What storage needs to know to choose and query an index (built from the settings by callers).
+
+    These defaults are the storage.* settings' defaults too: indexer/settings.py reads them from here."""
 
     factory: str = "auto"
     memory_budget_bytes: int = 2048 * 2**20

@@ -45,6 +45,11 @@ def test_duplicates_command_finds_copies_and_resized_versions(runner: CliRunner,
     assert "same content" in human.stdout and "near-duplicates (each at cosine >= 0.999" in human.stdout
     assert "1 group(s) of identical files, 1 group(s) of near-duplicates" in human.output
     assert runner.invoke(cli, ["duplicates", "--threshold", "1.5"], env=env).exit_code == 2
+    # Without --threshold, search.dedupe_threshold decides.
+    configured = runner.invoke(cli, ["duplicates", "--json"],
+                               env={**env, "LOOKALIKE_SEARCH__DEDUPE_THRESHOLD": "0.999"})
+    assert json.loads(configured.stdout) == report
+    assert json.loads(runner.invoke(cli, ["duplicates", "--json"], env=env).stdout)["threshold"] == 0.95
 
 
 def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
