@@ -1,6 +1,6 @@
 """CPU precision: speed and agreement of float32 and bfloat16, with and without cached weight layouts.
 
-    python bench/precision.py --model ../shared/models/efficientnet_lite0_tf1 --image-size 224
+    python bench/precision.py --model /path/to/efficientnet_lite0_tf1 --image-size 224
     python bench/precision.py                       # B4 stand-in (random weights: speed only)
     python bench/precision.py --batches 1 8 --rounds 3
 
