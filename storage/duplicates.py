@@ -193,3 +193,11 @@ def near_groups(catalog: Catalog, index: RangeSearchable, threshold: float, conf
             for i, suggested in zip(present, chosen, strict=True)
         )))
     return groups
+
+
+def files_state(catalog: Catalog) -> tuple[int, int, int, int]:
+    """Counts and largest ids of files and images: any file or image added or removed changes it."""
+    with catalog.session() as s:
+        files = s.execute(select(func.count(FileRow.id), func.max(FileRow.id))).one()
+        images = s.execute(select(func.count(ImageRow.id), func.max(ImageRow.id))).one()
+    return int(files[0]), int(files[1] or 0), int(images[0]), int(images[1] or 0)
