@@ -58,9 +58,9 @@ def duplicates(obj: CliContext, threshold: float, as_json: bool) -> None:
         click.echo(f"same content (image {group.image_id}, {group.width}x{group.height} {group.format}):")
         for copy in group.files:
             click.echo(f"  {_mark(copy.suggested)}  {human(copy.path)}")
-    for group in near:
+    for similar in near:
         click.echo(f"near-duplicates (each at cosine >= {threshold} to its closest in the group, shown):")
-        for member in group.members:
+        for member in similar.members:
             for path in member.paths[:1]:
                 click.echo(f"  {member.link:.3f}  {_mark(member.suggested)}  {member.width}x{member.height}  "
                            f"{human(path)}")

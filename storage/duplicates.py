@@ -178,17 +178,17 @@ def near_groups(catalog: Catalog, index: RangeSearchable, threshold: float, conf
     for root in sorted(components):
         members = sorted(set(components[root]) | {root})
         records = catalog.get_images(members)  # images removed meanwhile are left out
-        vectors = catalog.embeddings(members)
+        stored = catalog.embeddings(members)
         mtimes = oldest_mtimes(catalog, members)
-        present = [i for i in members if i in vectors and i in records]
+        present = [i for i in members if i in stored and i in records]
         if len(present) < 2:
             continue
-        first = vectors[present[0]]
+        first = stored[present[0]]
         chosen = suggestions([Copy(i, records[i].width, records[i].height, records[i].size, mtimes.get(i, 0))
                               for i in present])
         groups.append(NearGroup(tuple(
-            NearMember(i, records[i].paths, float(np.dot(first, vectors[i])),
-                       closest.get(i, float(np.dot(first, vectors[i]))), records[i].width, records[i].height,
+            NearMember(i, records[i].paths, float(np.dot(first, stored[i])),
+                       closest.get(i, float(np.dot(first, stored[i]))), records[i].width, records[i].height,
                        records[i].format, records[i].size, mtimes.get(i, 0), suggested)
             for i, suggested in zip(present, chosen, strict=True)
         )))
