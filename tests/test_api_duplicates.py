@@ -18,6 +18,7 @@ from helpers import BLUE, assert_problem, colour_image, env_for, make_colour_lib
 from indexer.settings import Settings
 from lookalike.cli import cli
 from search_api import create_app
+from search_api.duplicate_groups import duplicate_groups
 
 THRESHOLD = 0.999
 OLD_NS = 1_400_000_000 * 10**9
@@ -146,3 +147,26 @@ def test_a_new_copy_shows_up_without_a_restart(client: FlaskClient, settings: Se
     assert again["exact_total"] == first["exact_total"] + 1
     assert any(g["kind"] == "exact" and any(p.endswith("green0-copy.webp") for p in g["paths"])
                for g in again["groups"])
+
+
+def test_the_groups_are_found_once_and_reused(client: FlaskClient) -> None:
+    with client.application.app_context():
+        finder = duplicate_groups()
+        assert finder.listing(THRESHOLD) is finder.listing(THRESHOLD)
+        assert finder.listing(0.99) is not finder.listing(THRESHOLD)
+
+
+def test_a_request_waits_a_bounded_time_for_another_finding_them(settings_for: Callable[..., Settings],
+                                                                 library: Path) -> None:
+    settings = settings_for(api={"queue_timeout": 0.2})
+    run_index(settings, library)
+    app = create_app(settings)
+    with app.app_context():
+        finder = duplicate_groups()
+    finder._lock.acquire()  # another request is finding them
+    try:
+        body = assert_problem(app.test_client().get("/api/v1/duplicates"), 503, "server_busy", "api.queue_timeout")
+    finally:
+        finder._lock.release()
+    assert "finding duplicates" in body["detail"]
+    assert app.test_client().get("/api/v1/duplicates").status_code == 200

@@ -21,8 +21,7 @@ const view = {
   nextOffset: null,
   seq: 0,              // number of the newest request; answers to older ones are dropped
   copies: new Map(),   // key -> copy shown (a file of identical files, an image of near-duplicates)
-  chosen: new Set(),   // keys of the copies ticked for removal (kept across thresholds and pages)
-  seen: new Set(),     // keys whose suggestion has ticked them once: the person's choice counts after that
+  chosen: new Set(),   // keys of the copies ticked for removal (each copy is shown once: a key is unique)
   totals: null,        // {exact, near} groups in the library
 };
 
@@ -96,10 +95,7 @@ function groupElement(group, number) {
   node.querySelector(".dup-group-title").textContent = `${number}. ${KIND_TITLES[group.kind]} · ${count}`;
   for (const copy of copies) {
     view.copies.set(copy.key, copy);
-    if (!view.seen.has(copy.key)) {
-      view.seen.add(copy.key);
-      if (copy.suggested === "remove") view.chosen.add(copy.key);
-    }
+    if (copy.suggested === "remove") view.chosen.add(copy.key);
   }
   node.querySelector(".dup-copies").append(...copies.map(copyElement));
   updateGroup(node);
@@ -170,9 +166,10 @@ async function load({offset = 0} = {}) {
     view.threshold = body.threshold;
     view.totals = {exact: body.exact_total, near: body.near_total};
     $("duplicates-threshold").value = String(body.threshold);
-    if (!offset) {
+    if (!offset) {  // groups found anew start from the suggestions; the export lists only copies shown
       $("duplicate-groups").replaceChildren();
-      view.copies.clear();  // the export lists only copies shown
+      view.copies.clear();
+      view.chosen.clear();
     }
     $("duplicate-groups").append(...body.groups.map((g, i) => groupElement(g, body.offset + i + 1)));
     view.nextOffset = body.next_offset;
