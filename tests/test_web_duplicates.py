@@ -160,6 +160,13 @@ def test_review_duplicates_choose_removals_and_export_them(browser: WebDriver, s
     browser.execute_script("arguments[0].scrollIntoView()", warning)
     screenshot(browser, "duplicates-2-changed")
 
+    # Finding them again starts from the suggestions.
+    browser.find_element(By.CSS_SELECTOR, "#duplicates-form button[type=submit]").click()
+    suggested_ticks = {c["key"]: c["checked"] for c in copies}
+    wait_for(browser, lambda d: {c["key"]: c["checked"] for c in shown_copies(d)} == suggested_ticks,
+             "the suggested ticks again")
+    assert f"{len(first['removals'])} files chosen" in text_of(browser, "duplicates-chosen")
+
     browser.back()
     wait_for(browser, lambda d: d.find_element(By.ID, "results-title").is_displayed()
              and not d.find_element(By.ID, "duplicates-view").is_displayed(), "the search view again")
