@@ -196,3 +196,29 @@ def test_phone_width_shows_copies_two_abreast_without_overflow(browser: WebDrive
         screenshot(browser, "duplicates-3-phone")
     finally:
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def test_more_groups_load_page_by_page(browser: WebDriver, tf1_module: Path, tmp_path: Path) -> None:
+    """22 pairs of identical files: the first 20 groups, then "More groups" shows the last 2."""
+    root = tmp_path / "library"
+    for i in range(22):
+        original = write_image(root / f"p{i:02d}.png", colour_image((10 * i, 255 - 10 * i, 90), seed=i))
+        shutil.copy(original, root / f"p{i:02d}-copy.png")
+    settings = make_settings(tmp_path / "data", tf1_module, search={"dedupe_threshold": 1.0})
+    run_index(settings, root)
+    app = create_app(settings)
+    with serve(app) as url:
+        browser.get("about:blank")
+        browser.get(url + "/#duplicates")
+        count = "return document.querySelectorAll('#duplicate-groups .dup-group').length"
+        wait_for(browser, lambda d: d.execute_script(count) == 20 and not is_hidden(d, "duplicates-more"),
+                 "the first page of groups")
+        assert "showing 20" in text_of(browser, "duplicates-summary")
+        browser.find_element(By.ID, "duplicates-more").click()
+        wait_for(browser, lambda d: d.execute_script(count) == 22 and is_hidden(d, "duplicates-more"), "all groups")
+        titles = browser.execute_script(
+            "return Array.from(document.querySelectorAll('.dup-group-title')).map((t) => t.textContent)")
+        assert titles[-1] == "22. Identical files · 2 files"
+        assert "22 files chosen for removal" in text_of(browser, "duplicates-chosen")
+        assert script_errors(browser) == []
+    app.extensions["lookalike.label_jobs"].shutdown()
