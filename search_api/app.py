@@ -8,12 +8,14 @@ from werkzeug.routing import IntegerConverter
 from indexer.settings import Settings, load_settings
 from search_api import (
     class_counts,
+    duplicate_groups,
     label_jobs,
     metrics,
     problems,
     request_body,
     routes_browse,
     routes_docs,
+    routes_duplicates,
     routes_health,
     routes_images,
     routes_labels,
@@ -46,12 +48,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     service = SearchService(settings, upload_decoder(settings.api))
     install_service(app, service)
     class_counts.init_app(app, service)
+    duplicate_groups.init_app(app, service)
     label_jobs.init_app(app, service)
     problems.init_app(app)
     security_headers.init_app(app)
     metrics.init_app(app)
-    for bp in (routes_search.bp, routes_images.bp, routes_browse.bp, routes_labels.bp, routes_health.bp,
-               routes_page.bp):
+    for bp in (routes_search.bp, routes_images.bp, routes_browse.bp, routes_labels.bp, routes_duplicates.bp,
+               routes_health.bp, routes_page.bp):
         app.register_blueprint(bp)
     routes_docs.init_app(app)
     return app

@@ -30,6 +30,9 @@ SETTING_KEYS = ("x-setting-default", "x-setting-maximum")
 MAX_PAGE_OFFSET = 2**31 - 1  # browsing offsets: far beyond any catalog, well within SQL's integers
 MAX_SUGGESTIONS = 1000  # every ImageNet class
 DEFAULT_SUGGESTIONS = 20
+MAX_DUPLICATE_GROUPS = 100  # duplicate groups per page
+# Below this, near-duplicate groups chain much of a library together and cost a search per image each.
+MIN_DUPLICATES_THRESHOLD = 0.8
 
 
 @dataclass(frozen=True)
