@@ -101,11 +101,11 @@ def near_groups(catalog: Catalog, index: VectorIndex, threshold: float, config: 
     for root in sorted(components):
         members = sorted(set(components[root]) | {root})
         records = catalog.get_images(members)
-        vectors = catalog.embeddings(members)
-        first = vectors[members[0]]
+        by_id = catalog.embeddings(members)
+        first = by_id[members[0]]
         groups.append(NearGroup(tuple(
-            NearMember(i, records[i].paths if i in records else (), float(np.dot(first, vectors[i])),
-                       closest.get(i, float(np.dot(first, vectors[i]))))
-            for i in members if i in vectors
+            NearMember(i, records[i].paths if i in records else (), float(np.dot(first, by_id[i])),
+                       closest.get(i, float(np.dot(first, by_id[i]))))
+            for i in members if i in by_id
         )))
     return groups
