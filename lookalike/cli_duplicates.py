@@ -54,9 +54,9 @@ def duplicates(obj: CliContext, threshold: float, as_json: bool) -> None:
         click.echo(f"same content (image {group.image_id}):")
         for path in group.paths:
             click.echo(f"  {human(path)}")
-    for group in near:
+    for near_group in near:
         click.echo(f"near-duplicates (each at cosine >= {threshold} to its closest in the group, shown):")
-        for member in group.members:
+        for member in near_group.members:
             for path in member.paths[:1]:
                 click.echo(f"  {member.link:.3f}  {human(path)}")
     click.echo(f"{len(exact)} group(s) of identical files, {len(near)} group(s) of near-duplicates", err=True)
