@@ -51,6 +51,7 @@ def info(obj: CliContext, as_json: bool) -> None:
         embedder = Embedder.from_settings(m)
     except ModelUnavailableError as exc:
         raise click.ClickException(str(exc)) from None
+    declared = declared_image_size(embedder.path)
     details = {
         "handle": m.handle,
         "resolved_path": str(embedder.path),
@@ -58,7 +59,7 @@ def info(obj: CliContext, as_json: bool) -> None:
         "format": embedder.format,
         "signatures": embedder.signatures,
         "image_size": m.image_size,
-        "declared_image_size": declared_image_size(embedder.path),
+        "declared_image_size": declared,
         "feature_dim": embedder.feature_dim,
         "classes": 1000,
         "background_class": embedder.num_logits == 1001,
@@ -68,7 +69,6 @@ def info(obj: CliContext, as_json: bool) -> None:
         "devices": list(gpus()) or ["CPU"],
         "stand_in": embedder.note,
     }
-    declared = details["declared_image_size"]
     if declared and tuple(declared) != (m.image_size, m.image_size):
         click.secho(f"warning: the module declares {declared[0]}x{declared[1]} input, but model.image_size is "
                     f"{m.image_size}", fg="yellow", err=True)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -16,6 +16,8 @@ from storage.paths import display_path
 if TYPE_CHECKING:  # the engine is imported by the commands that search, not by every start of the CLI
     from search_api.neighbours import Neighbour
     from search_api.service import SearchService
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _engine(obj: CliContext) -> SearchService:
@@ -133,7 +135,7 @@ _common = [
 ]
 
 
-def _with_common(fn):  # type: ignore[no-untyped-def]
+def _with_common(fn: F) -> F:
     for option in reversed(_common):
         fn = option(fn)
     return fn

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.routing import IntegerConverter
 
 from indexer.settings import Settings, load_settings
@@ -44,7 +45,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.url_map.converters["int"] = AsciiIntegerConverter  # before any route is added
     app.config["MAX_CONTENT_LENGTH"] = int(settings.api.max_upload_mb * 1024 * 1024)
     app.config["MAX_FORM_PARTS"] = settings.api.max_form_parts
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    if isinstance(app.json, DefaultJSONProvider):  # Flask's own, unless a subclass chose another
+        app.json.sort_keys = False
     service = SearchService(settings, upload_decoder(settings.api))
     install_service(app, service)
     class_counts.init_app(app, service)

@@ -8,8 +8,10 @@ import mimetypes
 import os
 from typing import BinaryIO
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
+from werkzeug.http import http_date
+from werkzeug.wrappers import Response
 from werkzeug.wsgi import wrap_file
 
 from indexer.library_files import UNREADABLE, LibraryFileError, open_beneath
@@ -60,7 +62,7 @@ def _send(fileobj: BinaryIO, size: int, mimetype: str, max_age: int, etag: str, 
     response.content_length = size
     response.set_etag(etag, weak=weak)
     if last_modified is not None:
-        response.last_modified = last_modified  # type: ignore[assignment]
+        response.headers["Last-Modified"] = http_date(last_modified)  # what the last_modified setter does
     response.cache_control.public = True
     response.cache_control.max_age = max_age
     response.headers["X-Content-Type-Options"] = "nosniff"

@@ -66,7 +66,7 @@ def _when_ready(server: Any) -> None:
         log.debug("reaped process %d, a child from before the server started", pid)
 
 
-class LookalikeServer(BaseApplication):  # type: ignore[misc]
+class LookalikeServer(BaseApplication):
     def __init__(self, settings: Settings, host: str, port: int, workers: int) -> None:
         self.settings = settings
         self.cpu_threads = threads_per_worker(workers)
