@@ -47,7 +47,7 @@ class ModelSettings(_Section):
     image_size: int = Field(default=380, ge=32, le=2048, description=(
         "Square input size in pixels the model expects (380 for EfficientNet-B4, 224 for Lite0)."))
     batch_size: int = Field(default=0, ge=0, le=1024, description=(
-        "Images per forward pass; 0 picks one for the device (1 on CPU, 64 on a GPU)."))
+        "Images per forward pass; 0 picks one for the device (8 on a CPU, 64 on a GPU)."))
     download_timeout: float = Field(default=60.0, gt=0, description=(
         "Seconds to wait on the network while downloading the model before giving up."))
     precision: Precision = Field(default="auto", description=(

@@ -37,9 +37,11 @@ START_UP_NOISE = re.compile(
 # The model.precision setting's type (indexer/settings.py) and the values configure_tensorflow takes.
 Precision = Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
-# Measured with bench/model_speed.py on 2 CPU cores (B4, 380x380): batch 1 ran 3.2-4.0 img/s, batch 8
-# 2.6, batch 32 2.1, with the least memory at batch 1: a small CPU gains nothing from batching.
-CPU_BATCH_SIZE = 1
+# Batch 8 costs less CPU time per image than batch 1 (bench/precision.py: B4 209 against 239 ms of
+# CPU per image, Lite0 12 against 18 ms; bench/model_speed.py on a quiet machine: 8.2 against 7.1
+# img/s) for about 1.3 GB of peak memory with B4. Batch 32 gained a little more for twice the
+# memory. An earlier choice of 1 came from wall-clock runs on a busy machine, which mislead.
+CPU_BATCH_SIZE = 8
 # A GPU needs larger batches to be kept busy; B4 at 380x380 and batch 64 fits in 16 GB with float32.
 GPU_BATCH_SIZE = 64
 
