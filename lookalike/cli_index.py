@@ -9,18 +9,25 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import FrameType, SimpleNamespace
+from typing import TYPE_CHECKING, Any, Protocol
 
 import click
 
 from lookalike.context import CliContext, human
 
+if TYPE_CHECKING:  # imported when used: the CLI starts without loading the indexer
+    from tqdm import tqdm
+
+    from indexer.report import IndexReport, Progress
+    from indexer.settings import Settings
+
 
 class _ProgressBar:
     """A tqdm bar on stderr: files done of those to index, per-outcome counts, images/s and ETA."""
 
-    def __init__(self, enabled: bool, also=None) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, enabled: bool, also: Progress | None = None) -> None:
         self.enabled = enabled
-        self.bar = None
+        self.bar: tqdm[Any] | None = None
         self.counts = {"embedded": 0, "linked": 0, "failed": 0}
         self.also = also  # another Progress told the same (a job's file)
 
@@ -50,8 +57,12 @@ class _ProgressBar:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+class _Stoppable(Protocol):
+    def request_stop(self) -> None: ...
+
+
 @contextmanager
-def _stop_on_interrupt(indexer) -> Iterator[None]:  # type: ignore[no-untyped-def]
+def _stop_on_interrupt(indexer: _Stoppable) -> Iterator[None]:
     """First Ctrl-C or SIGTERM: commit what is done (waiting a moment for files being decoded, then
     stopping the decode workers), then stop. A second one aborts at once."""
     previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
@@ -143,7 +154,7 @@ def index(obj: CliContext, paths: tuple[str, ...], as_json: bool, reindex: bool,
     report_index_run(report, as_json)
 
 
-def configured_roots(settings) -> tuple[str, ...]:  # type: ignore[no-untyped-def]
+def configured_roots(settings: Settings) -> tuple[str, ...]:
     """The library folders of `indexer.roots`, for a command given no PATH; a usage error when there are none."""
     roots = tuple(str(root) for root in settings.indexer.roots)
     if not roots:
@@ -152,9 +163,8 @@ def configured_roots(settings) -> tuple[str, ...]:  # type: ignore[no-untyped-de
     return roots
 
 
-def run_index(settings, paths: Sequence[str], reindex: bool = False,  # type: ignore[no-untyped-def]
-              allow_empty_root: bool = False, ray_address: str | None = None, wait: bool = False,
-              job=None):
+def run_index(settings: Settings, paths: Sequence[str], reindex: bool = False, allow_empty_root: bool = False,
+              ray_address: str | None = None, wait: bool = False, job: Progress | None = None) -> IndexReport:
     """One indexing run under the writer lock, with a progress bar on a terminal; errors become exit 1.
 
     With `ray_address`, files are read and embedded on that Ray cluster (see indexer.distributed). With
@@ -223,7 +233,7 @@ def _distributed_modules() -> SimpleNamespace:
                            RayIndexer=RayIndexer, check_address=check_address, ray_cluster=ray_cluster)
 
 
-def report_index_run(report, as_json: bool) -> None:  # type: ignore[no-untyped-def]
+def report_index_run(report: IndexReport, as_json: bool) -> None:
     summary = report.to_json()
     if as_json:
         click.echo(json.dumps(summary))

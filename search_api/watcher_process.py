@@ -4,8 +4,8 @@ Not inside a request worker: with several workers there must be exactly one writ
 may be replaced at any time. The arbiter starts `lookalike watch` once its workers are started,
 starts it again (after a pause that grows while it keeps failing) if it dies, and stops it with
 the server: SIGTERM, a few seconds to finish its batch and publish, then SIGKILL. The watcher ends
-by itself if the arbiter dies (indexer.lifeline), and runs in a process group of its own, so that
-a Ctrl-C meant for the server reaches it once, through the arbiter.
+by itself if the arbiter dies (indexer.lifeline), and runs in a session of its own, so that a
+Ctrl-C meant for the server reaches it once, through the arbiter.
 
 Nothing here imports TensorFlow or the app: this runs in the arbiter.
 """
@@ -55,7 +55,7 @@ class WatcherProcess:
                       self.proc.pid, code, ran, self.pause)
             self.proc, self.next_start = None, now + self.pause
         if now >= self.next_start:
-            self.proc = subprocess.Popen(self.command, process_group=0)
+            self.proc = subprocess.Popen(self.command, start_new_session=True)
             self.started_at = now
             log.info("started the watcher (pid %d)", self.proc.pid)
 
@@ -76,7 +76,7 @@ class WatcherProcess:
             self.proc.wait()
 
 
-class WatchingArbiter(Arbiter):  # type: ignore[misc]
+class WatchingArbiter(Arbiter):
     """gunicorn's arbiter, also keeping the one watcher process running."""
 
     def __init__(self, app: Any, watcher: WatcherProcess) -> None:
