@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -44,6 +45,10 @@ from storage.sync import check_model
 from storage.vector_index import IndexStore
 
 log = logging.getLogger(__name__)
+
+# watchdog's inotify emitter re-adds the watch of a folder moved within the tree and says so; nothing is lost.
+warnings.filterwarnings("ignore", message="Callback with id .* already exists", category=RuntimeWarning,
+                        module="watchdog")
 
 TICK_SECONDS = 0.2
 DEBOUNCE_SECONDS = 0.5  # a batch starts once events have been quiet this long...

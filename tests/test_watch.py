@@ -310,3 +310,23 @@ def test_a_root_without_events_is_polled(tmp_path: Path, tf1_module: Path, monke
         until(settings, lambda files: set(files) == {str(moved)}, "a polled move")
         moved.unlink()
         until(settings, lambda files: not files, "a polled deletion")
+
+
+def test_a_folder_moved_or_deleted_whole(tmp_path: Path, tf1_module: Path) -> None:
+    settings = watch_settings(tmp_path, tf1_module)
+    root = tmp_path / "library"
+    album = root / "2024" / "album"
+    album.mkdir(parents=True)
+    for i in range(3):
+        (album / f"p{i}.png").write_bytes(picture(RED, 90 + i))
+    with watching(settings, root) as (_, counter):
+        until(settings, lambda files: len(files) == 3, "the album indexed")
+        embedded = counter.embedded
+        renamed = root / "trips" / "rome"
+        renamed.parent.mkdir()
+        album.rename(renamed)
+        until(settings, lambda files: set(files) == {str(renamed / f"p{i}.png") for i in range(3)},
+              "the moved folder followed")
+        assert counter.embedded == embedded
+        shutil.rmtree(root / "trips")
+        until(settings, lambda files: not files, "the deleted folder removed")
