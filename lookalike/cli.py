@@ -133,14 +133,15 @@ def serve(obj: CliContext, host: str | None, port: int | None, workers: int | No
 
 def _watch_command(obj: CliContext) -> list[str]:
     """The `lookalike watch` a watching server runs as its child, with this command's settings file."""
+    from indexer.watch_status import read_status
     from lookalike.cli_index import configured_roots
-    from storage.lock import watcher_pid
 
     configured_roots(obj.settings)  # none configured: a usage error now, not a child failing forever
-    pid = watcher_pid(obj.settings.storage.data_dir)
-    if pid is not None:
-        raise click.ClickException(f"another lookalike watcher (pid {pid}) keeps {obj.settings.storage.data_dir} in "
-                                   "step already: stop it, or serve without --watch (api.watch: false)")
+    watcher = read_status(obj.settings.storage.data_dir)  # an index run holding the lock is waited for instead
+    if watcher is not None:
+        raise click.ClickException(f"another lookalike watcher (pid {watcher['pid']}) keeps "
+                                   f"{obj.settings.storage.data_dir} in step already: stop it, or serve without "
+                                   "--watch (api.watch: false)")
     config = ["--config", obj.config] if obj.config else []
     return [sys.executable, "-m", "lookalike", *config, "watch", "--parent-pid", str(os.getpid())]
 

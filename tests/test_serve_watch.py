@@ -9,12 +9,21 @@ from pathlib import Path
 import psutil
 import pytest
 from click.testing import CliRunner
-from helpers import ServerProcess, colour_image, env_for, http_search, subprocess_env, wait_for, write_image
+from helpers import (
+    ServerProcess,
+    colour_image,
+    env_for,
+    free_port,
+    http_search,
+    subprocess_env,
+    wait_for,
+    write_image,
+)
 
 from indexer.settings import Settings
+from indexer.watch_status import write_status
 from lookalike.cli import cli
-
-pytestmark = pytest.mark.gunicorn
+from storage.lock import watch_lock
 
 
 def server_env(indexed: Settings, tmp_path: Path, tf1_module: Path, library: Path) -> dict[str, str]:
@@ -33,6 +42,7 @@ def alive(pids: set[int]) -> set[int]:
     return {p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE}
 
 
+@pytest.mark.gunicorn
 def test_two_workers_one_watcher_serve_new_photos_and_keep_index_runs_out(indexed: Settings, tmp_path: Path,
                                                                        tf1_module: Path,
                                                                        colour_library: Path) -> None:
@@ -61,6 +71,7 @@ def test_two_workers_one_watcher_serve_new_photos_and_keep_index_runs_out(indexe
         wait_for(lambda: not alive(seen), 15, "every process of the server gone")
 
 
+@pytest.mark.gunicorn
 def test_the_watcher_ends_with_a_killed_server(indexed: Settings, tmp_path: Path, tf1_module: Path,
                                               colour_library: Path) -> None:
     env = {**server_env(indexed, tmp_path, tf1_module, colour_library), "LOOKALIKE_API__WATCH": "true"}
@@ -69,3 +80,17 @@ def test_the_watcher_ends_with_a_killed_server(indexed: Settings, tmp_path: Path
         watchers = server.watcher_pids()
         server.stop(signal.SIGKILL)
         wait_for(lambda: not alive(watchers), 15, "the watcher gone with the server")
+
+
+def test_serve_watch_needs_roots_and_no_other_watcher(tmp_path: Path, tf1_module: Path,
+                                                      colour_library: Path) -> None:
+    """Refused before any server starts: no roots to watch, or a watcher already keeping the data directory."""
+    data = tmp_path / "data"
+    env = env_for(data, tf1_module)
+    args = ["serve", "--watch", "--port", str(free_port())]
+    no_roots = CliRunner().invoke(cli, args, env=env)
+    assert no_roots.exit_code == 2 and "indexer.roots" in no_roots.output
+    with watch_lock(data):
+        write_status(data, {"roots": [str(colour_library)]})
+        taken = CliRunner().invoke(cli, args, env={**env, "LOOKALIKE_INDEXER__ROOTS": str(colour_library)})
+    assert taken.exit_code == 1 and "another lookalike watcher" in taken.output
