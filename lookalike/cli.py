@@ -203,12 +203,14 @@ def demo(obj: CliContext, folder: Path, host: str | None, port: int | None, no_s
 def _register() -> None:
     from lookalike.cli_duplicates import duplicates
     from lookalike.cli_index import errors, index
+    from lookalike.cli_keys import keys
     from lookalike.cli_label import label
     from lookalike.cli_model import config, model
     from lookalike.cli_search import search, similar
     from lookalike.cli_storage import backup, rebuild, verify
 
-    for command in (index, errors, duplicates, search, similar, label, rebuild, verify, backup, model, config):
+    for command in (index, errors, duplicates, search, similar, label, rebuild, verify, backup, model, config,
+                    keys):
         cli.add_command(command)
 
 

@@ -114,5 +114,6 @@ class StagedPredictionRow(Base):
     probability: Mapped[float] = mapped_column(Float)
 
 
-# Custom labels' tables join the same metadata (Alembic compares the catalog against all of them).
+# Custom labels' and API keys' tables join the same metadata (Alembic compares the catalog against all of them).
+from storage import key_schema as _key_schema  # noqa: E402, F401
 from storage import label_schema as _label_schema  # noqa: E402, F401
