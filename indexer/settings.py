@@ -6,6 +6,7 @@ these defaults with one comment per key (a test keeps the two in step).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -123,6 +124,18 @@ class ApiSettings(_Section):
     upload_memory_mb: int = Field(256, ge=1)
     max_batch_images: int = Field(16, ge=1, le=1024)
     max_form_parts: int = Field(64, ge=2)
+    auth: Literal["auto", "none", "keys"] = Field(
+        "auto", description="Who may use the API: keys (every request but /healthz and /readyz needs an API key), "
+        "none (anyone who reaches the port), auto (keys when serving on a non-loopback address, none on loopback).")
+    metrics_public: bool = Field(
+        False, description="Serve /metrics without a key (for a Prometheus scraper on a trusted network); "
+        "otherwise it needs a key of scope admin when keys are required.")
+
+    def keys_required(self, host: str | None = None) -> bool:
+        """Does serving on `host` (default: api.host) need API keys?"""
+        if self.auth != "auto":
+            return self.auth == "keys"
+        return not is_loopback(self.host if host is None else host)
 
     @model_validator(mode="after")
     def _parts_hold_a_full_batch(self) -> ApiSettings:
@@ -130,6 +143,17 @@ class ApiSettings(_Section):
             raise ValueError(f"api.max_form_parts ({self.max_form_parts}) must be at least "
                              f"api.max_batch_images ({self.max_batch_images})")
         return self
+
+
+def is_loopback(host: str) -> bool:
+    """Is `host` a loopback address (or `localhost`)? Names and wildcard addresses count as reachable by others."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 class LoggingSettings(_Section):

@@ -115,10 +115,12 @@ def serve(obj: CliContext, host: str | None, port: int | None, workers: int | No
       lookalike serve --host 0.0.0.0 --port 8000
       curl -F image=@cat.jpg 'http://127.0.0.1:8000/api/v1/search?k=5'
     """
+    from lookalike.cli_keys import check_keys_for_serving
     from search_api.serve import serve as run_server
 
     settings = obj.settings
     host, port = host or settings.api.host, port or settings.api.port
+    settings = check_keys_for_serving(settings, host)
     check_port_free(host, port)
     run_server(settings, host, port, workers or settings.api.workers)
 

@@ -13,6 +13,7 @@ import click
 from lookalike.context import CliContext, human
 
 if TYPE_CHECKING:
+    from indexer.settings import Settings
     from storage.api_keys import ApiKeys
 
 SCOPE_HELP = ("read: search, browse and fetch images; write: also add and remove images and change labels; "
@@ -96,3 +97,39 @@ def revoke_key(obj: CliContext, name: str) -> None:
     with _keys(obj, create=False) as book:
         book.revoke(name)
     click.echo(f"key {name!r} revoked")
+
+
+def check_keys_for_serving(settings: Settings, host: str) -> Settings:
+    """The settings a server on `host` runs with; refuse to serve beyond loopback with no key to check.
+
+    With api.auth: auto, a server reachable from other machines needs at least one key, or a deliberate
+    api.auth: none. With api.auth: keys and no key yet, it starts and refuses every request until
+    `lookalike keys create` makes one (servers see new keys within seconds).
+    """
+    from storage.api_keys import ApiKeys
+    from storage.catalog import Catalog
+    from storage.errors import CatalogMissingError
+
+    settings = settings.model_copy(update={"api": settings.api.model_copy(update={"host": host})})
+    if not settings.api.keys_required():
+        return settings
+    try:
+        catalog = Catalog(settings.storage.resolved_database_url(), create=False)
+    except CatalogMissingError:
+        count = 0
+    else:
+        try:
+            count = ApiKeys(catalog).count()
+        finally:
+            catalog.close()
+    if count:
+        return settings
+    if settings.api.auth == "auto":
+        raise click.ClickException(
+            f"serving on {host}, which other machines can reach, needs an API key (api.auth: auto) and none "
+            "exists: create one with `lookalike keys create NAME --scope read` (it prints the key once), or set "
+            "api.auth: none (LOOKALIKE_API__AUTH=none) to serve without keys deliberately; docs/deployment.md "
+            "says more")
+    click.echo("warning: api.auth is keys but no key exists yet: every request but /healthz and /readyz is "
+               "refused until `lookalike keys create NAME` makes one", err=True)
+    return settings

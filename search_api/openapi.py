@@ -24,6 +24,7 @@ from werkzeug.routing import IntegerConverter, Rule
 
 from indexer.settings import Settings
 from search_api import schemas
+from search_api.access import OPEN, SESSION_COOKIE, required_scope
 from search_api.http_status import status_title
 from search_api.problems import PROBLEM_JSON
 from search_api.query_values import bound
@@ -123,7 +124,40 @@ def _problem(status: int | str, description: str) -> dict[str, Any]:
     return {"description": description, "content": {PROBLEM_JSON: {"schema": _schema(schemas.Problem)}}}
 
 
+# How a request shows its key (search_api.access); the scopes each operation needs are listed as roles.
+SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer KEY (an API key from "
+               "`lookalike keys create NAME --scope read|write|admin`)."},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "The same key in X-API-Key."},
+    "session": {"type": "apiKey", "in": "cookie", "name": SESSION_COOKIE, "description": "The web page's session "
+                "(POST /api/v1/session); requests other than GET also send its X-CSRF-Token header."},
+}
+
+
+def _security(rule: Rule, settings: Settings) -> dict[str, Any]:
+    """The scope an operation needs and the answers a missing, wrong or too weak key gets."""
+    if not settings.api.keys_required():
+        return {}
+    scope = required_scope(rule.endpoint, settings)
+    if scope == OPEN:
+        return {"security": []}
+    return {"security": [{name: [scope]} for name in SECURITY_SCHEMES],
+            "x-required-scope": scope,
+            "responses": {"401": _problem(401, "No key, or a wrong, revoked or expired one (WWW-Authenticate: "
+                                          "Bearer)"),
+                          "403": _problem(403, f"The key's scope is below {scope}, or a change made with the "
+                                          "session cookie lacks its X-CSRF-Token"),
+                          "429": _problem(429, "Too many wrong keys from this address (Retry-After)")}}
+
+
 def _operation_json(view: Callable[..., Any], op: Operation | None, rule: Rule, settings: Settings) -> dict[str, Any]:
+    out = _described(view, op, rule, settings)
+    security = _security(rule, settings)
+    out["responses"] = {**security.pop("responses", {}), **out["responses"]}
+    return {**out, **security}
+
+
+def _described(view: Callable[..., Any], op: Operation | None, rule: Rule, settings: Settings) -> dict[str, Any]:
     doc = cleandoc(view.__doc__ or "")
     if op is None:
         return {"summary": doc.split("\n")[0] or view.__name__, "description": doc,
@@ -192,4 +226,7 @@ def build_spec(app: Flask, settings: Settings) -> dict[str, Any]:
         spec.components.schema(name, schema)
     for path, operations in paths.items():
         spec.path(path=path, operations=operations)
+    if settings.api.keys_required():
+        for name, scheme in SECURITY_SCHEMES.items():
+            spec.components.security_scheme(name, scheme)
     return spec.to_dict()

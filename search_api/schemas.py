@@ -254,3 +254,20 @@ class Ready(Stats):
     in_step: bool = Field(description="The index holds exactly the catalog's images (false for a moment while an "
                                       "indexer runs).")
 
+
+
+class SessionInfo(BaseModel):
+    """Whether this server needs a key, and what the caller (by key or session cookie) may do."""
+
+    keys_required: bool = Field(description="Every route but /healthz, /readyz, the page and the docs needs a key.")
+    signed_in: bool = Field(description="The request carried a valid key or session cookie (always true when no "
+                                        "key is needed).")
+    name: str | None = Field(None, description="The key's name.")
+    scope: str | None = Field(None, description="read, write or admin (admin when no key is needed).")
+    may: list[str] = Field(description="What the caller may do: some of read, write, admin.")
+    csrf_token: str | None = Field(None, description="With the session cookie: send it as X-CSRF-Token with every "
+                                                     "request that is not a GET.")
+
+
+class SignIn(BaseModel):
+    key: str = Field(description="An API key (`lookalike keys create NAME` prints one).")
