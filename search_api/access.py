@@ -14,7 +14,6 @@ import hmac
 import logging
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from urllib.parse import urlsplit
@@ -68,7 +67,7 @@ SESSION_LIFETIME = timedelta(days=7)
 SESSION_COOKIE = "lookalike_session"
 CSRF_HEADER = "X-CSRF-Token"
 FAILURE_WINDOW_SECONDS = 60.0
-FAILURES_ALLOWED = 10  # bad keys from one address within the window; more answer 429
+FAILURES_ALLOWED = 10  # distinct wrong keys from one address within the window; more answer 429
 TRACKED_ADDRESSES = 10_000
 
 
@@ -90,35 +89,36 @@ class Access:
 
 
 class FailureLimiter:
-    """Bad keys per client address, in a sliding window: brute force gets FAILURES_ALLOWED tries a minute."""
+    """Distinct wrong keys per client address in a sliding window: a brute force gets FAILURES_ALLOWED
+    guesses a minute, while a client that keeps sending one stale (revoked) key locks nobody out."""
 
     def __init__(self, allowed: int = FAILURES_ALLOWED, window: float = FAILURE_WINDOW_SECONDS) -> None:
         self.allowed, self.window = allowed, window
-        self._failures: dict[str, deque[float]] = {}
+        self._failures: dict[str, dict[str, float]] = {}  # address -> {fingerprint of a wrong key: last seen}
         self._lock = threading.Lock()
 
     def retry_after(self, address: str) -> int:
         """Seconds until `address` may try again (0: now)."""
         now = time.monotonic()
         with self._lock:
-            times = self._failures.get(address)
-            if not times:
+            seen = self._failures.get(address)
+            if not seen:
                 return 0
-            while times and times[0] <= now - self.window:
-                times.popleft()
-            if len(times) < self.allowed:
+            for fingerprint in [f for f, when in seen.items() if when <= now - self.window]:
+                del seen[fingerprint]
+            if len(seen) < self.allowed:
                 return 0
-            return max(1, int(times[0] + self.window - now + 0.999))
+            return max(1, int(min(seen.values()) + self.window - now + 0.999))
 
-    def failed(self, address: str) -> None:
+    def failed(self, address: str, secret: str) -> None:
         now = time.monotonic()
         with self._lock:
             if len(self._failures) >= TRACKED_ADDRESSES and address not in self._failures:
                 self._forget_quiet(now)
-            self._failures.setdefault(address, deque(maxlen=self.allowed)).append(now)
+            self._failures.setdefault(address, {})[hash_secret(secret)[:32]] = now
 
     def _forget_quiet(self, now: float) -> None:
-        quiet = [a for a, times in self._failures.items() if not times or times[-1] <= now - self.window]
+        quiet = [a for a, seen in self._failures.items() if not seen or max(seen.values()) <= now - self.window]
         for address in quiet or list(self._failures)[: len(self._failures) // 2]:
             del self._failures[address]
 
@@ -273,7 +273,7 @@ def _check_access() -> Response | None:
         if not shown:
             return unauthorized("this server needs an API key: send `Authorization: Bearer KEY` or "
                                 "`X-API-Key: KEY` (`lookalike keys create NAME` makes one), or sign in on the page")
-        failures.failed(address)
+        failures.failed(address, presented_key() or request.cookies.get(SESSION_COOKIE, ""))
         log.warning("refused a wrong or revoked key from %s for %s %s", address, request.method, request.path)
         return unauthorized("the API key or session is not valid (wrong, revoked or expired)", "invalid_key")
     if access.via == "cookie" and request.method not in SAFE_METHODS:

@@ -62,7 +62,7 @@ def start_session() -> ResponseReturnValue:
     books = ApiKeys(svc.catalog)
     key = access.ring().match(books, secret)
     if key is None:
-        limiter.failed(address)
+        limiter.failed(address, secret)
         return access.unauthorized("the API key is not valid (wrong or revoked)", "invalid_key")
     token, csrf = books.start_session(key.id, SESSION_LIFETIME)
     response = jsonify(_info(Access(key.name, key.scope, "cookie"), csrf))
