@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from flask import Flask, Response, g, request
 
-from indexer.settings import Settings
+from indexer.settings import Settings, is_loopback
 from search_api.current import current_service
 from search_api.problems import problem_response
 from storage.api_keys import SCOPES, ApiKeys, StoredKey, StoredSession, hash_secret, scope_allows
@@ -196,6 +196,28 @@ def ring() -> KeyRing:
     return current_app.extensions["lookalike_keys"]  # type: ignore[no-any-return]
 
 
+FORWARDED_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
+
+
+def keys_required() -> bool:
+    """Does this request need a key? With api.auth: auto on a loopback address, a request that a reverse
+    proxy forwarded (it names the client in Forwarded or X-Forwarded-For) came from beyond this machine."""
+    api = current_service().settings.api
+    if api.keys_required():
+        return True
+    return api.auth == "auto" and any(name in request.headers for name in FORWARDED_HEADERS)
+
+
+def client_address() -> str:
+    """The client's address: the peer, or when the peer is a proxy on this machine, the address that proxy
+    saw (the last X-Forwarded-For entry, which it appended itself), so one client's failures lock out only it."""
+    peer = request.remote_addr or "unknown"
+    forwarded = request.headers.get("X-Forwarded-For", "")
+    if forwarded and is_loopback(peer):
+        return forwarded.rsplit(",", 1)[-1].strip() or peer
+    return peer
+
+
 def presented_key() -> str | None:
     """The key a request carries in `Authorization: Bearer` or `X-API-Key` (never logged)."""
     auth = request.headers.get("Authorization", "")
@@ -208,8 +230,7 @@ def presented_key() -> str | None:
 
 def identify() -> Access | None:
     """Who the request is, by key or session cookie; None when it shows neither or one that is not valid."""
-    settings = current_service().settings
-    if not settings.api.keys_required():
+    if not keys_required():
         return Access(None, "admin", OPEN)
     keyring, books = ring(), _books()
     secret = presented_key()
@@ -259,11 +280,11 @@ def _check_access() -> Response | None:
     g.required_scope = scope
     if scope == OPEN or request.url_rule is None:
         return None
-    if not current_service().settings.api.keys_required():
+    if not keys_required():
         g.access = Access(None, "admin", OPEN)
         return None
     failures = limiter()
-    address = request.remote_addr or "unknown"
+    address = client_address()
     wait = failures.retry_after(address)
     if wait:
         return too_many_failures(wait)
@@ -298,7 +319,7 @@ def limiter() -> FailureLimiter:
 
 def _private(response: Response) -> Response:
     """Answers that needed a key are for that key's holder only: no shared cache may keep them."""
-    if g.get("required_scope", OPEN) != OPEN and current_service().settings.api.keys_required():
+    if g.get("required_scope", OPEN) != OPEN and keys_required():
         response.cache_control.public = False
         response.cache_control.private = True
         response.vary.update(("Authorization", "X-API-Key", "Cookie"))

@@ -21,7 +21,7 @@ bp = Blueprint("session", __name__, url_prefix="/api/v1")
 
 
 def _info(who: Access | None, csrf_token: str | None = None) -> dict[str, object]:
-    required = current_service().settings.api.keys_required()
+    required = access.keys_required()
     scope = who.scope if who else None
     return {
         "keys_required": required,
@@ -48,9 +48,9 @@ def start_session() -> ResponseReturnValue:
     """The key comes as JSON `{"key": "..."}` (or in the Authorization / X-API-Key header). The answer carries
     the CSRF token that changes made with the cookie must send as X-CSRF-Token."""
     svc = current_service()
-    if not svc.settings.api.keys_required():
+    if not access.keys_required():
         return jsonify(_info(Access(None, "admin", access.OPEN)))
-    limiter, address = access.limiter(), request.remote_addr or "unknown"
+    limiter, address = access.limiter(), access.client_address()
     wait = limiter.retry_after(address)
     if wait:
         return access.too_many_failures(wait)
@@ -81,7 +81,7 @@ def end_session() -> ResponseReturnValue:
             ApiKeys(current_service().catalog).end_session(token)
         finally:
             access.ring().forget_session(token)
-    required = current_service().settings.api.keys_required()
+    required = access.keys_required()
     response = jsonify(_info(None if required else Access(None, "admin", access.OPEN)))
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="Strict", secure=request.is_secure)
     return response

@@ -295,3 +295,23 @@ def test_the_openapi_document_names_each_operations_scope(keyed_client: FlaskCli
     assert spec["paths"]["/api/v1/labels"]["post"]["x-required-scope"] == "write"
     assert spec["paths"]["/metrics"]["get"]["x-required-scope"] == "admin"
     assert spec["paths"]["/healthz"]["get"]["security"] == []
+
+
+def test_behind_a_proxy_on_loopback_auto_still_needs_keys(settings_for: Callable[..., Settings]) -> None:
+    client = create_app(settings_for(api={"auth": "auto"})).test_client()
+    assert client.get("/api/v1/classes").status_code != 401  # from this machine (503: nothing indexed here)
+    forwarded = client.get("/api/v1/classes", headers={"X-Forwarded-For": "203.0.113.9"})
+    assert_problem(forwarded, 401, "unauthorized")
+    assert client.get("/api/v1/session", headers={"Forwarded": "for=203.0.113.9"}).get_json()["keys_required"]
+    assert create_app(settings_for(api={"auth": "none"})).test_client().get(
+        "/api/v1/classes", headers={"X-Forwarded-For": "203.0.113.9"}).status_code != 401
+
+
+def test_failures_behind_a_local_proxy_count_per_forwarded_client(keyed_client: FlaskClient,
+                                                                  secrets_of: dict[str, str]) -> None:
+    attacker = {"X-Forwarded-For": "198.51.100.1, 203.0.113.66"}  # the proxy appended the last address
+    for i in range(FAILURES_ALLOWED):
+        keyed_client.get("/api/v1/stats", headers={**attacker, **bearer(f"lookalike_guess{i}")})
+    assert keyed_client.get("/api/v1/stats", headers={**attacker, **bearer(secrets_of["read"])}).status_code == 429
+    spoofed = {"X-Forwarded-For": "203.0.113.66, 192.0.2.7"}  # a client cannot pose as another one
+    assert keyed_client.get("/api/v1/stats", headers={**spoofed, **bearer(secrets_of["read"])}).status_code == 200

@@ -3,6 +3,7 @@
 import {api, plural} from "./api.js";
 import {QUERY_LABEL_MIN, card, fileName, labelElement, notableLabels} from "./cards.js";
 import {decorate, initLabels, leaveLabel, openLabel} from "./labels.js";
+import {initSession} from "./session.js";
 import {attachSuggestions} from "./suggestions.js";
 
 // The page's first title, as the template wrote it: shown again when the view is cleared.
@@ -425,8 +426,9 @@ function initUpload() {
   });
 }
 
-document.addEventListener("DOMContentLoaded", () => {
+document.addEventListener("DOMContentLoaded", async () => {
   START_TITLE = $("results-title").textContent;
+  await initSession();  // on a server that needs keys: once signed in
   initUpload();
   initFilter();
   initLabels(pageApi);
