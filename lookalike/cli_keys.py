@@ -16,8 +16,8 @@ if TYPE_CHECKING:
     from indexer.settings import Settings
     from storage.api_keys import ApiKeys
 
-SCOPE_HELP = ("read: search, browse and fetch images; write: also add and remove images and change labels; "
-              "admin: also index jobs and /metrics.")
+SCOPE_HELP = ("read: search, browse and fetch images; write: also change labels (and add and remove images); "
+              "admin: also /metrics.")
 
 
 @contextmanager

@@ -7,7 +7,7 @@ const $ = (id) => document.getElementById(id);
 const WHAT = {
   read: "search and browse",
   write: "search, browse and change labels",
-  admin: "search, browse, change labels and run index jobs",
+  admin: "search, browse, change labels and read the metrics",
 };
 
 // Mark the body with what the caller may do (may-read, may-write, may-admin): CSS hides the rest.
