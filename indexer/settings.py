@@ -51,6 +51,9 @@ class StorageSettings(_Section):
     recall_target: float = Field(0.98, gt=0, le=1)
     ef_search: int = Field(64, ge=1)
     mmap_index: bool = True
+    upload_dir: Path | None = Field(
+        None, description="Where images added over HTTP (POST /api/v1/images) are kept, named by their "
+        "content; empty: <data_dir>/uploads.")
 
     @field_validator("data_dir")
     @classmethod
@@ -75,6 +78,10 @@ class StorageSettings(_Section):
             exact_budget_ms=self.exact_budget_ms,
             recall_target=self.recall_target,
         )
+
+    def resolved_upload_dir(self) -> Path:
+        """The configured upload folder, or `uploads` inside the data directory."""
+        return Path(os.path.abspath(self.upload_dir.expanduser())) if self.upload_dir else self.data_dir / "uploads"
 
     def resolved_database_url(self) -> str:
         """The configured URL, or SQLite inside the data directory."""
@@ -127,6 +134,9 @@ class ApiSettings(_Section):
     auth: Literal["auto", "none", "keys"] = Field(
         "auto", description="Who may use the API: keys (every request but /healthz and /readyz needs an API key), "
         "none (anyone who reaches the port), auto (keys when serving on a non-loopback address, none on loopback).")
+    write_wait_seconds: float = Field(
+        10.0, ge=0, le=600, description="Seconds an upload or removal over HTTP waits for a running indexer or "
+        "watcher to let go of the catalog before it is answered 503 with Retry-After.")
     metrics_public: bool = Field(
         False, description="Serve /metrics without a key (for a Prometheus scraper on a trusted network); "
         "otherwise it needs a key of scope admin when keys are required.")

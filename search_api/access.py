@@ -58,6 +58,8 @@ ENDPOINT_SCOPES: dict[str, str] = {
     "labels.create_label": "write",
     "labels.change_label": "write",
     "labels.delete_label": "write",
+    "library.add_image": "write",
+    "library.remove_image": "write",
     "metrics.metrics": "admin",  # open with api.metrics_public
 }
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -21,6 +21,7 @@ from search_api import (
     routes_page,
     routes_search,
     routes_session,
+    routes_uploads,
     security_headers,
 )
 from search_api.current import install_service
@@ -54,7 +55,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     metrics.init_app(app)
     access.init_app(app)  # after the metrics' timer: refused requests are counted too
     for bp in (routes_search.bp, routes_images.bp, routes_browse.bp, routes_labels.bp, routes_health.bp,
-               routes_page.bp, routes_session.bp):
+               routes_page.bp, routes_session.bp, routes_uploads.bp):
         app.register_blueprint(bp)
     routes_docs.init_app(app)
     return app

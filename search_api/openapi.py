@@ -49,6 +49,7 @@ class Operation:
     tags: Sequence[str] = ()
     path_params: Mapping[str, str] = field(default_factory=dict)
     status: int = 200  # the success status (201 for a created resource)
+    also_ok: Sequence[int] = ()  # other success statuses with the same answer (200 for one that existed)
 
     def models(self) -> list[type[BaseModel]]:
         media = [*self.body.values(), *(self.response.values() if isinstance(self.response, Mapping)
@@ -66,13 +67,14 @@ def operation(
     tags: Sequence[str] = (),
     path_params: Mapping[str, str] | None = None,
     status: int = 200,
+    also_ok: Sequence[int] = (),
 ) -> Callable[[F], F]:
     """Describe a view for the OpenAPI document; the view itself is returned unchanged.
 
     `response` is the JSON model of the 200 answer, or {media type: model | "binary" | "text" | "object"}.
     """
     op = Operation(summary, query, dict(body or {}), response, tuple(problems), tuple(tags), dict(path_params or {}),
-                   status)
+                   status, tuple(also_ok))
 
     def attach(view: F) -> F:
         view.__openapi__ = op  # type: ignore[attr-defined]
@@ -168,6 +170,8 @@ def _described(view: Callable[..., Any], op: Operation | None, rule: Rule, setti
     if op.response is not None:
         ok["content"] = {media: {"schema": _schema(model)} for media, model in response.items()}
     responses: dict[str, Any] = {str(op.status): ok}
+    for status in op.also_ok:
+        responses[str(status)] = {**ok, "description": status_title(status)}
     for status in op.problems:
         responses[str(status)] = _problem(status, status_title(status))
     responses["default"] = _problem("default", "Any other error, as a problem: 405, 500, 503 when the model "

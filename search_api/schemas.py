@@ -271,3 +271,10 @@ class SessionInfo(BaseModel):
 
 class SignIn(BaseModel):
     key: str = Field(description="An API key (`lookalike keys create NAME` prints one).")
+
+
+class LibraryUpload(BaseModel):
+    """An image to add to the library."""
+
+    image: bytes = Field(description="The image file.")
+    name: str | None = Field(None, description="A name for the stored file (default: the uploaded file's name).")

@@ -19,6 +19,7 @@ import numpy as np
 from indexer.images import ImageRejected
 from indexer.model import Embedder, ModelUnavailableError, model_id, stand_in_note, top_k
 from indexer.settings import Settings
+from indexer.uploads import reconcile_at_start
 from search_api import metrics
 from search_api.busy import ServerBusy
 from search_api.dedupe import collapse_near_duplicates
@@ -122,6 +123,9 @@ class SearchService:
         self.decoder.start()
         try:
             self.embedder.warm_up(1)
+            uploads = self.settings.storage.resolved_upload_dir()
+            if uploads.is_dir():  # files of uploads a crash cut short go (indexer.uploads)
+                reconcile_at_start(self.settings.storage.data_dir, uploads, self.catalog)
             self.index()
         except (ModelUnavailableError, IndexMismatchError, CatalogError) as exc:
             log.error("not ready: %s", exc)
@@ -181,6 +185,12 @@ class SearchService:
             self._tail = Tail(self._index.dimension, self.model_id, after)
         if self._tail.follow(catalog):
             log.debug("following the catalog: %d images after generation %s", self._tail.count, self.generation())
+
+    def follow_catalog_now(self) -> None:
+        """Read the catalog's tail at the next search instead of within RELOAD_CHECK_SECONDS: after this
+        worker committed an image itself, it is searchable in the very next request."""
+        self._checked_at = float("-inf")
+        self.index()
 
     def searchable(self) -> LiveIndex | None:
         """The served generation and the catalog's tail, searched as one (None before anything is indexed)."""
