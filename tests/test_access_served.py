@@ -7,13 +7,15 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from helpers import (
     ServerProcess,
+    colour_image,
+    jpeg,
     make_settings,
     postgres_answers,
     private_postgres_database,
@@ -64,6 +66,20 @@ def statuses(base: str, path: str, key: str | None = None) -> set[int]:
     return {status(base, path, key) for _ in range(REQUESTS_PER_CHECK)}
 
 
+def similar_ids(base: str, key: str) -> list[int]:
+    request = urllib.request.Request(base + "/api/v1/images/1/similar?k=50",
+                                     headers={"Authorization": f"Bearer {key}", "Connection": "close"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return [r["id"] for r in json.load(answer)["results"]]
+
+
+def wait_within(seconds: float, condition: Callable[[], bool], what: str) -> None:
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < seconds, f"waited more than {seconds} s for {what}"
+        time.sleep(0.1)
+
+
 def keys(env: dict[str, str], *args: str) -> str:
     result = CliRunner().invoke(cli, ["keys", *args], env=env)
     assert result.exit_code == 0, result.output
@@ -93,6 +109,21 @@ def test_keys_across_two_workers(database_env: dict[str, str], tmp_path: Path) -
         assert statuses(base, "/api/v1/stats", admin) == {200}
         listed = json.loads(keys(database_env, "list", "--json"))
         assert [(k["name"], k["last_used"] is not None) for k in listed] == [("ops", True)]
+
+        # An image added through one worker is found by every worker within 2 s; removed, likewise gone.
+        writer = keys(database_env, "create", "writer", "--scope", "write")
+        time.sleep(1.2)
+        body = jpeg(colour_image((150, 40, 200), seed=9))
+        request = urllib.request.Request(base + "/api/v1/images?name=new", data=body, method="POST",
+                                         headers={"Authorization": f"Bearer {writer}", "Content-Type": "image/jpeg"})
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            assert answer.status == 201
+            added = json.load(answer)["id"]
+        found_in_all = lambda: all(added in similar_ids(base, writer) for _ in range(REQUESTS_PER_CHECK))  # noqa: E731
+        wait_within(2.5, found_in_all, "an added image to be searchable in every worker")
+        assert status(base, f"/api/v1/images/{added}", writer, method="DELETE") == 204
+        gone_from_all = lambda: all(added not in similar_ids(base, writer) for _ in range(REQUESTS_PER_CHECK))  # noqa: E731
+        wait_within(2.5, gone_from_all, "a removed image to be gone from every worker")
 
         # Wrong keys: answered 401, then 429 once one address has tried too many (each worker counts its own).
         answers = [status(base, "/api/v1/stats", f"lookalike_guess{i}") for i in range(30)]
