@@ -7,6 +7,8 @@ X-CSRF-Token header (search_api.access checks it, and the Origin when the browse
 
 from __future__ import annotations
 
+import os
+
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
@@ -16,6 +18,7 @@ from search_api.current import current_service
 from search_api.openapi import operation
 from search_api.problems import ApiProblem
 from storage.api_keys import ApiKeys
+from storage.paths import display_path
 
 bp = Blueprint("session", __name__, url_prefix="/api/v1")
 
@@ -30,7 +33,12 @@ def _info(who: Access | None, csrf_token: str | None = None) -> dict[str, object
         "scope": scope,
         "may": [s for s in SCOPE_ORDER if scope and SCOPE_ORDER.index(s) <= SCOPE_ORDER.index(scope)],
         "csrf_token": csrf_token or (who.session.csrf_token if who and who.session else None),
+        "upload_dir": _upload_dir() if scope and SCOPE_ORDER.index(scope) >= SCOPE_ORDER.index("write") else None,
     }
+
+
+def _upload_dir() -> str:
+    return display_path(str(current_service().settings.storage.resolved_upload_dir())) + os.sep
 
 
 @bp.get("/session")

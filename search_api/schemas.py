@@ -267,6 +267,8 @@ class SessionInfo(BaseModel):
     may: list[str] = Field(description="What the caller may do: some of read, write, admin.")
     csrf_token: str | None = Field(None, description="With the session cookie: send it as X-CSRF-Token with every "
                                                      "request that is not a GET.")
+    upload_dir: str | None = Field(None, description="For a caller that may write: the folder of images added "
+                                                     "over HTTP, ending in a separator (those can be removed).")
 
 
 class SignIn(BaseModel):

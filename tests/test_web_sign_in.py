@@ -101,10 +101,46 @@ def test_sign_in_shows_what_the_key_may_do(browser: WebDriver, site_and_keys: tu
     # A change made through the page (teaching a label) passes the CSRF check.
     picked = [c for c in found if "/red/" in c["path"]][:2]
     for card in picked:
-        browser.find_element(By.CSS_SELECTOR, f"#results .card[data-id='{card['id']}'] .card-check").click()
+        check = browser.find_element(By.CSS_SELECTOR, f"#results .card[data-id='{card['id']}'] .card-check")
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", check)
+        check.click()
     browser.find_element(By.ID, "teach-name").send_keys("reds")
     browser.find_element(By.ID, "teach-button").click()
     wait_for(browser, lambda d: text_of(d, "label-title") == "reds" and not is_hidden(d, "label-view"),
              "the new label's page")
     screenshot(browser, "sign-in-3-write")
+
+    # Add a photo to the library, find it among the results, remove it again.
+    photo = write_image(tmp_path / "new photo.jpg", colour_image((150, 40, 200), seed=9), quality=95)
+    browser.find_element(By.ID, "add-input").send_keys(str(photo))
+    wait_for(browser, lambda d: "Added new photo.jpg" in text_of(d, "status"), "the added photo")
+    added = int(text_of(browser, "status").split("#")[1].split(";")[0])
+    assert text_of(browser, "query-title").startswith(f"Image #{added}")
+    api_url = f"{site}/api/v1/images/{added}"
+    assert browser.execute_script("return fetch(arguments[0]).then((r) => r.status)", api_url) == 200
+    search_red(browser, tmp_path)
+    red_cards = cards(browser)
+    for shown in red_cards:  # library images cannot be removed from the page; the added one can
+        removable = displayed(browser, f"#results .card[data-id='{shown['id']}'] .card-remove")
+        assert removable == (shown["id"] == added)
+    browser.find_element(By.ID, "file-input").send_keys(str(photo))  # searching by it finds it first
+    wait_for(browser, lambda d: not is_busy(d) and (c := cards(d)) and c[0]["id"] == added, "the added photo found")
+    remove = browser.find_element(By.CSS_SELECTOR, f"#results .card[data-id='{added}'] .card-remove")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", remove)
+    remove.click()
+    browser.switch_to.alert.accept()
+    wait_for(browser, lambda d: all(c["id"] != added for c in cards(d)), "the removed card to go")
+    assert browser.execute_script("return fetch(arguments[0]).then((r) => r.status)", api_url) == 404
+    screenshot(browser, "sign-in-4-added-removed")
     assert script_errors(browser) == []
+
+
+def test_a_read_key_sees_no_add_to_library(browser: WebDriver, site_and_keys: tuple[str, dict[str, str]]) -> None:
+    site, secrets = site_and_keys
+    browser.delete_all_cookies()
+    browser.get("about:blank")
+    browser.get(site + "/")
+    wait_for(browser, lambda d: not is_hidden(d, "sign-in"), "the sign-in box")
+    sign_in(browser, secrets["read"])
+    wait_for(browser, lambda d: "indexed" in text_of(d, "stats"), "the library statistics")
+    assert not displayed(browser, "#add-zone") and displayed(browser, "#drop-zone")

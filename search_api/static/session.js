@@ -10,12 +10,17 @@ const WHAT = {
   admin: "search, browse, change labels and read the metrics",
 };
 
+// What the server said of the caller: `uploadDir` is where images added over HTTP live (null unless
+// the caller may write).
+export const session = {uploadDir: null};
+
 // Mark the body with what the caller may do (may-read, may-write, may-admin): CSS hides the rest.
 function show(info) {
   for (const scope of ["read", "write", "admin"]) {
     document.body.classList.toggle(`may-${scope}`, info.may.includes(scope));
   }
   setCsrfToken(info.csrf_token);
+  session.uploadDir = info.upload_dir || null;
   const signedIn = info.keys_required && info.signed_in;
   $("sign-in").hidden = !info.keys_required || info.signed_in;
   $("whoami").hidden = !signedIn;
