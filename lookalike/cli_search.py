@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from lookalike.context import CliContext, human
+from lookalike.context import CliContext, IntUpToSetting, human
 from storage.paths import display_path
 
 if TYPE_CHECKING:  # the engine is imported by the commands that search, not by every start of the CLI
     from search_api.neighbours import Neighbour
     from search_api.service import SearchService
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _engine(obj: CliContext) -> SearchService:
@@ -116,8 +118,8 @@ class _Queries:
 
 
 _common = [
-    click.option("-k", "--k", "k", type=click.IntRange(1, 1000), default=None,
-                 help="Number of results (default: search.default_k)."),
+    click.option("-k", "--k", "k", type=IntUpToSetting(1, "search.max_k"), default=None,
+                 help="Number of results (default: search.default_k; at most search.max_k)."),
     click.option("--class", "classes", multiple=True, metavar="CLASS",
                  help="Only images of this ImageNet class (id, name or WordNet id), concept "
                       "(dog, bird, vehicle, ...) or custom label (label:NAME); repeat for several."),
@@ -133,7 +135,7 @@ _common = [
 ]
 
 
-def _with_common(fn):  # type: ignore[no-untyped-def]
+def _with_common(fn: F) -> F:
     for option in reversed(_common):
         fn = option(fn)
     return fn

@@ -52,6 +52,7 @@ ENDPOINT_SCOPES: dict[str, str] = {
     "search.search": "read",
     "search.search_batch": "read",
     "search.similar": "read",
+    "duplicates.duplicates": "read",
     "labels.list_labels": "read",
     "labels.get_label": "read",
     "labels.label_members": "read",

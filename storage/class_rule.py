@@ -15,7 +15,8 @@ RULES = ("top1", "top5")
 @dataclass(frozen=True)
 class ClassRule:
     """An image matches a class when it is its top-1 prediction, or (rule "top5") when the class is
-    among its top-5 predictions with probability >= min_probability."""
+    among its top-5 predictions with probability >= min_probability. The default min_probability is
+    also search.class_min_probability's (indexer/settings.py reads it from here)."""
 
     rule: str = "top5"
     min_probability: float = 0.2
