@@ -212,8 +212,10 @@ class ApiSettings(_Section):
     max_form_parts: int = Field(default=64, ge=2, description=(
         "Most multipart parts (files and fields) one request may hold; at least max_batch_images."))
     auth: Literal["auto", "none", "keys"] = Field(
-        "auto", description="Who may use the API: keys (every request but /healthz and /readyz needs an API key), "
-        "none (anyone who reaches the port), auto (keys when serving on a non-loopback address, none on loopback).")
+        "auto", description="Who may use the API: keys (every request but /healthz and /readyz needs an API key, "
+        "see `lookalike keys create`), none (anyone who reaches the port), auto (keys when serving on a "
+        "non-loopback address or for requests a reverse proxy forwarded, none otherwise). docs/deployment.md "
+        "explains serving to a network.")
     write_wait_seconds: float = Field(
         10.0, ge=0, le=600, description="Seconds an upload or removal over HTTP waits for a running indexer or "
         "watcher to let go of the catalog before it is answered 503 with Retry-After.")
