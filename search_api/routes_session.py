@@ -43,9 +43,21 @@ def _upload_dir() -> str:
 
 @bp.get("/session")
 @operation(summary="Whether this server needs a key, and what the caller's key or session may do",
-           response=schemas.SessionInfo, tags=("session",))
+           response=schemas.SessionInfo, problems=(429,), tags=("session",))
 def get_session() -> ResponseReturnValue:
-    return jsonify(_info(access.identify()))
+    """A wrong key or cookie shown here counts towards the limit on failures like anywhere else: this
+    route must not become a way to test guesses without it."""
+    if not access.keys_required():
+        return jsonify(_info(access.identify()))
+    limiter, address = access.limiter(), access.client_address()
+    wait = limiter.retry_after(address)
+    if wait:
+        return access.too_many_failures(wait)
+    who = access.identify()
+    shown = access.presented_key() or request.cookies.get(SESSION_COOKIE)
+    if who is None and shown:
+        limiter.failed(address, shown)
+    return jsonify(_info(who))
 
 
 @bp.post("/session")

@@ -205,12 +205,20 @@ def test_repeated_failures_from_one_address_are_limited(keyed_client: FlaskClien
     # While limited, even the right key is refused: a guess that happens to be right teaches nothing.
     assert keyed_client.get("/api/v1/stats", headers=bearer(secrets_of["read"])).status_code == 429
     assert keyed_client.post("/api/v1/session", json={"key": secrets_of["read"]}).status_code == 429
+    assert keyed_client.get("/api/v1/session", headers=bearer(secrets_of["read"])).status_code == 429
     other = keyed_client.get("/api/v1/stats", headers=bearer(secrets_of["read"]),
                              environ_base={"REMOTE_ADDR": "10.0.0.2"})
     assert other.status_code == 200
     assert keyed_client.get("/healthz").status_code == 200
     for secret in [*guesses, *secrets_of.values()]:
         assert secret not in caplog.text
+
+
+def test_the_session_route_is_no_way_around_the_limit(keyed_client: FlaskClient) -> None:
+    for i in range(FAILURES_ALLOWED):
+        answer = keyed_client.get("/api/v1/session", headers=bearer(f"lookalike_guess{i}"))
+        assert answer.status_code == 200 and answer.get_json()["signed_in"] is False
+    assert_problem(keyed_client.get("/api/v1/session", headers=bearer("lookalike_next")), 429, "too_many_failures")
 
 
 def sign_in(client: FlaskClient, secret: str) -> str:
