@@ -25,6 +25,7 @@ from search_api.current import current_service
 from search_api.problems import problem_response
 from storage.api_keys import SCOPES, ApiKeys, StoredKey, StoredSession, hash_secret, scope_allows
 from storage.errors import CatalogMissingError
+from storage.paths import printable
 
 log = logging.getLogger(__name__)
 
@@ -298,7 +299,8 @@ def _check_access() -> Response | None:
             return unauthorized("this server needs an API key: send `Authorization: Bearer KEY` or "
                                 "`X-API-Key: KEY` (`lookalike keys create NAME` makes one), or sign in on the page")
         failures.failed(address, presented_key() or request.cookies.get(SESSION_COOKIE, ""))
-        log.warning("refused a wrong or revoked key from %s for %s %s", address, request.method, request.path)
+        log.warning("refused a wrong or revoked key from %s for %s %s", printable(address), request.method,
+                    printable(request.path))
         return unauthorized("the API key or session is not valid (wrong, revoked or expired)", "invalid_key")
     if access.via == "cookie" and request.method not in SAFE_METHODS:
         expected = access.session.csrf_token if access.session else ""
