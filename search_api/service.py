@@ -12,7 +12,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -52,8 +52,10 @@ Embedded = tuple[np.ndarray, list[tuple[int, float]]]  # a query's feature vecto
 class SearchService:
     """Shared by all request threads of one worker process; the model loads on first use."""
 
-    def __init__(self, settings: Settings, decoder: UploadDecoder | None = None) -> None:
+    def __init__(self, settings: Settings, decoder: UploadDecoder | None = None,
+                 on_model_load: Callable[[], None] | None = None) -> None:
         self.settings = settings
+        self.on_model_load = on_model_load  # called before the model loads (the command line says it takes a while)
         # Uploads are decoded in the calling thread unless the server provides its decode processes.
         self.decoder = decoder or InlineDecoder(wait_seconds=settings.api.queue_timeout)
         self._model_slots = threading.BoundedSemaphore(settings.api.model_concurrency)
@@ -100,6 +102,8 @@ class SearchService:
         with self._model_lock:
             if self._embedder is None:
                 self.check_model()
+                if self.on_model_load is not None:
+                    self.on_model_load()
                 try:
                     self._embedder = Embedder.from_settings(self.settings.model)
                 except ModelUnavailableError as exc:
