@@ -212,6 +212,7 @@ def _search_here(obj: CliContext, images: tuple[Path, ...], k: int | None, class
                  min_score: float | None) -> _Queries:
     """The queries answered in this process: the model is loaded here (unless every image is indexed)."""
     from indexer.images import ImageRejected
+    from indexer.model import ModelUnavailableError
     from search_api.neighbours import QueryOptions
     from search_api.results import labels_json, neighbour_json
 
@@ -226,6 +227,8 @@ def _search_here(obj: CliContext, images: tuple[Path, ...], k: int | None, class
             vector, predictions = service.embed_upload(data)
         except ImageRejected as exc:
             raise click.ClickException(f"{human(image)}: {exc}") from None
+        except ModelUnavailableError as exc:
+            raise click.ClickException(str(exc)) from None
         hits = service.search_page(vector, options).hits
         queries.add({"image": display_path(str(image)), "labels": labels_json(predictions),
                      "results": [neighbour_json(h) for h in hits]}, {h.record.id: h.record.path for h in hits},
