@@ -9,14 +9,16 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from storage.class_rule import ClassRule
 from storage.faults import ENV_VARS as FAULT_ENV_VARS
-from storage.index_factory import IndexConfig
+
+if TYPE_CHECKING:  # imported where used: every command reads the settings, and `search` must start fast
+    from storage.class_rule import ClassRule
+    from storage.index_factory import IndexConfig
 
 DEFAULT_HANDLE = "https://tfhub.dev/google/efficientnet/b4/classification/1"
 ENV_PREFIX = "LOOKALIKE_"
@@ -65,6 +67,8 @@ class StorageSettings(_Section):
         return value or None
 
     def index_config(self) -> IndexConfig:
+        from storage.index_factory import IndexConfig
+
         return IndexConfig(
             factory=self.index,
             memory_budget_bytes=self.index_memory_mb * 2**20,
@@ -103,6 +107,8 @@ class SearchSettings(_Section):
 
     def class_rule(self, rule: str = "top5", min_probability: float | None = None) -> ClassRule:
         """When an image counts as showing a class; top-5 matches need `class_min_probability` unless given."""
+        from storage.class_rule import ClassRule
+
         return ClassRule(rule, self.class_min_probability if min_probability is None else min_probability)
 
 
