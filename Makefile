@@ -39,11 +39,14 @@ SLOW_MARKERS := subprocess or gunicorn or browser or ray or fuzz or slow
 
 test: install system-packages
 	$(BIN)/ruff check $(LINTED)
+	$(BIN)/mypy
 	$(BIN)/python -m pytest --cov --cov-report=term:skip-covered --durations=15
 
-# The fast inner loop while changing the code: lint, then every in-process test.
+# The fast inner loop while changing the code: lint, type check (the packages in pyproject's [tool.mypy]),
+# then every in-process test.
 check: install
 	$(BIN)/ruff check $(LINTED)
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -m "not ($(SLOW_MARKERS))"
 
 # Open-ended fuzzing of image decoding, until Ctrl-C (or FUZZ_SECONDS). It starts from the fixed corpus the
@@ -58,4 +61,4 @@ bench: install
 	$(BIN)/python bench/index_throughput.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) build .pytest_cache .coverage
+	rm -rf $(VENV) $(DEMO_DIR) build .pytest_cache .mypy_cache .coverage

@@ -1,6 +1,6 @@
 """Hostile clients against `lookalike serve`: slow connections and decode bombs, on loopback only.
 
-    python bench/hostile_clients.py /work/shared/models/efficientnet_lite0_tf1 --image-size 224
+    python bench/hostile_clients.py /path/to/efficientnet_lite0_tf1 --image-size 224
     python bench/hostile_clients.py MODULE --image-size 224 --server-path /tmp/old-checkout
 
 Builds a small library (20 photos and one 26 MB BMP) in --work-dir, indexes it, starts

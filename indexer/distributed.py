@@ -117,7 +117,8 @@ class RaySource:
         call_rows = max(self.embed_batch, MIN_EMBED_ROWS_PER_CALL)
         return (
             ray.data.from_items(rows)
-            .map_batches(prepare_batch, batch_size=DECODE_ROWS_PER_TASK, batch_format="numpy",
+            # fn_kwargs gives prepare_batch its other arguments (Ray's hints expect a one-argument function).
+            .map_batches(prepare_batch, batch_size=DECODE_ROWS_PER_TASK, batch_format="numpy",  # type: ignore[arg-type]
                          fn_kwargs={"config": self.prepare_config, "decode_known": decode_known}, num_cpus=1,
                          # Room for the largest photo accepted. A request the actors do not make,
                          # it also keeps decoding a stage of its own instead of fused into the

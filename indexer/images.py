@@ -123,11 +123,11 @@ def open_upright(data: bytes, min_side: int, max_pixels: int,
     except Exception as exc:
         # Pillow's format plugins signal malformed input with many exception types (OSError,
         # SyntaxError, struct.error, RuntimeError from the AVIF/HEIF decoders, ...); each is a rejection.
-        raise ImageRejected(f"cannot decode image: {exc or type(exc).__name__}") from None
+        raise ImageRejected(f"cannot decode image: {str(exc) or type(exc).__name__}") from None
 
 
 def _open_upright(data: bytes, min_side: int, max_pixels: int, limit_setting: str) -> UprightImage:
-    im = Image.open(io.BytesIO(data))
+    im: Image.Image = Image.open(io.BytesIO(data))
     fmt = im.format or "unknown"
     if fmt not in ALLOWED_FORMATS:
         raise ImageRejected(

@@ -23,8 +23,9 @@ import io
 import math
 import os
 import pickle
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
@@ -60,7 +61,7 @@ class _TensorRef(NamedTuple):
     stride: tuple[int, ...]
 
 
-class _OrderedDict(dict):  # type: ignore[type-arg]
+class _OrderedDict(dict[Any, Any]):
     """Stands in for collections.OrderedDict (dicts keep order); has a __dict__ for torch's _metadata.
 
     torch builds it empty and fills it with SETITEM(S), whose keys are checked; arguments that
@@ -119,7 +120,11 @@ def _check_hashable(items: Any, what: str) -> None:
             raise pickle.UnpicklingError(f"{what} must be a string or a number, not a {_what(item)}")
 
 
-class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
+# The pure-Python unpickler's opcode handlers, which the checked opcodes below call after their checks.
+_PURE_DISPATCH: dict[int, Callable[[Any], None]] = dict(pickle._Unpickler.dispatch)
+
+
+class _RestrictedUnpickler(pickle._Unpickler):
     """Resolves only the few globals a state dict needs; anything else is refused, never imported.
 
     Python's own (pure Python) unpickler, so that the opcodes that hash keys or set attributes can
@@ -127,7 +132,8 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc
     only set the state dict's own attributes, and extension codes are refused.
     """
 
-    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+    dispatch: ClassVar[dict[int, Callable[[Any], None]]] = dict(_PURE_DISPATCH)
+    stack: list[Any]  # the pure-Python unpickler's working stack, set up by load()
 
     def __init__(self, f: io.BytesIO) -> None:
         super().__init__(f)
@@ -168,30 +174,30 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc
     # The checked opcodes. After a MARK, self.stack holds just the items since the mark.
     def _load_setitem(self) -> None:
         _check_hashable(self.stack[-2:-1], "a dict key")
-        super().load_setitem()
+        _PURE_DISPATCH[pickle.SETITEM[0]](self)
 
     def _load_setitems(self) -> None:
         _check_hashable(self.stack[0::2], "a dict key")
-        super().load_setitems()
+        _PURE_DISPATCH[pickle.SETITEMS[0]](self)
 
     def _load_dict(self) -> None:
         _check_hashable(self.stack[0::2], "a dict key")
-        super().load_dict()
+        _PURE_DISPATCH[pickle.DICT[0]](self)
 
     def _load_additems(self) -> None:
         _check_hashable(self.stack, "a set element")
-        super().load_additems()
+        _PURE_DISPATCH[pickle.ADDITEMS[0]](self)
 
     def _load_frozenset(self) -> None:
         _check_hashable(self.stack, "a set element")
-        super().load_frozenset()
+        _PURE_DISPATCH[pickle.FROZENSET[0]](self)
 
     def _load_build(self) -> None:
         inst, state = self.stack[-2:] if len(self.stack) >= 2 else (None, None)
         if type(inst) is not _OrderedDict or type(state) is not dict or not all(type(k) is str for k in state):
             raise pickle.UnpicklingError(f"refusing to set the attributes of a {_what(inst)} (BUILD): only a "
                                          "state dict's own, by name")
-        super().load_build()
+        _PURE_DISPATCH[pickle.BUILD[0]](self)
 
     def _load_ext(self) -> None:
         raise pickle.UnpicklingError("refusing an extension code: a state dict names its few globals")

@@ -32,6 +32,8 @@ from indexer.tf_runtime import configure_tensorflow, load_tensorflow
 
 log = logging.getLogger(__name__)
 
+_DEFAULTS = ModelSettings()  # what an Embedder made without settings uses
+
 
 class ModelUnavailableError(RuntimeError):
     """The configured model cannot be found, downloaded or loaded; the message says what to do."""
@@ -164,6 +166,9 @@ def model_id(handle: str, image_size: int) -> str:
     return f"local:{path.name}:{digest}@{image_size}"
 
 
+Tensor = Any  # a tf.Tensor: TensorFlow ships no type hints, and is imported only when a model loads
+
+
 def _single_pass_tf1(module: Any) -> Callable[[Any], dict[str, Any]]:
     fv = module.signatures[FEATURE_SIGNATURE]
     cls = module.signatures[CLASSIFY_SIGNATURE]
@@ -185,14 +190,14 @@ def _single_pass_tf2(module: Any) -> Callable[[Any], dict[str, Any]]:
     cls = module.signatures[CLASSIFY_SIGNATURE]
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name=INPUT_KEY)])
-    def both(images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def both(images: Tensor) -> tuple[Tensor, Tensor]:
         return fv(images=images)[OUTPUT_KEY], cls(images=images)[OUTPUT_KEY]
 
     # Freezing turns weights into constants, so the two inlined copies of the network become
     # identical subgraphs that Grappler merges: one forward pass.
     frozen = convert_variables_to_constants_v2(both.get_concrete_function())
 
-    def run(images: tf.Tensor) -> dict[str, tf.Tensor]:
+    def run(images: Tensor) -> dict[str, Tensor]:
         features, logits = frozen(images)
         return {"features": features, "logits": logits}
 
@@ -202,9 +207,9 @@ def _single_pass_tf2(module: Any) -> Callable[[Any], dict[str, Any]]:
 class Embedder:
     """A loaded image module: batches of uint8 RGB images in, unit feature vectors and class probabilities out."""
 
-    def __init__(self, handle: str, image_size: int, download_timeout: float = 60.0,
-                 precision: str = "float32") -> None:
-        configure_tensorflow(precision)
+    def __init__(self, handle: str, image_size: int, download_timeout: float = _DEFAULTS.download_timeout,
+                 precision: str = _DEFAULTS.precision) -> None:
+        self.precision = configure_tensorflow(precision)
         self.handle = handle
         self.image_size = image_size
         self.model_id = model_id(handle, image_size)

@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.engine import make_url
 
@@ -81,7 +82,7 @@ def ray_cluster(address: str) -> Iterator[ClusterInfo]:
     owned = not ray.is_initialized()
     if owned:
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # worker warnings (unreadable files...) shown as they come
-        kwargs: dict[str, object] = {"logging_level": logging.WARNING, "log_to_driver": True}
+        kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
         if address == LOCAL:
             kwargs["include_dashboard"] = False
         try:

@@ -7,6 +7,7 @@ same bytes is left alone, so building the library again changes nothing an index
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 from collections.abc import Callable
@@ -34,7 +35,7 @@ def _photos() -> dict[str, Callable[[], np.ndarray]]:
         ) from exc
     photos: dict[str, Callable[[], np.ndarray]] = {name: getattr(skimage.data, name) for name in SKIMAGE_PHOTOS}
     for filename in SKLEARN_PHOTOS:
-        photos[filename.removesuffix(".jpg")] = lambda f=filename: load_sample_image(f)
+        photos[filename.removesuffix(".jpg")] = functools.partial(load_sample_image, filename)
     return photos
 
 

@@ -1,7 +1,9 @@
-"""Typed settings: config.yaml defaults, an optional YAML file, then LOOKALIKE_* environment overrides.
+"""Typed settings: defaults, an optional YAML file, then LOOKALIKE_* environment overrides.
 
-Every key is declared once here with its default; config.yaml at the repository root mirrors
-these defaults with one comment per key (a test keeps the two in step).
+Every key is declared once here, with its default and its description; config.yaml at the
+repository root is generated from them (indexer/settings_doc.py, `lookalike config example`),
+and `lookalike config show` prints them. Other modules read a setting, or its default from
+here, rather than restating it; storage's own defaults (IndexConfig, ClassRule) are read here.
 """
 
 from __future__ import annotations
@@ -9,16 +11,15 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from indexer.tf_runtime import Precision
+from storage.class_rule import ClassRule
 from storage.faults import ENV_VARS as FAULT_ENV_VARS
-
-if TYPE_CHECKING:  # imported where used: every command reads the settings, and `search` must start fast
-    from storage.class_rule import ClassRule
-    from storage.index_factory import IndexConfig
+from storage.index_config import IndexConfig
 
 DEFAULT_HANDLE = "https://tfhub.dev/google/efficientnet/b4/classification/1"
 ENV_PREFIX = "LOOKALIKE_"
@@ -33,25 +34,56 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_INDEX = IndexConfig()  # storage's defaults for choosing and searching an index: one definition, there
+MB = 2**20
+
+
 class ModelSettings(_Section):
-    handle: str = Field(DEFAULT_HANDLE, min_length=1)
-    image_size: int = Field(380, ge=32, le=2048)
-    batch_size: int = Field(0, ge=0, le=1024)
-    download_timeout: float = Field(60.0, gt=0)
-    precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
+    """The image model that turns photos into feature vectors and ImageNet predictions."""
+
+    handle: str = Field(default=DEFAULT_HANDLE, min_length=1, description=(
+        "TF-Hub handle: a tfhub.dev URL, a local module directory, a local .tar.gz of a module, or "
+        "package:efficientnet-lite0 (a smaller real model built from a PyPI package; not B4)."))
+    image_size: int = Field(default=380, ge=32, le=2048, description=(
+        "Square input size in pixels the model expects (380 for EfficientNet-B4, 224 for Lite0)."))
+    batch_size: int = Field(default=0, ge=0, le=1024, description=(
+        "Images per forward pass; 0 picks one for the device (8 on a CPU, 64 on a GPU)."))
+    download_timeout: float = Field(default=60.0, gt=0, description=(
+        "Seconds to wait on the network while downloading the model before giving up."))
+    precision: Precision = Field(default="auto", description=(
+        "auto (float32 on a CPU, mixed_float16 on a GPU), float32, mixed_float16 (GPU) or mixed_bfloat16 "
+        "(CPUs with bf16 support: faster, but changes some labels); outputs stay float32."))
 
 
 class StorageSettings(_Section):
-    data_dir: Path = Path("data")
-    database_url: str | None = None
-    index: str = Field("auto", min_length=1)
-    index_memory_mb: int = Field(2048, ge=16)
-    exact_max_vectors: int = Field(50_000, ge=0)
-    exact_budget_ms: float = Field(10.0, ge=0)
-    nprobe: int = Field(0, ge=0)
-    recall_target: float = Field(0.98, gt=0, le=1)
-    ef_search: int = Field(64, ge=1)
-    mmap_index: bool = True
+    """Where the catalog and the index live, and how the index is chosen and searched."""
+
+    data_dir: Path = Field(default=Path("data"), description=(
+        "Folder holding the catalog (SQLite by default), the FAISS index files and the thumbnails."))
+    database_url: str | None = Field(default=None, description=(
+        "SQLAlchemy database URL; empty means SQLite at <data_dir>/catalog.db."))
+    index: str = Field(default=_INDEX.factory, min_length=1, description=(
+        'FAISS index type: auto (chosen from collection size and memory budget) or a FAISS factory '
+        'string such as "Flat", "IVF4096,SQ8", "HNSW32", "OPQ64,IVF4096,PQ64".'))
+    index_memory_mb: int = Field(default=_INDEX.memory_budget_bytes // MB, ge=16, description=(
+        "Memory the index may use, in megabytes; auto quantises vectors when they would not fit."))
+    exact_max_vectors: int = Field(default=_INDEX.exact_max_vectors, ge=0, description=(
+        "Upper bound for exact search under auto: above this many vectors auto builds an IVF index "
+        "even when the scan would fit exact_budget_ms (exact search needs both)."))
+    exact_budget_ms: float = Field(default=_INDEX.exact_budget_ms, ge=0, description=(
+        "auto uses exact search while one query's scan of every vector takes at most this many "
+        "milliseconds (timed on this machine when the index is built), an inverted-file (IVF) index "
+        "above; a library that grows past it switches at the next publish."))
+    nprobe: int = Field(default=_INDEX.nprobe, ge=0, description=(
+        "Inverted lists visited per query by IVF indexes (more = better recall, slower). 0: the "
+        "smallest number reaching recall_target, measured on the collection when the index is built."))
+    recall_target: float = Field(default=_INDEX.recall_target, gt=0, le=1, description=(
+        "recall@10 against exact search that the measured nprobe must reach (queries drawn from the "
+        "collection itself)."))
+    ef_search: int = Field(default=_INDEX.ef_search, ge=1, description=(
+        "Candidate list size per query for HNSW indexes."))
+    mmap_index: bool = Field(default=True, description=(
+        "The search API maps the index file instead of reading it: server processes share its pages."))
 
     @field_validator("data_dir")
     @classmethod
@@ -67,11 +99,9 @@ class StorageSettings(_Section):
         return value or None
 
     def index_config(self) -> IndexConfig:
-        from storage.index_factory import IndexConfig
-
         return IndexConfig(
             factory=self.index,
-            memory_budget_bytes=self.index_memory_mb * 2**20,
+            memory_budget_bytes=self.index_memory_mb * MB,
             exact_max_vectors=self.exact_max_vectors,
             nprobe=self.nprobe,
             ef_search=self.ef_search,
@@ -87,48 +117,92 @@ class StorageSettings(_Section):
 
 
 class IndexerSettings(_Section):
-    decode_workers: int = Field(0, ge=0, le=256)
-    max_image_pixels: int = Field(178_956_970, ge=1)
-    commit_every: int = Field(256, ge=1)
-    decode_in_processes: bool = True
-    thumbnail_size: int = Field(320, ge=0, le=2048)
-    publish_every_seconds: float = Field(600.0, ge=0)
+    """How `lookalike index` reads, decodes and commits a library."""
+
+    decode_workers: int = Field(default=0, ge=0, le=256, description=(
+        "Workers reading, hashing and decoding images while the model runs; 0 picks the number of CPU cores."))
+    max_image_pixels: int = Field(default=178_956_970, ge=1, description=(
+        "Images larger than this many pixels are rejected as decompression bombs."))
+    commit_every: int = Field(default=256, ge=1, description=(
+        "Files written to the catalog per transaction; a crash loses at most this much work."))
+    decode_in_processes: bool = Field(default=True, description=(
+        "Decode in worker processes (true) or in threads of the indexer process (false)."))
+    thumbnail_size: int = Field(default=320, ge=0, le=2048, description=(
+        "Longest side of the WebP previews written at index time, in pixels; 0 writes none (the server "
+        "then makes previews of the default size on request)."))
+    publish_every_seconds: float = Field(default=600.0, ge=0, description=(
+        "During a long run, publish the index this often (seconds) so new images become searchable; "
+        "0: only at the end."))
 
     def effective_decode_workers(self) -> int:
         return self.decode_workers or (os.cpu_count() or 1)
 
+    def served_thumbnail_size(self) -> int:
+        """Longest side of previews made on request: thumbnail_size, or its default when the indexer writes none."""
+        return self.thumbnail_size or int(type(self).model_fields["thumbnail_size"].default)
+
 
 class SearchSettings(_Section):
-    default_k: int = Field(10, ge=1)
-    max_k: int = Field(1000, ge=1)
-    class_min_probability: float = Field(0.2, ge=0.0, le=1.0)
-    max_offset: int = Field(10_000, ge=0)
-    dedupe_threshold: float = Field(0.95, ge=-1.0, le=1.0)
+    """Limits and defaults of searches, from the API and the command line."""
+
+    default_k: int = Field(default=10, ge=1, description="Results returned when the request gives no k.")
+    max_k: int = Field(default=1000, ge=1, description="Largest k a request (or `lookalike search --k`) may ask for.")
+    class_min_probability: float = Field(default=ClassRule().min_probability, ge=0.0, le=1.0, description=(
+        "An image matches a class filter when the class is its top-1 prediction, or is in its top-5 with "
+        "at least this probability (the API's class_min_probability and class_rule=top1 override it per "
+        "request)."))
+    max_offset: int = Field(default=10_000, ge=0, description=(
+        "Largest `offset` (results skipped for pagination) a request may ask for."))
+    dedupe_threshold: float = Field(default=0.95, ge=-1.0, le=1.0, description=(
+        "With dedupe=true, results whose feature vectors have at least this cosine similarity are collapsed "
+        "into the best-scoring one; also the default --threshold of `lookalike duplicates`."))
 
     def class_rule(self, rule: str = "top5", min_probability: float | None = None) -> ClassRule:
         """When an image counts as showing a class; top-5 matches need `class_min_probability` unless given."""
-        from storage.class_rule import ClassRule
-
         return ClassRule(rule, self.class_min_probability if min_probability is None else min_probability)
 
 
 class ApiSettings(_Section):
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
-    max_upload_mb: float = Field(32.0, gt=0)
-    max_upload_pixels: int = Field(50_000_000, ge=1)
-    workers: int = Field(1, ge=1, le=64)
-    threads: int = Field(64, ge=1, le=1024)
-    read_timeout: float = Field(60.0, gt=0, le=3600)
-    send_timeout: float = Field(60.0, gt=0, le=3600)
-    decode_processes: int = Field(2, ge=0, le=64)
-    decode_cpu_seconds: float = Field(2.0, gt=0, le=600)
-    decode_memory_mb: int = Field(1024, ge=64)
-    model_concurrency: int = Field(1, ge=1, le=64)
-    queue_timeout: float = Field(30.0, gt=0, le=3600)
-    upload_memory_mb: int = Field(256, ge=1)
-    max_batch_images: int = Field(16, ge=1, le=1024)
-    max_form_parts: int = Field(64, ge=2)
+    """How `lookalike serve` listens, and what one request may cost."""
+
+    host: str = Field(default="127.0.0.1", description="Address `lookalike serve` listens on.")
+    port: int = Field(default=8000, ge=1, le=65535, description="Port `lookalike serve` listens on.")
+    max_upload_mb: float = Field(default=32.0, gt=0, description=(
+        "Largest accepted request body (an uploaded image, or a whole batch) in megabytes."))
+    max_upload_pixels: int = Field(default=50_000_000, ge=1, description=(
+        "Largest uploaded query image in pixels (width x height): a small, highly compressed PNG can "
+        "claim hundreds of megapixels and cost gigabytes to decode. Indexed files use "
+        "indexer.max_image_pixels."))
+    workers: int = Field(default=1, ge=1, le=64, description=(
+        "Gunicorn worker processes (each loads its own copy of the model)."))
+    threads: int = Field(default=64, ge=1, le=1024, description=(
+        "Threads per worker answering requests. Most of them wait on slow clients or on the model: the "
+        "model calls and decodes one worker runs at once are bounded on their own."))
+    read_timeout: float = Field(default=60.0, gt=0, le=3600, description=(
+        "Seconds a client may take to send one request (headers and body, from its first byte); slower "
+        "connections are closed (a body cut short is answered 408). Behind a reverse proxy that buffers "
+        "requests, this only ever sees the proxy."))
+    send_timeout: float = Field(default=60.0, gt=0, le=3600, description=(
+        "Seconds a client may take to read one response; slower connections are closed. Behind a reverse "
+        "proxy that buffers responses, this only ever sees the proxy."))
+    decode_processes: int = Field(default=2, ge=0, le=64, description=(
+        "Child processes per worker that decode uploaded images, so that a decoder bomb costs the "
+        "serving process nothing; 0 decodes in the request thread."))
+    decode_cpu_seconds: float = Field(default=2.0, gt=0, le=600, description=(
+        "CPU seconds one upload may take to decode; the decode process is ended and replaced past it."))
+    decode_memory_mb: int = Field(default=1024, ge=64, description=(
+        "Memory (MB) one decode may use beyond what the idle decode process holds."))
+    model_concurrency: int = Field(default=1, ge=1, le=64, description=(
+        "Model calls one worker runs at once (each already uses all of the worker's CPU threads)."))
+    queue_timeout: float = Field(default=30.0, gt=0, le=3600, description=(
+        "Seconds a request waits for a free decoder or model slot before it is answered 503 server_busy."))
+    upload_memory_mb: int = Field(default=256, ge=1, description=(
+        "Request bodies (uploads) one worker holds in memory at once, in MB; a large upload waits for its "
+        "share (queue_timeout, then 503 server_busy). One upload of max_upload_mb always fits."))
+    max_batch_images: int = Field(default=16, ge=1, le=1024, description=(
+        "Most images one batch search (POST /api/v1/search/batch) may hold."))
+    max_form_parts: int = Field(default=64, ge=2, description=(
+        "Most multipart parts (files and fields) one request may hold; at least max_batch_images."))
 
     @model_validator(mode="after")
     def _parts_hold_a_full_batch(self) -> ApiSettings:
@@ -139,16 +213,19 @@ class ApiSettings(_Section):
 
 
 class LoggingSettings(_Section):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """What the programs log."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description=(
+        "DEBUG, INFO, WARNING or ERROR (-v on the command line shows DEBUG)."))
 
 
 class Settings(_Section):
-    model: ModelSettings = ModelSettings()
-    storage: StorageSettings = StorageSettings()
-    indexer: IndexerSettings = IndexerSettings()
-    search: SearchSettings = SearchSettings()
-    api: ApiSettings = ApiSettings()
-    logging: LoggingSettings = LoggingSettings()
+    model: ModelSettings = Field(default=ModelSettings(), description=ModelSettings.__doc__)
+    storage: StorageSettings = Field(default=StorageSettings(), description=StorageSettings.__doc__)
+    indexer: IndexerSettings = Field(default=IndexerSettings(), description=IndexerSettings.__doc__)
+    search: SearchSettings = Field(default=SearchSettings(), description=SearchSettings.__doc__)
+    api: ApiSettings = Field(default=ApiSettings(), description=ApiSettings.__doc__)
+    logging: LoggingSettings = Field(default=LoggingSettings(), description=LoggingSettings.__doc__)
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
@@ -205,8 +282,8 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
 def _config_path(config_file: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Path | None:
     if config_file is not None:
         return Path(config_file)
-    if environ.get(CONFIG_ENV):
-        return Path(environ[CONFIG_ENV])
+    if CONFIG_ENV in environ:  # set but empty: no file at all
+        return Path(environ[CONFIG_ENV]) if environ[CONFIG_ENV] else None
     if Path("config.yaml").is_file():
         return Path("config.yaml")
     return None
@@ -250,6 +327,7 @@ def load_settings(
 ) -> Settings:
     """Build settings from defaults, the config file, LOOKALIKE_* variables and explicit overrides.
 
-    The file is `config_file`, else $LOOKALIKE_CONFIG, else ./config.yaml when it exists.
+    The file is `config_file`, else $LOOKALIKE_CONFIG (set but empty: no file), else ./config.yaml
+    when it exists.
     """
     return load_settings_with_sources(config_file, environ, overrides)[0]

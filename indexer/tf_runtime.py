@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from types import ModuleType
+from typing import Literal, get_args
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +34,14 @@ START_UP_NOISE = re.compile(
     r"|failed call to cuInit"
 )
 
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-# Measured with bench/model_speed.py on 2 CPU cores (B4, 380x380): batch 1 ran 3.2-4.0 img/s, batch 8
-# 2.6, batch 32 2.1, with the least memory at batch 1: a small CPU gains nothing from batching.
-CPU_BATCH_SIZE = 1
+# The model.precision setting's type (indexer/settings.py) and the values configure_tensorflow takes.
+Precision = Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+# Batch 8 costs less CPU time per image than batch 1 (bench/precision.py: B4 209 against 239 ms of
+# CPU per image, Lite0 12 against 18 ms; bench/model_speed.py on a quiet machine: 8.2 against 7.1
+# img/s) for about 1.3 GB of peak memory with B4. Batch 32 gained a little more for twice the
+# memory. An earlier choice of 1 came from wall-clock runs on a busy machine, which mislead.
+CPU_BATCH_SIZE = 8
 # A GPU needs larger batches to be kept busy; B4 at 380x380 and batch 64 fits in 16 GB with float32.
 GPU_BATCH_SIZE = 64
 
@@ -63,8 +68,19 @@ def _native_stderr_filtered() -> Iterator[None]:
             sys.stderr.flush()
 
 
+def _cache_weight_layouts() -> None:
+    """Let oneDNN convert each convolution's weights to its kernel's layout once, not on every call.
+
+    The product's graphs are frozen for inference, so the weights never change. Without this,
+    bfloat16 spends more time converting float32 weights on every call than its AMX kernels save
+    (bench/precision.py). Set before TensorFlow builds its kernels; an explicit value is kept.
+    """
+    os.environ.setdefault("TF_ONEDNN_ASSUME_FROZEN_WEIGHTS", "1")
+
+
 @lru_cache(maxsize=1)
 def _quiet_tensorflow() -> tuple[ModuleType, tuple[str, ...]]:
+    _cache_weight_layouts()
     with _native_stderr_filtered(), warnings.catch_warnings():
         # tensorflow_hub 0.16 imports pkg_resources, which warns about its own deprecation.
         warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
@@ -88,12 +104,26 @@ def gpus() -> tuple[str, ...]:
     return _quiet_tensorflow()[1]
 
 
-def configure_tensorflow(precision: str = "float32") -> None:
-    """Apply memory growth and the precision policy; call before a model is loaded."""
-    tf = load_tensorflow()
+def resolve_precision(precision: str) -> str:
+    """The precision `auto` stands for on this machine: the fastest one that keeps the labels.
 
+    On a CPU that is float32: bfloat16 (AMX, AVX-512 bf16) changed the top-1 label of 7% of real
+    photos with the trained EfficientNet-Lite0 (bench/precision.py), far from the 99% agreement
+    asked of it, for at most 1.4x the speed. On a GPU it is mixed_float16, the precision GPUs'
+    tensor cores are built for, whose 10-bit mantissa keeps three more bits than bfloat16's.
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"model.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    return "mixed_float16" if gpus() else "float32"
+
+
+def configure_tensorflow(precision: str = "auto") -> str:
+    """Apply memory growth and the precision policy; call before a model is loaded. Returns the precision used."""
+    tf = load_tensorflow()
+
+    precision = resolve_precision(precision)
     for device in tf.config.list_physical_devices("GPU"):
         try:
             tf.config.experimental.set_memory_growth(device, True)
@@ -105,6 +135,7 @@ def configure_tensorflow(precision: str = "float32") -> None:
         "auto_mixed_precision": precision == "mixed_float16",
         "auto_mixed_precision_onednn_bfloat16": precision == "mixed_bfloat16",
     })
+    return precision
 
 
 def effective_batch_size(configured: int) -> int:

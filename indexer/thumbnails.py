@@ -24,8 +24,6 @@ from storage.paths import printable
 log = logging.getLogger(__name__)
 
 WEBP_QUALITY = 80
-# Size of previews made on request when the indexer was told to write none.
-DEFAULT_THUMBNAIL_SIZE = 320
 
 
 def thumbnail_dir(data_dir: Path) -> Path:

@@ -49,7 +49,8 @@ class LookalikeGroup(click.Group):
 
 @click.group(cls=LookalikeGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
-              help="Settings file (default: $LOOKALIKE_CONFIG, else ./config.yaml when present).")
+              help="Settings file (default: $LOOKALIKE_CONFIG, where empty means none, else ./config.yaml "
+                   "when present).")
 @click.option("-v", "--verbose", count=True, help="Log debug messages.")
 @click.version_option(__version__, prog_name="lookalike")
 @click.pass_context

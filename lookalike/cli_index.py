@@ -9,10 +9,17 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import FrameType, SimpleNamespace
+from typing import TYPE_CHECKING, Any, Protocol
 
 import click
 
 from lookalike.context import CliContext, human
+
+if TYPE_CHECKING:  # imported when used: the CLI starts without loading the indexer
+    from tqdm import tqdm
+
+    from indexer.report import IndexReport
+    from indexer.settings import Settings
 
 
 class _ProgressBar:
@@ -20,7 +27,7 @@ class _ProgressBar:
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self.bar = None
+        self.bar: tqdm[Any] | None = None
         self.counts = {"embedded": 0, "linked": 0, "failed": 0}
 
     def start(self, total: int, found: int = 0) -> None:
@@ -45,8 +52,12 @@ class _ProgressBar:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+class _Stoppable(Protocol):
+    def request_stop(self) -> None: ...
+
+
 @contextmanager
-def _stop_on_interrupt(indexer) -> Iterator[None]:  # type: ignore[no-untyped-def]
+def _stop_on_interrupt(indexer: _Stoppable) -> Iterator[None]:
     """First Ctrl-C or SIGTERM: commit what is done (waiting a moment for files being decoded, then
     stopping the decode workers), then stop. A second one aborts at once."""
     previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
@@ -114,8 +125,8 @@ def index(obj: CliContext, paths: tuple[str, ...], as_json: bool, reindex: bool,
     report_index_run(run_index(obj.settings, paths, reindex, allow_empty_root, ray_address, wait), as_json)
 
 
-def run_index(settings, paths: Sequence[str], reindex: bool = False,  # type: ignore[no-untyped-def]
-              allow_empty_root: bool = False, ray_address: str | None = None, wait: bool = False):
+def run_index(settings: Settings, paths: Sequence[str], reindex: bool = False, allow_empty_root: bool = False,
+              ray_address: str | None = None, wait: bool = False) -> IndexReport:
     """One indexing run under the writer lock, with a progress bar on a terminal; errors become exit 1.
 
     With `ray_address`, files are read and embedded on that Ray cluster (see indexer.distributed). With
@@ -184,7 +195,7 @@ def _distributed_modules() -> SimpleNamespace:
                            RayIndexer=RayIndexer, check_address=check_address, ray_cluster=ray_cluster)
 
 
-def report_index_run(report, as_json: bool) -> None:  # type: ignore[no-untyped-def]
+def report_index_run(report: IndexReport, as_json: bool) -> None:
     summary = report.to_json()
     if as_json:
         click.echo(json.dumps(summary))

@@ -71,12 +71,17 @@ def _rescore(book: LabelBook, name: str) -> dict[str, object]:
     return book.to_json(book.get(name))
 
 
+def _how_many(ids: object) -> int:
+    """The length of a JSON list of ids."""
+    return len(ids) if isinstance(ids, list) else 0
+
+
 def _summary(label: dict[str, object]) -> str:
     quality = label.get("quality")
     estimate = f", cross-validated AUC {quality['auc']:.2f}" if isinstance(quality, dict) else ""
     state = "" if label["state"] == "ready" else f" [{label['state']}]"
     return (f"{label['name']}{state}: {label['count']} image(s) at threshold {label['threshold']:.2f}; "
-            f"{len(label['positive_ids'])} positive, {len(label['negative_ids'])} negative example(s)"  # type: ignore[arg-type]
+            f"{_how_many(label['positive_ids'])} positive, {_how_many(label['negative_ids'])} negative example(s)"
             f"{estimate}")
 
 
@@ -268,7 +273,7 @@ def show(obj: CliContext, name: str, limit: int, as_json: bool) -> None:
     _report(label_json, False)
     for item in listed:
         mark = "?" if item["borderline"] else " "
-        kind = {"positive": "+", "negative": "-"}.get(item["example"] or "", " ")  # type: ignore[arg-type]
+        kind = {"positive": "+", "negative": "-"}.get(str(item["example"]), " ")  # example: positive, negative or None
         below = "" if item["member"] else "  (below the threshold)"
         click.echo(f"  {item['score']:.3f}{mark}{kind} {item['id']:>7}  {_printable(str(item['path']))}{below}")
     if total > len(listed):

@@ -1,15 +1,18 @@
-"""`lookalike model info|fetch` and `lookalike config show`: what runs, from where, and why."""
+"""`lookalike model info|fetch` and `lookalike config show|example`: what runs, from where, and why."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import shutil
+import textwrap
 from pathlib import Path
 
 import click
 
 from lookalike.context import CliContext, echo_mapping
+
+HELP_WIDTH = 96  # columns of a setting's description under its row in `config show`
 
 
 @click.group()
@@ -48,6 +51,7 @@ def info(obj: CliContext, as_json: bool) -> None:
         embedder = Embedder.from_settings(m)
     except ModelUnavailableError as exc:
         raise click.ClickException(str(exc)) from None
+    declared = declared_image_size(embedder.path)
     details = {
         "handle": m.handle,
         "resolved_path": str(embedder.path),
@@ -55,7 +59,7 @@ def info(obj: CliContext, as_json: bool) -> None:
         "format": embedder.format,
         "signatures": embedder.signatures,
         "image_size": m.image_size,
-        "declared_image_size": declared_image_size(embedder.path),
+        "declared_image_size": declared,
         "feature_dim": embedder.feature_dim,
         "classes": 1000,
         "background_class": embedder.num_logits == 1001,
@@ -65,7 +69,6 @@ def info(obj: CliContext, as_json: bool) -> None:
         "devices": list(gpus()) or ["CPU"],
         "stand_in": embedder.note,
     }
-    declared = details["declared_image_size"]
     if declared and tuple(declared) != (m.image_size, m.image_size):
         click.secho(f"warning: the module declares {declared[0]}x{declared[1]} input, but model.image_size is "
                     f"{m.image_size}", fg="yellow", err=True)
@@ -109,16 +112,18 @@ def config() -> None:
 
 
 @config.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON: {key: {value, source}}.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: {key: {value, source, description}}.")
 @click.pass_obj
 def show(obj: CliContext, as_json: bool) -> None:
-    """Every setting, its value, and where it came from (default, config file or environment).
+    """Every setting, its value, where it came from (default, config file or environment) and,
+    on the lines below it, what it does.
 
     \b
     Example:
       LOOKALIKE_API__PORT=9000 lookalike --config /etc/lookalike.yaml config show
     """
     from indexer.settings import SettingsError, load_settings_with_sources
+    from indexer.settings_doc import descriptions
 
     try:
         settings, sources = load_settings_with_sources(obj.config)
@@ -126,9 +131,28 @@ def show(obj: CliContext, as_json: bool) -> None:
         raise click.ClickException(str(exc)) from None
     values = {f"{section}.{key}": value for section, items in settings.model_dump(mode="json").items()
               for key, value in items.items()}
+    helps = descriptions()
     if as_json:
-        click.echo(json.dumps({key: {"value": values[key], "source": sources[key]} for key in values}))
+        click.echo(json.dumps({key: {"value": values[key], "source": sources[key], "description": helps[key]}
+                               for key in values}))
         return
     width = max(len(key) for key in values)
     for key, value in values.items():
         click.echo(f"{key:<{width}}  {json.dumps(value):<40}  {sources[key]}")
+        for line in textwrap.wrap(helps[key], HELP_WIDTH, break_on_hyphens=False):
+            click.echo(f"    {line}")
+
+
+@config.command()
+def example() -> None:
+    """Print a settings file holding every setting with its default and what it does.
+
+    The repository's config.yaml is this output.
+
+    \b
+    Example:
+      lookalike config example > /etc/lookalike.yaml
+    """
+    from indexer.settings_doc import config_example
+
+    click.echo(config_example(), nl=False)

@@ -11,11 +11,11 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from lookalike.context import CliContext, human
+from lookalike.context import CliContext, IntUpToSetting, human
 from storage.paths import display_path
 
 if TYPE_CHECKING:  # the engine is imported by the commands that search, not by every start of the CLI
@@ -28,6 +28,8 @@ MODEL_NOTICE = ("no `lookalike serve` of this data dir is running (or --server U
 # Server problems that are about the uploaded image (the message names the file, as a local search does).
 IMAGE_PROBLEMS = frozenset({"empty", "empty_upload", "not_image", "unsupported_format", "corrupt", "too_many_pixels",
                             "too_costly"})
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _engine(obj: CliContext, on_model_load: Callable[[], None] | None = None) -> SearchService:
@@ -136,8 +138,8 @@ class _Queries:
 
 
 _common = [
-    click.option("-k", "--k", "k", type=click.IntRange(1, 1000), default=None,
-                 help="Number of results (default: search.default_k)."),
+    click.option("-k", "--k", "k", type=IntUpToSetting(1, "search.max_k"), default=None,
+                 help="Number of results (default: search.default_k; at most search.max_k)."),
     click.option("--class", "classes", multiple=True, metavar="CLASS",
                  help="Only images of this ImageNet class (id, name or WordNet id), concept "
                       "(dog, bird, vehicle, ...) or custom label (label:NAME); repeat for several."),
@@ -153,7 +155,7 @@ _common = [
 ]
 
 
-def _with_common(fn):  # type: ignore[no-untyped-def]
+def _with_common(fn: F) -> F:
     for option in reversed(_common):
         fn = option(fn)
     return fn

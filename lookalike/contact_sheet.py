@@ -32,10 +32,10 @@ def thumbnail_data_uri(data: bytes | None) -> str:
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.draft("RGB", (THUMB, THUMB))
-            im = ImageOps.exif_transpose(im).convert("RGB")
-            im.thumbnail((THUMB, THUMB))
+            thumb = ImageOps.exif_transpose(im).convert("RGB")
+            thumb.thumbnail((THUMB, THUMB))
             buf = io.BytesIO()
-            im.save(buf, "JPEG", quality=80)
+            thumb.save(buf, "JPEG", quality=80)
     except (OSError, ValueError, SyntaxError):
         return ""
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")

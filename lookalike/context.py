@@ -7,6 +7,7 @@ import json
 import logging
 import socket
 import sys
+from typing import Any
 
 import click
 
@@ -61,6 +62,26 @@ class CliContext:
                 raise click.ClickException(str(exc)) from None
             configure_logging(self._settings.logging.level, self.verbose)
         return self._settings
+
+
+class IntUpToSetting(click.ParamType):
+    """An integer from `low` up to the value of a setting ("section.key") in the settings in effect.
+
+    The bound is read when the option is parsed, after `--config`, so it follows the config file
+    and the environment; the error is click's own range message.
+    """
+
+    name = "integer"
+
+    def __init__(self, low: int, setting: str) -> None:
+        self.low = low
+        self.section, self.key = setting.split(".")
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        obj = ctx.find_object(CliContext) if ctx is not None else None
+        settings = obj.settings if obj is not None else Settings()
+        high = getattr(getattr(settings, self.section), self.key)
+        return int(click.IntRange(self.low, high).convert(value, param, ctx))
 
 
 def check_port_free(host: str, port: int) -> None:

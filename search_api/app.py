@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.routing import IntegerConverter
 
 from indexer.settings import Settings, load_settings
 from search_api import (
     class_counts,
+    duplicate_groups,
     label_jobs,
     metrics,
     problems,
     request_body,
     routes_browse,
     routes_docs,
+    routes_duplicates,
     routes_health,
     routes_images,
     routes_labels,
@@ -42,16 +45,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.url_map.converters["int"] = AsciiIntegerConverter  # before any route is added
     app.config["MAX_CONTENT_LENGTH"] = int(settings.api.max_upload_mb * 1024 * 1024)
     app.config["MAX_FORM_PARTS"] = settings.api.max_form_parts
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    if isinstance(app.json, DefaultJSONProvider):  # Flask's own, unless a subclass chose another
+        app.json.sort_keys = False
     service = SearchService(settings, upload_decoder(settings.api))
     install_service(app, service)
     class_counts.init_app(app, service)
+    duplicate_groups.init_app(app, service)
     label_jobs.init_app(app, service)
     problems.init_app(app)
     security_headers.init_app(app)
     metrics.init_app(app)
-    for bp in (routes_search.bp, routes_images.bp, routes_browse.bp, routes_labels.bp, routes_health.bp,
-               routes_page.bp):
+    for bp in (routes_search.bp, routes_images.bp, routes_browse.bp, routes_labels.bp, routes_duplicates.bp,
+               routes_health.bp, routes_page.bp):
         app.register_blueprint(bp)
     routes_docs.init_app(app)
     return app

@@ -28,4 +28,4 @@ def service_of(app: Flask) -> SearchService:
 
 def current_service() -> SearchService:
     """The engine of the app handling the current request."""
-    return service_of(cast(Flask, current_app))
+    return service_of(current_app)

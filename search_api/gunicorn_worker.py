@@ -26,7 +26,7 @@ import selectors
 import socket
 import time
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gunicorn import util
 from gunicorn.http import errors as http_errors
@@ -34,6 +34,9 @@ from gunicorn.http.wsgi import Response, default_environ
 from gunicorn.workers import gthread
 
 from search_api.http_status import status_code, status_title
+
+if TYPE_CHECKING:  # only for the checker: the arbiter must not import the app
+    from search_api.serve import LookalikeServer
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +53,8 @@ CLOSE_LINGER = 0.5
 class DeadlineSocket(socket.socket):
     """A client connection whose reads and writes for one request share two time budgets."""
 
-    read_timeout = 60.0
-    send_timeout = 60.0
+    read_timeout: float  # api.read_timeout and api.send_timeout, set by adopt()
+    send_timeout: float
 
     @classmethod
     def adopt(cls, sock: socket.socket, read_timeout: float, send_timeout: float) -> DeadlineSocket:
@@ -194,12 +197,13 @@ CLIENT_ERRORS: tuple[tuple[type[Exception] | tuple[type[Exception], ...], int, s
     (http_errors.UnsupportedTransferCoding, 501, "{exc}"),
     (http_errors.ExpectationFailed, 417, "{exc}"),
     (http_errors.ForbiddenProxyRequest, 403, "request forbidden"),
-    ((http_errors.InvalidResponseHeader, http_errors.InvalidResponseHeaderName), 500, ""),  # the app's fault
+    # The app's fault. (New in gunicorn 27; types-gunicorn describes 26.)
+    ((http_errors.InvalidResponseHeader, http_errors.InvalidResponseHeaderName), 500, ""),  # type: ignore[attr-defined]
     (http_errors.ParseException, 400, "malformed request: {exc}"),
 )
 
 
-def describe_error(exc: Exception, cfg: Any) -> tuple[int, str]:
+def describe_error(exc: BaseException, cfg: Any) -> tuple[int, str]:
     """Status and problem detail for an error gunicorn met; 500 for anything that is not the client's."""
     for kinds, status, detail in CLIENT_ERRORS:
         if isinstance(exc, kinds):
@@ -225,6 +229,8 @@ def problem_bytes(status: int, detail: str, instance: str | None) -> bytes:
 class LookalikeWorker(gthread.ThreadWorker):
     """gthread with DeadlineSocket connections and problem+json errors."""
 
+    app: LookalikeServer
+
     def _budgets(self) -> tuple[float, float]:
         api = self.app.settings.api
         return api.read_timeout, api.send_timeout
@@ -236,14 +242,14 @@ class LookalikeWorker(gthread.ThreadWorker):
 
     def handle(self, conn: Any) -> Any:
         if not conn.initialized and not conn.data_ready and not conn.wait_for_data(FIRST_BYTE_WAIT):
-            return gthread._DEFER
+            return gthread._DEFER  # type: ignore[attr-defined]  # gunicorn 27; types-gunicorn describes 26
         conn.sock.begin_request()
         keep = super().handle(conn)
         if keep is False and isinstance(conn.sock, DeadlineSocket) and conn.sock.fileno() != -1:
             conn.sock.linger()  # here, in this thread, rather than in the poller thread
         return keep
 
-    def handle_error(self, req: Any, client: Any, addr: Any, exc: Exception) -> None:
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         started = datetime.now()
         addr = addr or ("", -1)
         status, detail = describe_error(exc, self.cfg)

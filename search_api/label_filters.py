@@ -46,7 +46,7 @@ def label_suggestions(svc: SearchService, query: str) -> list[dict[str, object]]
     if text.startswith(LABEL_PREFIX):
         text = text[len(LABEL_PREFIX):].strip()
     counts = member_counts(svc.catalog)
-    found = []
+    found: list[tuple[tuple[bool, bool, int, str], dict[str, object]]] = []
     for label_id, name, model in label_names(svc.catalog):
         key = name.casefold()
         if text and text not in key:

@@ -25,9 +25,9 @@ from prometheus_client import (
 )
 
 from search_api.current import current_service
+from search_api.metrics_env import MULTIPROC_ENV
 from search_api.openapi import operation
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Route label of requests that matched no route (404s for unknown paths), so the label set stays bounded.
 UNMATCHED_ROUTE = "<unmatched>"
 

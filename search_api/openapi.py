@@ -81,13 +81,15 @@ def operation(
 
 
 def _schema(media: Media) -> dict[str, Any]:
+    if not isinstance(media, str):
+        return {"$ref": REF.format(model=media.__name__)}
     if media == "binary":
         return dict(BINARY)
     if media == "text":
         return {"type": "string"}
     if media == "object":
         return {"type": "object"}
-    return {"$ref": REF.format(model=media.__name__)}  # type: ignore[union-attr]
+    raise ValueError(f"unknown media {media!r}: a model, binary, text or object")
 
 
 def _query_parameters(model: type[BaseModel], settings: Settings) -> list[dict[str, Any]]:
@@ -129,9 +131,9 @@ def _operation_json(view: Callable[..., Any], op: Operation | None, rule: Rule, 
         return {"summary": doc.split("\n")[0] or view.__name__, "description": doc,
                 "parameters": _path_parameters(rule, None),
                 "responses": {"200": {"description": "OK (not described yet)"}}}
-    response = op.response if isinstance(op.response, Mapping) else {"application/json": op.response}
     ok: dict[str, Any] = {"description": status_title(op.status)}
     if op.response is not None:
+        response = op.response if isinstance(op.response, Mapping) else {"application/json": op.response}
         ok["content"] = {media: {"schema": _schema(model)} for media, model in response.items()}
     responses: dict[str, Any] = {str(op.status): ok}
     for status in op.problems:

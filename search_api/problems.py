@@ -7,6 +7,7 @@ has its status and code here, in one place.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from flask import Flask, Response, json, request
@@ -125,7 +126,7 @@ def init_app(app: Flask) -> None:
         return problem_response(500, "internal error; the server log has the details", "internal_error")
 
 
-def _domain_handler(problem: DomainProblem):  # type: ignore[no-untyped-def]
+def _domain_handler(problem: DomainProblem) -> Callable[[Exception], Response]:
     def handle(exc: Exception) -> Response:
         log.warning("%s %s: %s (%s)", request.method, printable(request.path), problem.code, exc)
         response = problem_response(problem.status, problem.detail or str(exc), problem.code)

@@ -30,6 +30,9 @@ SETTING_KEYS = ("x-setting-default", "x-setting-maximum")
 MAX_PAGE_OFFSET = 2**31 - 1  # browsing offsets: far beyond any catalog, well within SQL's integers
 MAX_SUGGESTIONS = 1000  # every ImageNet class
 DEFAULT_SUGGESTIONS = 20
+MAX_DUPLICATE_GROUPS = 100  # duplicate groups per page
+# Below this, near-duplicate groups chain much of a library together and cost a search per image each.
+MIN_DUPLICATES_THRESHOLD = 0.8
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,7 @@ ClassRuleName = Annotated[Literal["top1", "top5"], Wording("{name} must be one o
 
 def bound(model: type[M], settings: Settings) -> type[M]:
     """`model` with the defaults and maxima its fields take from `settings` (x-setting-* keys)."""
-    fills = tuple((name, key, _setting(settings, dotted))
+    fills = tuple((name, key, _setting(settings, str(dotted)))
                   for name, field in model.model_fields.items() if isinstance(field.json_schema_extra, dict)
                   for key, dotted in field.json_schema_extra.items() if key in SETTING_KEYS)
     return _bound(model, fills) if fills else model
@@ -99,6 +102,7 @@ def _bound(model: type[M], fills: tuple[tuple[str, str, Any], ...]) -> type[M]:
         # The maximum goes ahead of the field's own validators, so that the document states it as `maximum`.
         maximum = [Le(values["x-setting-maximum"])] if "x-setting-maximum" in values else []
         default = values.get("x-setting-default", field.default)
-        fields[name] = (Annotated[(field.annotation, *maximum, *field.metadata)],  # type: ignore[valid-type]
+        annotated = (field.annotation, *maximum, *field.metadata)  # Annotated[type, *metadata], built at run time
+        fields[name] = (Annotated[annotated],
                         Field(default, alias=field.alias, description=field.description))
-    return create_model(model.__name__, __base__=model, **fields)  # type: ignore[call-overload,no-any-return]
+    return create_model(model.__name__, __base__=model, **fields)

@@ -16,20 +16,22 @@ from __future__ import annotations
 import io
 import threading
 import time
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from flask import Flask, Request, current_app, request
 from werkzeug.exceptions import BadRequest, ClientDisconnected, HTTPException, RequestEntityTooLarge, RequestTimeout
 from werkzeug.utils import cached_property
 from werkzeug.wsgi import get_input_stream
 
-try:  # the errors gunicorn raises while it reads a body for the app
-    from gunicorn.http.errors import ParseException
-except ImportError:  # pragma: no cover - served by another WSGI server
-    ParseException = ValueError  # type: ignore[assignment,misc]
-
-
 from search_api.busy import ServerBusy
+
+BODY_PARSE_ERRORS: tuple[type[Exception], ...]  # the errors the server raises while it reads a body for the app
+try:
+    from gunicorn.http.errors import ParseException
+
+    BODY_PARSE_ERRORS = (ParseException,)
+except ImportError:  # pragma: no cover - served by another WSGI server
+    BODY_PARSE_ERRORS = (ValueError,)
 
 READ_PIECE = 1 << 20
 SMALL_BODY = 256 * 1024  # bodies below this size need no reservation
@@ -105,7 +107,7 @@ class CheckedBody(io.RawIOBase):
             raise self._cut_short() from None
         except HTTPException:
             raise
-        except ParseException as exc:
+        except BODY_PARSE_ERRORS as exc:
             raise BadRequest(f"malformed request body: {exc}") from None
         except (OSError, ValueError):
             raise self._cut_short() from None
@@ -122,15 +124,15 @@ class LookalikeRequest(Request):
     reserved = 0  # bytes of the worker's BodyBudget this request holds
 
     @cached_property
-    def stream(self) -> IO[bytes]:  # type: ignore[override]
+    def stream(self) -> IO[bytes]:
         if self.content_length is None and "wsgi.input_terminated" in self.environ:
             # A chunked body: werkzeug would stop at the limit without a word; count it here instead.
             self._reserve(self.max_content_length)
-            return CheckedBody(self.environ["wsgi.input"], self.max_content_length, self.environ)
+            return cast(IO[bytes], CheckedBody(self.environ["wsgi.input"], self.max_content_length, self.environ))
         # A Content-Length over the limit raises 413 here; werkzeug keeps reads within the length.
         stream = get_input_stream(self.environ, max_content_length=self.max_content_length)
         self._reserve(self.content_length)
-        return CheckedBody(stream, None, self.environ)
+        return cast(IO[bytes], CheckedBody(stream, None, self.environ))  # a RawIOBase: a binary file
 
     def _reserve(self, size: int | None) -> None:
         budget: BodyBudget | None = current_app.extensions.get("lookalike.body_budget")
@@ -147,6 +149,7 @@ def init_app(app: Flask, budget: BodyBudget | None = None) -> None:
 
     @app.teardown_request
     def _release_body(exc: BaseException | None) -> None:
-        if request.reserved:
-            budget.release(request.reserved)
-            request.reserved = 0
+        current = cast(LookalikeRequest, request)  # app.request_class, set above
+        if current.reserved:
+            budget.release(current.reserved)
+            current.reserved = 0

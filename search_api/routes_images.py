@@ -8,12 +8,14 @@ import mimetypes
 import os
 from typing import BinaryIO
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
+from werkzeug.http import http_date
+from werkzeug.wrappers import Response
 from werkzeug.wsgi import wrap_file
 
 from indexer.library_files import UNREADABLE, LibraryFileError, open_beneath
-from indexer.thumbnails import DEFAULT_THUMBNAIL_SIZE, ThumbnailUnavailable, thumbnail_for
+from indexer.thumbnails import ThumbnailUnavailable, thumbnail_for
 from search_api import schemas
 from search_api.current import current_service
 from search_api.headers import content_disposition
@@ -60,7 +62,7 @@ def _send(fileobj: BinaryIO, size: int, mimetype: str, max_age: int, etag: str, 
     response.content_length = size
     response.set_etag(etag, weak=weak)
     if last_modified is not None:
-        response.last_modified = last_modified  # type: ignore[assignment]
+        response.headers["Last-Modified"] = http_date(last_modified)  # what the last_modified setter does
     response.cache_control.public = True
     response.cache_control.max_age = max_age
     response.headers["X-Content-Type-Options"] = "nosniff"
@@ -126,7 +128,7 @@ def image_thumbnail(image_id: int) -> ResponseReturnValue:
     files = _library_files(image_id)
     try:
         thumb = thumbnail_for(settings.storage.data_dir, files,
-                              settings.indexer.thumbnail_size or DEFAULT_THUMBNAIL_SIZE,
+                              settings.indexer.served_thumbnail_size(),
                               settings.indexer.max_image_pixels)
     except ThumbnailUnavailable as exc:
         log.info("image %d: no thumbnail (%s): %s", image_id, exc.kind, exc)

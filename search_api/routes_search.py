@@ -115,7 +115,7 @@ def search_batch() -> ResponseReturnValue:
     files = _batch_files()
     datas = [f.read() for f in files]
     embedded = iter(svc.embed_uploads([d for d in datas if d]))
-    items = []
+    items: list[dict[str, object]] = []
     for i, (upload, data) in enumerate(zip(files, datas, strict=True)):
         query: dict[str, object] = {"index": i, "filename": upload.filename or None}
         if not data:

@@ -15,8 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from search_api.query_values import (
     DEFAULT_SUGGESTIONS,
+    MAX_DUPLICATE_GROUPS,
     MAX_PAGE_OFFSET,
     MAX_SUGGESTIONS,
+    MIN_DUPLICATES_THRESHOLD,
     ClassRuleName,
     Flag,
     Integer,
@@ -75,6 +77,17 @@ class BrowseParams(BaseModel):
                                           description="Minimum probability of a top-5 match.")
     offset: Integer = Field(0, ge=0, le=MAX_PAGE_OFFSET, description="Images to skip.")
     limit: Integer = Field(50, ge=1, le=500, description="Images per page.")
+
+
+class DuplicatesParams(BaseModel):
+    threshold: Annotated[Number, Wording("{name} must be a number from {low:g} to {high:g} (cosine similarity), "
+                                         "got {raw!r}")] = Field(
+        None, ge=MIN_DUPLICATES_THRESHOLD, le=1.0,  # type: ignore[assignment]
+        description="Cosine similarity at or above which two images count as near-duplicates (as `lookalike "
+                    "duplicates --threshold`); lower values would chain most of a library into one group.",
+        json_schema_extra={"x-setting-default": "search.dedupe_threshold"})
+    offset: Integer = Field(0, ge=0, le=MAX_PAGE_OFFSET, description="Groups to skip (identical files first).")
+    limit: Integer = Field(20, ge=1, le=MAX_DUPLICATE_GROUPS, description="Groups per page.")
 
 
 # --- bodies and responses -----------------------------------------------------------------------
@@ -256,3 +269,65 @@ class Ready(Stats):
     in_step: bool = Field(description="The index holds exactly the catalog's images (false for a moment while an "
                                       "indexer runs).")
 
+
+Suggested = Literal["keep", "remove"]
+SUGGESTED = "keep: the copy suggested for keeping (most pixels, then most bytes per pixel, then oldest); remove: " \
+            "the others. Only a suggestion: the server deletes nothing."
+
+
+class DuplicateFile(BaseModel):
+    path: str
+    modified: str = Field(description="The file's modification time, ISO 8601 in UTC.")
+    suggested: Suggested = Field(description=SUGGESTED)
+
+
+class ExactDuplicates(BaseModel):
+    """Files with identical content: one catalog image at several paths."""
+
+    kind: Literal["exact"]
+    image_id: int
+    paths: list[str]
+    keep: str = Field(description="Path of the file suggested for keeping: the oldest (the content is the same).")
+    width: int
+    height: int
+    format: str
+    size: int = Field(description="Bytes of each file.")
+    files: list[DuplicateFile]
+    file_url: str
+    thumbnail_url: str
+
+
+class NearDuplicate(BaseModel):
+    id: int
+    paths: list[str] = Field(description="Every file with this exact content.")
+    score: float = Field(description="Cosine similarity to the group's first image.")
+    link: float = Field(description="Cosine similarity to its closest other image of the group (>= threshold).")
+    width: int
+    height: int
+    format: str
+    size: int = Field(description="Bytes of the file.")
+    modified: str = Field(description="Modification time of its oldest file, ISO 8601 in UTC.")
+    suggested: Suggested = Field(description=SUGGESTED)
+    file_url: str
+    thumbnail_url: str
+
+
+class NearDuplicates(BaseModel):
+    """Distinct images linked by chains of pairs with cosine similarity >= the threshold."""
+
+    kind: Literal["near"]
+    keep: int = Field(description="Id of the image suggested for keeping.")
+    images: list[NearDuplicate]
+
+
+class DuplicatesResponse(BaseModel):
+    threshold: float
+    groups: list[Annotated[ExactDuplicates | NearDuplicates, Field(discriminator="kind")]] = Field(
+        description="Groups of identical files first, then groups of near-duplicates, as `lookalike duplicates "
+                    "--json` lists them under exact and near.")
+    exact_total: int = Field(description="Groups of identical files in the library.")
+    near_total: int = Field(description="Groups of near-duplicates in the library.")
+    total: int
+    offset: int
+    limit: int
+    next_offset: int | None

@@ -19,6 +19,7 @@ from flask import Flask
 from gunicorn.app.base import BaseApplication
 
 from indexer.settings import Settings
+from search_api.metrics_env import MULTIPROC_ENV
 from search_api.server_file import (
     SERVER_INSTANCE,
     ServerInfo,
@@ -31,7 +32,6 @@ from search_api.worker_threads import available_cores, configure_worker_threads,
 
 log = logging.getLogger(__name__)
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 GRACEFUL_STOP_SECONDS = 10
 
 
@@ -75,7 +75,7 @@ def _when_ready(server: Any) -> None:
         log.debug("reaped process %d, a child from before the server started", pid)
 
 
-class LookalikeServer(BaseApplication):  # type: ignore[misc]
+class LookalikeServer(BaseApplication):
     def __init__(self, settings: Settings, host: str, port: int, workers: int) -> None:
         self.settings = settings
         self.instance = new_instance()

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 # Below the model, as the indexer's decode workers: decoding takes the cycles the model leaves idle.
 NICENESS = 5
+INLINE_DECODES = 2  # uploads decoded at once in request threads when api.decode_processes is 0
 REQUEST = struct.Struct(">II")  # length of the JSON options, length of the image bytes
 ANSWER = struct.Struct(">BI")  # 0 pixels / 1 rejected, payload length
 PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
@@ -67,7 +68,7 @@ class UploadDecoder(Protocol):
 class InlineDecoder:
     """Decodes in the calling thread, at most `concurrency` at a time."""
 
-    def __init__(self, concurrency: int = 2, wait_seconds: float = 30.0) -> None:
+    def __init__(self, wait_seconds: float, concurrency: int = INLINE_DECODES) -> None:
         self._slots = threading.BoundedSemaphore(concurrency)
         self.wait_seconds = wait_seconds
 

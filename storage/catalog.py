@@ -6,12 +6,14 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
-from sqlalchemy import Engine, create_engine, delete, event, func, inspect, select
+from sqlalchemy import CursorResult, Engine, Executable, create_engine, delete, event, func, inspect, select
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from storage import rejections
 from storage.class_rule import ClassRule
@@ -79,7 +81,7 @@ class ImageRecord:
     predictions: tuple[tuple[int, float], ...]
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
@@ -388,6 +390,11 @@ def _chunks(items: Sequence[T], size: int = 500) -> Iterator[Sequence[T]]:
     """Slices small enough for an IN (...) clause on every database."""
     for start in range(0, len(items), size):
         yield items[start:start + size]
+
+
+def changed_rows(s: Session, statement: Executable) -> int:
+    """How many rows an UPDATE or DELETE changed (Session.execute is typed as returning any Result)."""
+    return cast("CursorResult[Any]", s.execute(statement)).rowcount
 
 
 def _ids_by_hash(s: Session, hashes: Iterable[str]) -> dict[str, int]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from sqlalchemy import ColumnElement, or_
-
-from storage.schema import PredictionRow
+if TYPE_CHECKING:  # imported where used: the settings read this rule's default at every start of the CLI
+    from sqlalchemy import ColumnElement
 
 RULES = ("top1", "top5")
 
@@ -15,7 +15,8 @@ RULES = ("top1", "top5")
 @dataclass(frozen=True)
 class ClassRule:
     """An image matches a class when it is its top-1 prediction, or (rule "top5") when the class is
-    among its top-5 predictions with probability >= min_probability."""
+    among its top-5 predictions with probability >= min_probability. The default min_probability is
+    also search.class_min_probability's (indexer/settings.py reads it from here)."""
 
     rule: str = "top5"
     min_probability: float = 0.2
@@ -33,12 +34,18 @@ class ClassRule:
 
     def prediction_matches(self) -> ColumnElement[bool]:
         """SQL condition on a predictions row, whatever its class."""
+        from sqlalchemy import or_
+
+        from storage.schema import PredictionRow
+
         if self.rule == "top1":
             return PredictionRow.rank == 0
         return or_(PredictionRow.rank == 0, PredictionRow.probability >= self.min_probability)
 
     def matches(self, class_ids: Iterable[int] | None) -> ColumnElement[bool]:
         """SQL condition: a predictions row that makes its image match one of `class_ids` (None: any class)."""
+        from storage.schema import PredictionRow
+
         if class_ids is None:
             return self.prediction_matches()
         return PredictionRow.class_id.in_(sorted(class_ids)) & self.prediction_matches()

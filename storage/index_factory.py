@@ -18,26 +18,16 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from storage.index_config import IndexConfig
 from storage.index_cost import ScanCost, modelled_scan_cost
+
+__all__ = ["IndexConfig"]  # defined apart (no FAISS import) and used here
 
 log = logging.getLogger(__name__)
 
 PQ_SUBQUANTIZERS = (8, 16, 32, 48, 56, 64, 96, 112, 128, 192, 224, 256)
 # Inverted lists visited per query by an IVF index whose generation records no measured nprobe.
 DEFAULT_NPROBE = 16
-
-
-@dataclass(frozen=True)
-class IndexConfig:
-    """What storage needs to know to choose and query an index (built from the settings by callers)."""
-
-    factory: str = "auto"
-    memory_budget_bytes: int = 2048 * 2**20
-    exact_max_vectors: int = 50_000
-    nprobe: int = 0  # 0: the nprobe measured when the generation was built
-    ef_search: int = 64
-    exact_budget_ms: float = 10.0
-    recall_target: float = 0.98
 
 
 @dataclass(frozen=True)
@@ -126,7 +116,7 @@ def new_index(factory: str, dimension: int) -> faiss.Index:
         raise ValueError(f"storage.index {factory!r} is not a FAISS factory string FAISS understands: {exc}") from None
     ivf = ivf_of(index)
     if ivf is not None:
-        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]  # not in faiss's stubs
         return index
     return faiss.IndexIDMap2(index)
 
@@ -139,6 +129,8 @@ def stored_ids(index: faiss.Index) -> np.ndarray:
     if ivf is None:
         raise TypeError(f"cannot list the ids of a {type(index).__name__}")
     lists = ivf.invlists
+    if lists is None:
+        raise TypeError(f"{type(ivf).__name__} has no inverted lists")
     parts = []
     for list_no in range(ivf.nlist):
         size = lists.list_size(list_no)
@@ -153,14 +145,15 @@ def search_parameters(index: faiss.Index, config: IndexConfig, k: int, selector:
     IVF visits proportionally more lists (all of them below 1/nprobe selectivity, where the selector
     check is cheaper than a distance), HNSW keeps a proportionally longer candidate list."""
     ivf = ivf_of(index)
+    params: faiss.SearchParameters
     if ivf is not None:
-        params = faiss.SearchParametersIVF()
+        params = ivf_params = faiss.SearchParametersIVF()
         nprobe = config.nprobe or DEFAULT_NPROBE
         widened = math.ceil(nprobe / max(selectivity, 1e-9))
-        params.nprobe = int(min(ivf.nlist, max(nprobe, widened)))
+        ivf_params.nprobe = int(min(ivf.nlist, max(nprobe, widened)))
     elif hnsw_of(index) is not None:
-        params = faiss.SearchParametersHNSW()
-        params.efSearch = int(min(16_384, max(config.ef_search, k, math.ceil(config.ef_search / max(selectivity,
+        params = hnsw_params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # not in faiss's stubs
+        hnsw_params.efSearch = int(min(16_384, max(config.ef_search, k, math.ceil(config.ef_search / max(selectivity,
                                                                                                   1e-9)))))
     else:
         params = faiss.SearchParameters()

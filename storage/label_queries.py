@@ -10,7 +10,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import and_, func, select, union_all
+from sqlalchemy import ColumnElement, and_, func, select, union_all
 
 from storage.catalog import MAX_IMAGE_ID, Catalog
 from storage.class_rule import ClassRule
@@ -18,7 +18,7 @@ from storage.label_schema import CustomLabelRow, LabelScoreRow
 from storage.schema import PredictionRow
 
 
-def _member(label: type[CustomLabelRow] = CustomLabelRow):  # type: ignore[no-untyped-def]
+def _member(label: type[CustomLabelRow] = CustomLabelRow) -> ColumnElement[bool]:
     """SQL condition: a score row gives its image the label (at or above the threshold)."""
     return and_(LabelScoreRow.label_id == label.id, LabelScoreRow.score >= label.threshold)
 

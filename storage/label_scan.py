@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -61,7 +62,10 @@ def index_scores(index: VectorIndex, weights: np.ndarray, bias: float, floor: fl
     floor = min(max(floor, 1e-9), 1 - 1e-9)
     radius = float(np.log(floor / (1 - floor))) - bias
     ivf = ivf_of(index.index)
-    params = faiss.SearchParametersIVF(nprobe=ivf.nlist) if ivf is not None else None
+    params = None
+    if ivf is not None:
+        params = faiss.SearchParametersIVF()
+        params.nprobe = ivf.nlist  # every list: the whole index
     query = np.ascontiguousarray(weights, dtype=np.float32).reshape(1, -1)
     # FAISS keeps inner products strictly above the radius: step just below it.
     lims, products, ids = index.index.range_search(query, float(np.nextafter(np.float32(radius), -np.inf)),
@@ -99,13 +103,14 @@ def _iter_vectors_binary(catalog: Catalog, after_id: int, up_to_id: int,
                          batch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     raw = catalog.engine.raw_connection()
     try:
+        driver: Any = raw.driver_connection  # psycopg's own connection (a checked-out one is never None)
         last = after_id
         while True:
-            with raw.driver_connection.cursor(binary=True) as cur:  # type: ignore[union-attr]
+            with driver.cursor(binary=True) as cur:
                 cur.execute("SELECT id, embedding FROM images WHERE id > %s AND id <= %s ORDER BY id LIMIT %s",
                             (last, up_to_id, batch))
                 rows = cur.fetchall()
-            raw.driver_connection.rollback()  # type: ignore[union-attr]
+            driver.rollback()
             if not rows:
                 return
             ids, vectors = _stack(rows)
@@ -115,9 +120,10 @@ def _iter_vectors_binary(catalog: Catalog, after_id: int, up_to_id: int,
         raw.close()
 
 
-def _stack(rows: Sequence[Sequence[object]]) -> tuple[np.ndarray, np.ndarray]:
-    ids = np.fromiter((int(r[0]) for r in rows), dtype=np.int64, count=len(rows))  # type: ignore[call-overload]
-    vectors = np.empty((len(rows), len(rows[0][1]) // 4), dtype="<f4")  # type: ignore[arg-type]
+def _stack(rows: Sequence[Sequence[Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, vectors) of (id, float32 little-endian bytes) rows."""
+    ids = np.fromiter((int(r[0]) for r in rows), dtype=np.int64, count=len(rows))
+    vectors = np.empty((len(rows), len(rows[0][1]) // 4), dtype="<f4")
     for k, row in enumerate(rows):
-        vectors[k] = np.frombuffer(row[1], dtype="<f4")  # type: ignore[call-overload]
+        vectors[k] = np.frombuffer(row[1], dtype="<f4")
     return ids, vectors

@@ -19,7 +19,7 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from storage.catalog import MAX_IMAGE_ID, Catalog
+from storage.catalog import MAX_IMAGE_ID, Catalog, changed_rows
 from storage.label_schema import CustomLabelRow, LabelExampleRow, LabelScoreRow
 from storage.schema import ImageRow
 
@@ -214,33 +214,43 @@ def save_label(catalog: Catalog, label: StoredLabel, learned: Learned | None, po
     The version grows (new scores are needed) unless only a threshold within the stored scores changed.
     Returns False when the label changed (or went) meanwhile: nothing was written.
     """
-    values: dict[str, object] = {"updated_at": _now(), "revision": label.revision + 1}
+    now = _now()
+    values: dict[str, object] = {"updated_at": now, "revision": label.revision + 1}
     if learned is not None:
         values.update(model_id=learned.model_id, weights=_blob(learned.weights), bias=learned.bias,
                       learning=learned.report())
+    new_threshold: float | None = None  # None: it stays as it is
     if threshold is None:
-        values.update(threshold_auto=True, threshold=learned.threshold if learned is not None
-                      else float(label.learning.get("default_threshold", label.threshold)))  # type: ignore[arg-type]
+        values["threshold_auto"] = True
+        new_threshold = learned.threshold if learned is not None else _learned_default(label)
     elif threshold is not False:
-        values.update(threshold=float(threshold), threshold_auto=False)
+        values["threshold_auto"] = False
+        new_threshold = float(threshold)
     elif learned is not None and label.threshold_auto:
-        values["threshold"] = learned.threshold
-    new_threshold = float(values.get("threshold", label.threshold))  # type: ignore[arg-type]
-    rescore = learned is not None or floor_for(new_threshold) < label.scored_floor
+        new_threshold = learned.threshold
+    if new_threshold is not None:
+        values["threshold"] = new_threshold
+    rescore = learned is not None or floor_for(
+        label.threshold if new_threshold is None else new_threshold) < label.scored_floor
     values["version"] = label.version + 1 if rescore else label.version
-    now = values["updated_at"]
     with catalog.session() as s, s.begin():
-        changed = s.execute(update(CustomLabelRow).where(CustomLabelRow.id == label.id,
-                                                         CustomLabelRow.revision == label.revision).values(**values))
-        if changed.rowcount != 1:
+        changed = changed_rows(s, update(CustomLabelRow).where(
+            CustomLabelRow.id == label.id, CustomLabelRow.revision == label.revision).values(**values))
+        if changed != 1:
             return False
-        _replace_examples(s, label, positives, negatives, now)  # type: ignore[arg-type]
+        _replace_examples(s, label, positives, negatives, now)
         if learned is not None and learned.weights is None:
             # No positive left: the label is empty at once (there is nothing to score).
             s.execute(delete(LabelScoreRow).where(LabelScoreRow.label_id == label.id))
             s.execute(update(CustomLabelRow).where(CustomLabelRow.id == label.id)
                       .values(scored_version=values["version"], scored_floor=1.0, scoring_since=None))
     return True
+
+
+def _learned_default(label: StoredLabel) -> float:
+    """The threshold learning suggested for `label` (its current one when none was stored)."""
+    default = label.learning.get("default_threshold", label.threshold)
+    return float(default) if isinstance(default, (int, float)) else label.threshold
 
 
 def _replace_examples(s: Session, label: StoredLabel, positives: Sequence[str], negatives: Sequence[str],
@@ -271,12 +281,12 @@ def claim_rescoring(catalog: Catalog, label: StoredLabel) -> bool:
     """Mark a label's rescoring as taken by the caller, unless another process took it recently."""
     now = _now()
     with catalog.session() as s, s.begin():
-        changed = s.execute(update(CustomLabelRow).where(
+        changed = changed_rows(s, update(CustomLabelRow).where(
             CustomLabelRow.id == label.id, CustomLabelRow.version == label.version,
             or_(CustomLabelRow.scoring_since.is_(None),
                 CustomLabelRow.scoring_since < now - timedelta(seconds=CLAIM_SECONDS)),
         ).values(scoring_since=now))
-        return changed.rowcount == 1
+        return changed == 1
 
 
 def release_claim(catalog: Catalog, label_id: int) -> None:
@@ -288,10 +298,10 @@ def replace_scores(catalog: Catalog, label: StoredLabel, floor: float, max_id: i
                    scores: np.ndarray) -> bool:
     """All of a label's scores at once (images up to `max_id`); False when the label changed meanwhile."""
     with catalog.session() as s, s.begin():
-        changed = s.execute(update(CustomLabelRow).where(
+        changed = changed_rows(s, update(CustomLabelRow).where(
             CustomLabelRow.id == label.id, CustomLabelRow.version == label.version,
         ).values(scored_version=label.version, scored_floor=floor, scored_max_id=max_id, scoring_since=None))
-        if changed.rowcount != 1:
+        if changed != 1:
             return False
         s.execute(delete(LabelScoreRow).where(LabelScoreRow.label_id == label.id))
         _insert_scores(s, label.id, ids, scores)
@@ -301,11 +311,11 @@ def replace_scores(catalog: Catalog, label: StoredLabel, floor: float, max_id: i
 def append_scores(catalog: Catalog, label: StoredLabel, max_id: int, ids: np.ndarray, scores: np.ndarray) -> bool:
     """Scores of images newer than the label's scored_max_id; False when the label changed meanwhile."""
     with catalog.session() as s, s.begin():
-        changed = s.execute(update(CustomLabelRow).where(
+        changed = changed_rows(s, update(CustomLabelRow).where(
             CustomLabelRow.id == label.id, CustomLabelRow.version == label.version,
             CustomLabelRow.scored_version == label.version, CustomLabelRow.scored_max_id == label.scored_max_id,
         ).values(scored_max_id=max_id))
-        if changed.rowcount != 1:
+        if changed != 1:
             return False
         _insert_scores(s, label.id, ids, scores)
     return True

@@ -61,11 +61,24 @@ class LiveIndex:
         found = self.generation.search(queries, k, allowed_ids, config)
         if self.tail is None:
             return found
-        recent = self.tail.index.search(queries, k, allowed_ids, config)
-        merged = []
-        for older, newer in zip(found, recent, strict=True):
-            best: dict[int, float] = {}
-            for image_id, score in older + newer:  # an image re-published meanwhile may be in both
-                best[image_id] = max(score, best.get(image_id, -np.inf))
-            merged.append(sorted(best.items(), key=lambda pair: -pair[1])[:k])
-        return merged
+        return [merged[:k] for merged in _merge(found, self.tail.index.search(queries, k, allowed_ids, config))]
+
+    def range_search(self, queries: np.ndarray, min_score: float,
+                     config: IndexConfig | None = None) -> list[list[tuple[int, float]]]:
+        """Per query, every (id, score) with score >= `min_score` in the generation or the tail, best first."""
+        found = self.generation.range_search(queries, min_score, config)
+        if self.tail is None:
+            return found
+        return _merge(found, self.tail.index.range_search(queries, min_score, config))
+
+
+def _merge(older: list[list[tuple[int, float]]],
+           newer: list[list[tuple[int, float]]]) -> list[list[tuple[int, float]]]:
+    """Per query, the hits of both, best first; an image re-published meanwhile may be in both: its best counts."""
+    merged = []
+    for old, new in zip(older, newer, strict=True):
+        best: dict[int, float] = {}
+        for image_id, score in old + new:
+            best[image_id] = max(score, best.get(image_id, -np.inf))
+        merged.append(sorted(best.items(), key=lambda pair: -pair[1]))
+    return merged

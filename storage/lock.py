@@ -44,7 +44,7 @@ def _holder(fd: int) -> str:
     return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
 
 
-def _acquire(fd: int, wait_seconds: float) -> bool:
+def _acquire(fd: int, wait_seconds: float | None) -> bool:
     """Take the exclusive lock on `fd`, trying until `wait_seconds` have passed (None: forever)."""
     deadline = None if wait_seconds is None else time.monotonic() + wait_seconds
     while True:

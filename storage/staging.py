@@ -19,7 +19,7 @@ import numpy as np
 from sqlalchemy import delete, func, insert, select, update
 
 from storage import rejections
-from storage.catalog import Catalog, _chunks
+from storage.catalog import Catalog, _chunks, changed_rows
 from storage.faults import fault_point
 from storage.rejections import Rejection
 from storage.schema import FileRow, ImageRow, PredictionRow, StagedPredictionRow, StagedVectorRow
@@ -124,7 +124,7 @@ def stage(catalog: Catalog, model_id: str, vectors: Sequence[StagedVector]) -> N
             s.execute(delete(StagedPredictionRow).where(StagedPredictionRow.image_id.in_(chunk)))
             s.execute(delete(StagedVectorRow).where(StagedVectorRow.image_id.in_(chunk)))
         # An image deleted meanwhile has no row to point at: skip it rather than fail the batch.
-        alive = set()
+        alive: set[int] = set()
         for chunk in _chunks(ids):
             alive.update(s.scalars(select(ImageRow.id).where(ImageRow.id.in_(chunk))))
         s.add_all(
@@ -176,9 +176,9 @@ def swap(catalog: Catalog, model_id: str, reasons: Mapping[int, str] | None = No
             s.execute(delete(ImageRow).where(ImageRow.id.in_(chunk)))
         new_embedding = (select(StagedVectorRow.embedding).where(StagedVectorRow.image_id == ImageRow.id)
                          .scalar_subquery())
-        switched = s.execute(update(ImageRow).where(ImageRow.id.in_(staged))
-                             .values(embedding=new_embedding, model_id=model_id, indexed_at=now)
-                             .execution_options(synchronize_session=False)).rowcount
+        switched = changed_rows(s, update(ImageRow).where(ImageRow.id.in_(staged))
+                                .values(embedding=new_embedding, model_id=model_id, indexed_at=now)
+                                .execution_options(synchronize_session=False))
         s.execute(delete(PredictionRow).where(PredictionRow.image_id.in_(staged)))
         s.execute(insert(PredictionRow).from_select(
             ["image_id", "rank", "class_id", "probability"],

@@ -229,8 +229,8 @@ def open_index(
         "absent" if manifest is None else f"generation {manifest.generation}, {manifest.count} vectors",
         catalog.count_images(),
     )
-    same_model = manifest is not None and manifest.model_id == model_id
-    index = build_from_catalog(catalog, model_id, config, manifest.dimension if same_model else None)
+    dimension = manifest.dimension if manifest is not None and manifest.model_id == model_id else None
+    index = build_from_catalog(catalog, model_id, config, dimension)
     if index is None:
         return None, manifest
     if publish_repairs:

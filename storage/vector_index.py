@@ -127,7 +127,8 @@ class VectorIndex:
         if len(ids) == 0:
             return 0
         try:
-            return int(self.index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64)))
+            # faiss's wrapper takes an array of ids (its stubs know only an IDSelector for most index types).
+            return int(self.index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64)))  # type: ignore[arg-type]
         except RuntimeError as exc:
             raise RemoveUnsupportedError(f"{self.factory} index cannot remove vectors: {exc}") from None
 

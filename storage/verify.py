@@ -9,6 +9,7 @@ quantised ones); and no score outside [-1, 1].
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -55,8 +56,8 @@ class VerifyReport:
     def ok(self) -> bool:
         return not self.damage
 
-    def add(self, kind: str, count: int, detail: str, fix: str, ids: object = ()) -> None:
-        shown = [int(i) for i in list(ids)[:SHOWN_IDS]]  # type: ignore[call-overload]
+    def add(self, kind: str, count: int, detail: str, fix: str, ids: Iterable[int] = ()) -> None:
+        shown = [int(i) for i in list(ids)[:SHOWN_IDS]]
         self.damage.append(Damage(kind, count, detail, fix, shown))
         self.problems.append(detail)
 

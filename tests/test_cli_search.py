@@ -1,4 +1,4 @@
-"""`lookalike search`, `similar`, `model info|fetch` and `config show` through click's CliRunner."""
+"""`lookalike search`, `similar`, `model info|fetch` and `config show|example` through click's CliRunner."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from helpers import RED, colour_image, env_for, free_port
+from helpers import RED, REPO, colour_image, env_for, free_port
 from model_fixtures import BLUE_CLASS, FEATURE_DIM, GREEN_CLASS, RED_CLASS
 
 from indexer.settings import Settings
+from indexer.settings_doc import descriptions
 from lookalike.cli import cli
 
 
@@ -150,9 +151,36 @@ def test_config_show_names_every_source(tmp_path: Path) -> None:
                                 env={"LOOKALIKE_MODEL__IMAGE_SIZE": "224", "LOOKALIKE_CONFIG": ""})
     assert result.exit_code == 0, result.output
     shown = json.loads(result.stdout)
-    assert shown["api.port"] == {"value": 9001, "source": f"config file {cfg}"}
-    assert shown["model.image_size"] == {"value": 224, "source": "environment LOOKALIKE_MODEL__IMAGE_SIZE"}
-    assert shown["model.batch_size"] == {"value": 0, "source": "default"}
+    helps = descriptions()
+    assert shown["api.port"] == {"value": 9001, "source": f"config file {cfg}", "description": helps["api.port"]}
+    assert shown["model.image_size"] == {"value": 224, "source": "environment LOOKALIKE_MODEL__IMAGE_SIZE",
+                                         "description": helps["model.image_size"]}
+    assert shown["model.batch_size"] == {"value": 0, "source": "default", "description": helps["model.batch_size"]}
     assert set(shown) == {f"{section}.{key}" for section, keys in Settings().model_dump().items() for key in keys}
+    assert all(entry["description"] for entry in shown.values())
     table = CliRunner().invoke(cli, ["--config", str(cfg), "config", "show"], env={"LOOKALIKE_CONFIG": ""})
-    assert "api.port" in table.stdout and "9001" in table.stdout
+    rows = table.stdout.splitlines()
+    port = next(i for i, line in enumerate(rows) if line.startswith("api.port "))
+    assert rows[port].split() == ["api.port", "9001", "config", "file", str(cfg)]
+    assert rows[port + 1] == "    Port `lookalike serve` listens on."  # its help, on the lines below it
+    settings_rows = [line for line in rows if not line.startswith(" ")]
+    assert [line.split()[0] for line in settings_rows] == list(shown)
+    words = " ".join(table.stdout.split())
+    assert all(" ".join(helps[key].split()) in words for key in shown)
+
+
+def test_config_example_is_the_repository_config_yaml() -> None:
+    result = CliRunner().invoke(cli, ["config", "example"], env={"LOOKALIKE_CONFIG": ""})
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (REPO / "config.yaml").read_text(encoding="utf-8")
+
+
+def test_k_is_bounded_by_search_max_k(tmp_path: Path, query_image: Path, tf1_module: Path) -> None:
+    env = env_for(tmp_path / "empty", tf1_module)
+    for command in (["search", str(query_image)], ["similar", str(query_image)]):
+        over = CliRunner().invoke(cli, [*command, "--k", "1001"], env=env)
+        assert over.exit_code == 2 and "1001 is not in the range 1<=x<=1000" in over.output, over.output
+        lowered = CliRunner().invoke(cli, [*command, "--k", "6"], env={**env, "LOOKALIKE_SEARCH__MAX_K": "5"})
+        assert lowered.exit_code == 2 and "6 is not in the range 1<=x<=5" in lowered.output, lowered.output
+        raised = CliRunner().invoke(cli, [*command, "--k", "1500"], env={**env, "LOOKALIKE_SEARCH__MAX_K": "2000"})
+        assert raised.exit_code == 1 and "no catalog at" in raised.output, raised.output  # past parsing

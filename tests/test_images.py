@@ -7,6 +7,7 @@ import pytest
 from helpers import encode, png_header_only
 from PIL import Image
 
+from indexer import images
 from indexer.images import ImageRejected, decode_image
 
 SIZE = 64
@@ -144,6 +145,16 @@ def test_rejections_say_why(data: bytes, kind: str) -> None:
         decode_image(data, SIZE, LIMIT)
     assert err.value.kind == kind
     assert str(err.value)
+
+
+def test_a_decoder_error_without_a_message_is_named_by_its_type(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pillow's plugins raise bare errors too (struct.error(), RuntimeError()); the rejection must still say what.
+    def fail(*_args: object) -> None:
+        raise RuntimeError()
+
+    monkeypatch.setattr(images, "_open_upright", fail)
+    with pytest.raises(ImageRejected, match=r"^cannot decode image: RuntimeError$"):
+        decode_image(encode(gradient(), "PNG"), SIZE, LIMIT)
 
 
 def test_pixel_limit_is_configurable() -> None:

@@ -103,3 +103,19 @@ def test_live_index_merges_by_score_and_counts_both(tmp_path: Path) -> None:
     assert sorted(i for i, _ in found) == [1, 2, 3, 4, 5, 6]
     assert [i for i, _ in live.search(vectors[5:6], 6, np.array([2, 5]))[0]] in ([5, 2], [2, 5])
 
+
+
+def test_range_search_covers_the_generation_and_the_tail() -> None:
+    """Duplicate groups on a server pair images of the generation with images committed since."""
+    d = 8
+    vectors = np.eye(d, dtype=np.float32)[:3]
+    generation = VectorIndex(d, "m")
+    generation.add(np.array([1, 2]), vectors[:2])
+    tail = Tail(d, "m", after=2)
+    twin = vectors[0] + np.float32(0.01) * vectors[2]
+    tail.index.add(np.array([3]), (twin / np.linalg.norm(twin))[None])
+    live = LiveIndex(generation, tail)
+    (hits,) = live.range_search(vectors[:1], 0.99)
+    assert [i for i, _ in hits] == [1, 3] and hits[0][1] >= hits[1][1] >= 0.99
+    assert live.range_search(vectors[1:2], 0.99) == [[(2, pytest.approx(1.0))]]
+    assert LiveIndex(generation, None).range_search(vectors[:1], 0.99) == generation.range_search(vectors[:1], 0.99)

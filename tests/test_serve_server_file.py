@@ -1,5 +1,6 @@
 """A real `lookalike serve` says where it answers in its data dir's server.json, and takes it back when it
-stops; `lookalike search` in a fresh process finds it there and answers without importing TensorFlow, FAISS or SQLAlchemy."""
+stops; `lookalike search` in a fresh process finds it there and answers without importing TensorFlow,
+FAISS or SQLAlchemy."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,14 @@ from model_fixtures import RED_CLASS
 
 from indexer.model import Embedder
 from indexer.settings import SettingsError, load_settings
-from indexer.tf_runtime import CPU_BATCH_SIZE, configure_tensorflow, effective_batch_size, gpus
+from indexer.tf_runtime import (
+    CPU_BATCH_SIZE,
+    configure_tensorflow,
+    effective_batch_size,
+    gpus,
+    load_tensorflow,
+    resolve_precision,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -59,4 +67,18 @@ def test_outputs_stay_float32_and_right_under_any_precision(tf1_module: Path, pr
 def test_precision_setting_is_validated() -> None:
     with pytest.raises(SettingsError, match="model.precision"):
         load_settings(config_file=None, environ={"LOOKALIKE_MODEL__PRECISION": "half"})
-    assert load_settings(config_file=None, environ={}).model.precision == "float32"
+    assert load_settings(config_file=None, environ={}).model.precision == "auto"
+
+
+def test_auto_precision_is_float32_on_a_cpu_and_mixed_float16_on_a_gpu() -> None:
+    assert resolve_precision("auto") == ("mixed_float16" if gpus() else "float32")
+    assert resolve_precision("mixed_bfloat16") == "mixed_bfloat16"
+    assert configure_tensorflow("auto") == resolve_precision("auto")
+    with pytest.raises(ValueError, match="model.precision"):
+        resolve_precision("half")
+
+
+def test_oneDNN_keeps_converted_weights_because_the_graphs_are_frozen() -> None:
+    # Read by oneDNN's kernels: set before TensorFlow is imported, unless the user chose otherwise.
+    load_tensorflow()
+    assert os.environ.get("TF_ONEDNN_ASSUME_FROZEN_WEIGHTS") == "1"

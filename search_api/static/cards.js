@@ -29,14 +29,9 @@ export function fileName(path) {
   return (path || "").split(/[\\/]/).pop();
 }
 
-// A card for a search hit (mode "score") or a browsed image (mode "probability" of `className`).
-export function card(item, {mode, className, onChoose}) {
-  const node = document.getElementById("card-template").content.firstElementChild.cloneNode(true);
-  node.dataset.id = item.id;
-  node.__item = item;
-  const img = node.querySelector("img");
-  // The WebP thumbnail, else the original (browsers show no TIFF and not every HEIC or AVIF),
-  // else say there is no preview instead of showing a broken image.
+// The WebP thumbnail, else the original (browsers show no TIFF and not every HEIC or AVIF),
+// else the "no-preview" class on `node` (which says so) instead of a broken image.
+export function showPreview(img, node, item) {
   const sources = [item.thumbnail_url, item.file_url].filter(Boolean);
   let tried = 0;
   img.addEventListener("error", () => {
@@ -44,7 +39,15 @@ export function card(item, {mode, className, onChoose}) {
     else node.classList.add("no-preview");
   });
   img.src = sources[tried++];
-  img.alt = fileName(item.path);
+  img.alt = fileName(item.path || (item.paths || [])[0]);
+}
+
+// A card for a search hit (mode "score") or a browsed image (mode "probability" of `className`).
+export function card(item, {mode, className, onChoose}) {
+  const node = document.getElementById("card-template").content.firstElementChild.cloneNode(true);
+  node.dataset.id = item.id;
+  node.__item = item;
+  showPreview(node.querySelector("img"), node, item);
   const score = node.querySelector(".score");
   if (mode === "score") {
     score.textContent = Number(item.score).toFixed(3);

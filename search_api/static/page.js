@@ -2,6 +2,7 @@
 // Talks only to this app's JSON API; every text from the server is set with textContent.
 import {api, plural} from "./api.js";
 import {QUERY_LABEL_MIN, card, fileName, labelElement, notableLabels} from "./cards.js";
+import {initDuplicates, isDuplicatesHash, leaveDuplicates, openDuplicates} from "./duplicates.js";
 import {decorate, initLabels, leaveLabel, openLabel} from "./labels.js";
 import {attachSuggestions} from "./suggestions.js";
 
@@ -145,6 +146,7 @@ async function classCount(name, params) {
 // --- searching -----------------------------------------------------------------------------
 
 function begin(view, busyText) {
+  leaveDuplicates();
   if (view.kind !== "label") leaveLabel();
   state.view = {...view, nextOffset: null};
   state.seq += 1;
@@ -293,6 +295,11 @@ function updateHash() {
 }
 
 function applyHash() {
+  if (isDuplicatesHash(location.hash)) {
+    openDuplicates({push: false});
+    return;
+  }
+  leaveDuplicates();
   const params = new URLSearchParams(location.hash.slice(1));
   const browseName = params.get("browse");
   setFilter(browseName || params.get("class"), {run: false});
@@ -430,6 +437,10 @@ document.addEventListener("DOMContentLoaded", () => {
   initUpload();
   initFilter();
   initLabels(pageApi);
+  initDuplicates({showError, clearError, leaveSearch: () => {
+    state.seq += 1;  // answers to a search still under way are dropped
+    leaveLabel();
+  }});
   window.addEventListener("popstate", applyHash);
   loadStats();
   applyHash();

@@ -55,8 +55,8 @@ def _rewrite(table_name: str, column_name: str, convert: Callable[[str], str | N
     bind = op.get_bind()
     table = sa.table(table_name, sa.column("id", sa.Integer), sa.column(column_name, sa.Text))
     column = table.c[column_name]
-    rows = bind.execute(sa.select(table.c.id, column).where(column.contains("\\", autoescape=True))).all()
-    rows.sort(key=lambda row: len(row[1]), reverse=longest_first)
+    rows = sorted(bind.execute(sa.select(table.c.id, column).where(column.contains("\\", autoescape=True))),
+                  key=lambda row: len(row[1]), reverse=longest_first)
     for row_id, value in rows:
         new = convert(value)
         if new is None or new == value:
