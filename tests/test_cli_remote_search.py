@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 from flask import Flask, request
-from helpers import BLUE, RED, colour_image, env_for, free_port, make_settings
+from helpers import BLUE, RED, colour_image, free_port, make_settings
 from werkzeug.serving import make_server
 
 from lookalike.cli import cli
@@ -43,12 +43,6 @@ class ThreadServer:
         self.server.shutdown()
         self.thread.join(10)
 
-
-@pytest.fixture
-def indexed_env(colour_library: Path, tmp_path: Path, tf1_module: Path) -> dict[str, str]:
-    env = env_for(tmp_path / "data", tf1_module)
-    assert CliRunner().invoke(cli, ["index", str(colour_library)], env=env).exit_code == 0
-    return env
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from helpers import (
     assert_problem,
     catalog_of,
     colour_image,
+    counted_model,
     jpeg,
     new_image,
     ref,
@@ -32,24 +33,9 @@ from indexer.scan import FoundFile
 from indexer.settings import Settings
 from search_api import create_app, metrics
 from search_api.current import service_of
-from search_api.service import SearchService
 from storage.catalog import Catalog
 from storage.schema import ImageRow
 from storage.stored_queries import stored_queries
-
-
-def counted_model(service: SearchService) -> list[int]:
-    """The real model of `service`, wrapped so that every call appends the number of images it embeds."""
-    embedder = service.embedder
-    calls: list[int] = []
-    real_embed = embedder.embed
-
-    def counting_embed(pixels):  # type: ignore[no-untyped-def]
-        calls.append(len(pixels))
-        return real_embed(pixels)
-
-    embedder.embed = counting_embed  # type: ignore[method-assign]
-    return calls
 
 
 def catalog_answers() -> float:
