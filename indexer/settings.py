@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from indexer.tf_runtime import Precision
 from storage.class_rule import ClassRule
 from storage.faults import ENV_VARS as FAULT_ENV_VARS
-from storage.index_factory import IndexConfig
+from storage.index_config import IndexConfig
 
 DEFAULT_HANDLE = "https://tfhub.dev/google/efficientnet/b4/classification/1"
 ENV_PREFIX = "LOOKALIKE_"

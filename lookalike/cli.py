@@ -25,16 +25,21 @@ class LookalikeGroup(click.Group):
     every command."""
 
     def invoke(self, ctx: click.Context) -> object:
-        from storage.errors import CatalogError, CatalogMissingError
-        from storage.lock import DataDirError
-        from storage.vector_index import IndexDamagedError, IndexMismatchError
-
         try:
             return super().invoke(ctx)
-        except IndexDamagedError as exc:
-            raise click.ClickException(f"{exc}. `lookalike verify` says more; `lookalike rebuild` publishes a sound "
-                                       "index from the catalog.") from None
-        except (CatalogError, IndexMismatchError, DataDirError) as exc:
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            # Imported only now: a search sent to a server must not pay for SQLAlchemy and FAISS at start.
+            from storage.errors import CatalogError, CatalogMissingError
+            from storage.lock import DataDirError
+            from storage.vector_index import IndexDamagedError, IndexMismatchError
+
+            if isinstance(exc, IndexDamagedError):
+                raise click.ClickException(f"{exc}. `lookalike verify` says more; `lookalike rebuild` publishes a "
+                                           "sound index from the catalog.") from None
+            if not isinstance(exc, (CatalogError, IndexMismatchError, DataDirError)):
+                raise
             message = str(exc)
             obj = ctx.obj
             if isinstance(exc, CatalogMissingError) and isinstance(obj, CliContext) and obj.loaded is not None:

@@ -260,6 +260,8 @@ class Stats(BaseModel):
 
 class Health(BaseModel):
     status: str
+    instance: str | None = Field(None, description="Token of this `lookalike serve` run, also written to server.json "
+                                                   "in its data dir (null outside `lookalike serve`).")
 
 
 class Ready(Stats):

@@ -10,7 +10,7 @@ import pytest
 from helpers import RED, catalog_of, colour_image, make_colour_library, make_settings, run_index, write_image
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from web_fixtures import cards, is_busy, is_hidden, screenshot, script_errors, serve, start_chromium, text_of, wait_for
+from web_fixtures import cards, is_busy, is_hidden, screenshot, script_errors, serve, text_of, wait_for
 
 from search_api import create_app
 from storage.api_keys import ApiKeys
@@ -33,13 +33,6 @@ def site_and_keys(tmp_path_factory: pytest.TempPathFactory, tf1_module: Path) ->
     with serve(app) as url:
         yield url, secrets
     app.extensions["lookalike.label_jobs"].shutdown()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[WebDriver]:
-    driver = start_chromium()
-    yield driver
-    driver.quit()
 
 
 def displayed(driver: WebDriver, selector: str) -> bool:
