@@ -197,7 +197,7 @@ def _books() -> ApiKeys | None:
 def ring() -> KeyRing:
     from flask import current_app
 
-    return current_app.extensions["lookalike_keys"]  # type: ignore[no-any-return]
+    return current_app.extensions["lookalike_keys"]
 
 
 FORWARDED_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
@@ -319,7 +319,7 @@ def _check_access() -> Response | None:
 def limiter() -> FailureLimiter:
     from flask import current_app
 
-    return current_app.extensions["lookalike_failures"]  # type: ignore[no-any-return]
+    return current_app.extensions["lookalike_failures"]
 
 
 def _private(response: Response) -> Response:
