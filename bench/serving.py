@@ -9,6 +9,7 @@ find: an inverted file would need to visit nearly every list for the recall of e
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -65,11 +67,12 @@ def ensure_catalog(module: Path, data_dir: Path, count: int, seed: int = 0, rebu
     """A catalog of `count` synthetic images (clustered unit vectors, random top-5 predictions) for the
     module's model id, and a published index (`lookalike rebuild`); reused when already there, the
     index rebuilt when asked or when it was built before its recall was measured. Returns what
-    `lookalike rebuild` printed (empty when the index was reused)."""
+    `lookalike rebuild` printed (empty when the index was reused). Real photos added by
+    `ensure_library_photos` do not count."""
     mid = model_id(str(module), IMAGE_SIZE)
     catalog = Catalog(f"sqlite:///{(data_dir / 'catalog.db').resolve()}")
     try:
-        have = catalog.count_images()
+        have = catalog.count_images() - len(catalog.ids_for_hashes(_hashes(library_photos())))
         if have not in (0, count) or (have and catalog.model_ids() != {mid}):
             raise SystemExit(f"{data_dir} holds another catalog ({have} images); use a fresh --data-dir")
         centres = cluster_centres(count, seed)
@@ -97,6 +100,39 @@ def ensure_catalog(module: Path, data_dir: Path, count: int, seed: int = 0, rebu
         print(f"{done.stdout.strip()} in {time.perf_counter() - started:.0f}s")
         return done.stdout.strip()
     return ""
+
+
+LIBRARY_PHOTOS = 20
+
+
+def library_photos() -> list[bytes]:
+    """Photos that `ensure_library_photos` puts in the catalog: queries of their bytes are repeat queries."""
+    return query_photos(LIBRARY_PHOTOS, seed=7)
+
+
+def _hashes(photos: list[bytes]) -> list[str]:
+    return [hashlib.sha256(p).hexdigest() for p in photos]
+
+
+def ensure_library_photos(data_dir: Path, mid: str, embed: Callable[[bytes], tuple[np.ndarray, list[tuple[int, float]]]]
+                          ) -> list[bytes]:
+    """`library_photos()` indexed in the catalog under their real SHA-256, with the vectors and predictions
+    `embed` gives (the model's); a running server finds them in the catalog's tail. Returns the photos."""
+    photos = library_photos()
+    catalog = Catalog(f"sqlite:///{(data_dir / 'catalog.db').resolve()}")
+    try:
+        known = catalog.ids_for_hashes(_hashes(photos))
+        images, files = [], []
+        for i, (photo, digest) in enumerate(zip(photos, _hashes(photos), strict=True)):
+            if digest not in known:
+                vector, predictions = embed(photo)
+                images.append(NewImage(digest, 640, 480, "JPEG", mid, vector, predictions))
+                files.append(FileRef(f"/photos/library-{i}.jpg", "/photos", len(photo), 1, digest))
+        if images:
+            catalog.apply(images, files)
+    finally:
+        catalog.close()
+    return photos
 
 
 def free_port() -> int:

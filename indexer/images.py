@@ -154,12 +154,14 @@ def model_input(im: Image.Image, size: int) -> np.ndarray:
 
 
 def decode_image(data: bytes, size: int, max_pixels: int,
-                 limit_setting: str = "indexer.max_image_pixels") -> DecodedImage:
+                 limit_setting: str = "indexer.max_image_pixels", min_side: int = 0) -> DecodedImage:
     """Decode `data` to a `size` x `size` RGB array (shorter side resized to `size`, centre crop).
 
+    A JPEG is decoded at the smallest scale whose shorter side covers `min_side` (default: `size`);
+    the indexer's is max(size, thumbnail size), and a query decoded the same way gets the same pixels.
     Raises ImageRejected for anything that is not a complete, allowed image within `max_pixels`.
     """
-    upright = open_upright(data, size, max_pixels, limit_setting)
+    upright = open_upright(data, max(size, min_side), max_pixels, limit_setting)
     return DecodedImage(model_input(upright.image, size), upright.width, upright.height, upright.format)
 
 

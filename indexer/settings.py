@@ -8,6 +8,7 @@ here, rather than restating it; storage's own defaults (IndexConfig, ClassRule) 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from indexer.tf_runtime import Precision
 from storage.class_rule import ClassRule
 from storage.faults import ENV_VARS as FAULT_ENV_VARS
-from storage.index_factory import IndexConfig
+from storage.index_config import IndexConfig
 
 DEFAULT_HANDLE = "https://tfhub.dev/google/efficientnet/b4/classification/1"
 ENV_PREFIX = "LOOKALIKE_"
@@ -84,6 +85,9 @@ class StorageSettings(_Section):
         "Candidate list size per query for HNSW indexes."))
     mmap_index: bool = Field(default=True, description=(
         "The search API maps the index file instead of reading it: server processes share its pages."))
+    upload_dir: Path | None = Field(default=None, description=(
+        "Where images added over HTTP (POST /api/v1/images) are kept, named by their content; empty: "
+        "<data_dir>/uploads."))
 
     @field_validator("data_dir")
     @classmethod
@@ -108,6 +112,10 @@ class StorageSettings(_Section):
             exact_budget_ms=self.exact_budget_ms,
             recall_target=self.recall_target,
         )
+
+    def resolved_upload_dir(self) -> Path:
+        """The configured upload folder, or `uploads` inside the data directory."""
+        return Path(os.path.abspath(self.upload_dir.expanduser())) if self.upload_dir else self.data_dir / "uploads"
 
     def resolved_database_url(self) -> str:
         """The configured URL, or SQLite inside the data directory."""
@@ -232,6 +240,23 @@ class ApiSettings(_Section):
     watch: bool = Field(default=False, description=(
         "Also run a watcher keeping the catalog in step with indexer.roots (one child process of the server, "
         "whatever the number of workers), as `lookalike serve --watch` does."))
+    auth: Literal["auto", "none", "keys"] = Field(
+        "auto", description="Who may use the API: keys (every request but /healthz and /readyz needs an API key, "
+        "see `lookalike keys create`), none (anyone who reaches the port), auto (keys when serving on a "
+        "non-loopback address or for requests a reverse proxy forwarded, none otherwise). docs/deployment.md "
+        "explains serving to a network.")
+    write_wait_seconds: float = Field(
+        10.0, ge=0, le=600, description="Seconds an upload or removal over HTTP waits for a running indexer or "
+        "watcher to let go of the catalog before it is answered 503 with Retry-After.")
+    metrics_public: bool = Field(
+        False, description="Serve /metrics without a key (for a Prometheus scraper on a trusted network); "
+        "otherwise it needs a key of scope admin when keys are required.")
+
+    def keys_required(self, host: str | None = None) -> bool:
+        """Does serving on `host` (default: api.host) need API keys?"""
+        if self.auth != "auto":
+            return self.auth == "keys"
+        return not is_loopback(self.host if host is None else host)
 
     @model_validator(mode="after")
     def _parts_hold_a_full_batch(self) -> ApiSettings:
@@ -239,6 +264,17 @@ class ApiSettings(_Section):
             raise ValueError(f"api.max_form_parts ({self.max_form_parts}) must be at least "
                              f"api.max_batch_images ({self.max_batch_images})")
         return self
+
+
+def is_loopback(host: str) -> bool:
+    """Is `host` a loopback address (or `localhost`)? Names and wildcard addresses count as reachable by others."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 class LoggingSettings(_Section):

@@ -25,16 +25,21 @@ class LookalikeGroup(click.Group):
     every command."""
 
     def invoke(self, ctx: click.Context) -> object:
-        from storage.errors import CatalogError, CatalogMissingError
-        from storage.lock import DataDirError
-        from storage.vector_index import IndexDamagedError, IndexMismatchError
-
         try:
             return super().invoke(ctx)
-        except IndexDamagedError as exc:
-            raise click.ClickException(f"{exc}. `lookalike verify` says more; `lookalike rebuild` publishes a sound "
-                                       "index from the catalog.") from None
-        except (CatalogError, IndexMismatchError, DataDirError) as exc:
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            # Imported only now: a search sent to a server must not pay for SQLAlchemy and FAISS at start.
+            from storage.errors import CatalogError, CatalogMissingError
+            from storage.lock import DataDirError
+            from storage.vector_index import IndexDamagedError, IndexMismatchError
+
+            if isinstance(exc, IndexDamagedError):
+                raise click.ClickException(f"{exc}. `lookalike verify` says more; `lookalike rebuild` publishes a "
+                                           "sound index from the catalog.") from None
+            if not isinstance(exc, (CatalogError, IndexMismatchError, DataDirError)):
+                raise
             message = str(exc)
             obj = ctx.obj
             if isinstance(exc, CatalogMissingError) and isinstance(obj, CliContext) and obj.loaded is not None:
@@ -122,10 +127,12 @@ def serve(obj: CliContext, host: str | None, port: int | None, workers: int | No
       curl -F image=@cat.jpg 'http://127.0.0.1:8000/api/v1/search?k=5'
       lookalike serve --watch --workers 2
     """
+    from lookalike.cli_keys import check_keys_for_serving
     from search_api.serve import serve as run_server
 
     settings = obj.settings
     host, port = host or settings.api.host, port or settings.api.port
+    settings = check_keys_for_serving(settings, host)
     check_port_free(host, port)
     watch_command = _watch_command(obj) if (watch or settings.api.watch) else None
     run_server(settings, host, port, workers or settings.api.workers, watch_command)
@@ -226,14 +233,15 @@ def demo(obj: CliContext, folder: Path, host: str | None, port: int | None, no_s
 def _register() -> None:
     from lookalike.cli_duplicates import duplicates
     from lookalike.cli_index import errors, index
+    from lookalike.cli_keys import keys
     from lookalike.cli_label import label
     from lookalike.cli_model import config, model
     from lookalike.cli_search import search, similar
     from lookalike.cli_storage import backup, rebuild, verify
     from lookalike.cli_watch import watch
 
-    for command in (index, watch, errors, duplicates, search, similar, label, rebuild, verify, backup, model,
-                    config):
+    for command in (index, watch, errors, duplicates, search, similar, label, rebuild, verify, backup, model, config,
+                    keys):
         cli.add_command(command)
 
 

@@ -8,6 +8,7 @@ from werkzeug.routing import IntegerConverter
 
 from indexer.settings import Settings, load_settings
 from search_api import (
+    access,
     class_counts,
     duplicate_groups,
     label_jobs,
@@ -23,6 +24,8 @@ from search_api import (
     routes_labels,
     routes_page,
     routes_search,
+    routes_session,
+    routes_uploads,
     security_headers,
 )
 from search_api.current import install_service
@@ -56,8 +59,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     problems.init_app(app)
     security_headers.init_app(app)
     metrics.init_app(app)
+    access.init_app(app)  # after the metrics' timer: refused requests are counted too
     for bp in (routes_search.bp, routes_images.bp, routes_browse.bp, routes_labels.bp, routes_duplicates.bp,
-               routes_health.bp, routes_page.bp, routes_jobs.bp):
+               routes_health.bp, routes_page.bp, routes_session.bp, routes_uploads.bp, routes_jobs.bp):
         app.register_blueprint(bp)
     routes_docs.init_app(app)
     return app

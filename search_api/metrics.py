@@ -19,6 +19,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
+    Counter,
     Gauge,
     Histogram,
     generate_latest,
@@ -44,6 +45,12 @@ EMBED_SECONDS = Histogram(
     "lookalike_embed_seconds",
     "Time to decode and embed the query images of one request (one model call).",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+QUERY_EMBEDDINGS = Counter(
+    "lookalike_query_embeddings_total",
+    "Query images embedded, by source: model (decoded and run through the model) or catalog (bytes already "
+    "indexed: their stored vector and predictions).",
+    ["source"],
 )
 SEARCH_SECONDS = Histogram(
     "lookalike_search_seconds",

@@ -24,6 +24,7 @@ from werkzeug.routing import IntegerConverter, Rule
 
 from indexer.settings import Settings
 from search_api import schemas
+from search_api.access import OPEN, SESSION_COOKIE, required_scope
 from search_api.http_status import status_title
 from search_api.problems import PROBLEM_JSON
 from search_api.query_values import bound
@@ -48,6 +49,7 @@ class Operation:
     tags: Sequence[str] = ()
     path_params: Mapping[str, str] = field(default_factory=dict)
     status: int = 200  # the success status (201 for a created resource)
+    also_ok: Sequence[int] = ()  # other success statuses with the same answer (200 for one that existed)
 
     def models(self) -> list[type[BaseModel]]:
         media = [*self.body.values(), *(self.response.values() if isinstance(self.response, Mapping)
@@ -65,13 +67,14 @@ def operation(
     tags: Sequence[str] = (),
     path_params: Mapping[str, str] | None = None,
     status: int = 200,
+    also_ok: Sequence[int] = (),
 ) -> Callable[[F], F]:
     """Describe a view for the OpenAPI document; the view itself is returned unchanged.
 
     `response` is the JSON model of the 200 answer, or {media type: model | "binary" | "text" | "object"}.
     """
     op = Operation(summary, query, dict(body or {}), response, tuple(problems), tuple(tags), dict(path_params or {}),
-                   status)
+                   status, tuple(also_ok))
 
     def attach(view: F) -> F:
         view.__openapi__ = op  # type: ignore[attr-defined]
@@ -125,7 +128,40 @@ def _problem(status: int | str, description: str) -> dict[str, Any]:
     return {"description": description, "content": {PROBLEM_JSON: {"schema": _schema(schemas.Problem)}}}
 
 
+# How a request shows its key (search_api.access); the scopes each operation needs are listed as roles.
+SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer KEY (an API key from "
+               "`lookalike keys create NAME --scope read|write|admin`)."},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "The same key in X-API-Key."},
+    "session": {"type": "apiKey", "in": "cookie", "name": SESSION_COOKIE, "description": "The web page's session "
+                "(POST /api/v1/session); requests other than GET also send its X-CSRF-Token header."},
+}
+
+
+def _security(rule: Rule, settings: Settings) -> dict[str, Any]:
+    """The scope an operation needs and the answers a missing, wrong or too weak key gets."""
+    if not settings.api.keys_required():
+        return {}
+    scope = required_scope(rule.endpoint, settings)
+    if scope == OPEN:
+        return {"security": []}
+    return {"security": [{name: [scope]} for name in SECURITY_SCHEMES],
+            "x-required-scope": scope,
+            "responses": {"401": _problem(401, "No key, or a wrong, revoked or expired one (WWW-Authenticate: "
+                                          "Bearer)"),
+                          "403": _problem(403, f"The key's scope is below {scope}, or a change made with the "
+                                          "session cookie lacks its X-CSRF-Token"),
+                          "429": _problem(429, "Too many wrong keys from this address (Retry-After)")}}
+
+
 def _operation_json(view: Callable[..., Any], op: Operation | None, rule: Rule, settings: Settings) -> dict[str, Any]:
+    out = _described(view, op, rule, settings)
+    security = _security(rule, settings)
+    out["responses"] = {**security.pop("responses", {}), **out["responses"]}
+    return {**out, **security}
+
+
+def _described(view: Callable[..., Any], op: Operation | None, rule: Rule, settings: Settings) -> dict[str, Any]:
     doc = cleandoc(view.__doc__ or "")
     if op is None:
         return {"summary": doc.split("\n")[0] or view.__name__, "description": doc,
@@ -136,6 +172,8 @@ def _operation_json(view: Callable[..., Any], op: Operation | None, rule: Rule, 
         response = op.response if isinstance(op.response, Mapping) else {"application/json": op.response}
         ok["content"] = {media: {"schema": _schema(model)} for media, model in response.items()}
     responses: dict[str, Any] = {str(op.status): ok}
+    for status in op.also_ok:
+        responses[str(status)] = {**ok, "description": status_title(status)}
     for status in op.problems:
         responses[str(status)] = _problem(status, status_title(status))
     responses["default"] = _problem("default", "Any other error, as a problem: 405, 500, 503 when the model "
@@ -194,4 +232,7 @@ def build_spec(app: Flask, settings: Settings) -> dict[str, Any]:
         spec.components.schema(name, schema)
     for path, operations in paths.items():
         spec.path(path=path, operations=operations)
+    if settings.api.keys_required():
+        for name, scheme in SECURITY_SCHEMES.items():
+            spec.components.security_scheme(name, scheme)
     return spec.to_dict()

@@ -27,6 +27,7 @@ from storage.errors import (
     CatalogUnavailableError,
     DamagedVectorError,
 )
+from storage.lock import LockedError
 from storage.paths import printable
 from storage.vector_index import IndexDamagedError, IndexMismatchError
 
@@ -61,6 +62,9 @@ DOMAIN_PROBLEMS: dict[type[Exception], DomainProblem] = {
     OperationalError: DomainProblem(503, "catalog_unavailable", "the catalog database cannot be reached or is "
                                     "busy; the server log has the details", retry_after=5),
     ServerBusy: DomainProblem(503, "server_busy", retry_after=2),
+    # An upload or removal waited api.write_wait_seconds for an indexer or watcher (the pid is for the log).
+    LockedError: DomainProblem(503, "catalog_busy", "an indexer or watcher is writing to the catalog "
+                               "(api.write_wait_seconds passed); try again shortly", retry_after=5),
 }
 
 

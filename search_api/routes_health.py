@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, current_app, jsonify
 from flask.typing import ResponseReturnValue
 
 from search_api import schemas
 from search_api.current import current_service
 from search_api.openapi import operation
 from search_api.problems import ApiProblem
+from search_api.server_file import SERVER_INSTANCE
 
 bp = Blueprint("health", __name__)
 
@@ -16,7 +17,8 @@ bp = Blueprint("health", __name__)
 @bp.get("/healthz")
 @operation(summary="Liveness: the process answers", response=schemas.Health, tags=("meta",))
 def healthz() -> ResponseReturnValue:
-    return jsonify({"status": "ok"})
+    # `instance` tells `lookalike search` that this is the server its data dir's server.json names.
+    return jsonify({"status": "ok", "instance": current_app.config.get(SERVER_INSTANCE)})
 
 
 @bp.get("/readyz")

@@ -260,6 +260,8 @@ class Stats(BaseModel):
 
 class Health(BaseModel):
     status: str
+    instance: str | None = Field(None, description="Token of this `lookalike serve` run, also written to server.json "
+                                                   "in its data dir (null outside `lookalike serve`).")
 
 
 class Ready(Stats):
@@ -354,3 +356,29 @@ class DuplicatesResponse(BaseModel):
     offset: int
     limit: int
     next_offset: int | None
+
+
+class SessionInfo(BaseModel):
+    """Whether this server needs a key, and what the caller (by key or session cookie) may do."""
+
+    keys_required: bool = Field(description="Every route but /healthz, /readyz, the page and the docs needs a key.")
+    signed_in: bool = Field(description="The request carried a valid key or session cookie (always true when no "
+                                        "key is needed).")
+    name: str | None = Field(None, description="The key's name.")
+    scope: str | None = Field(None, description="read, write or admin (admin when no key is needed).")
+    may: list[str] = Field(description="What the caller may do: some of read, write, admin.")
+    csrf_token: str | None = Field(None, description="With the session cookie: send it as X-CSRF-Token with every "
+                                                     "request that is not a GET.")
+    upload_dir: str | None = Field(None, description="For a caller that may write: the folder of images added "
+                                                     "over HTTP, ending in a separator (those can be removed).")
+
+
+class SignIn(BaseModel):
+    key: str = Field(description="An API key (`lookalike keys create NAME` prints one).")
+
+
+class LibraryUpload(BaseModel):
+    """An image to add to the library."""
+
+    image: bytes = Field(description="The image file.")
+    name: str | None = Field(None, description="A name for the stored file (default: the uploaded file's name).")

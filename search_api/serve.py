@@ -21,6 +21,14 @@ from gunicorn.app.base import BaseApplication
 
 from indexer.settings import Settings
 from search_api.metrics_env import MULTIPROC_ENV
+from search_api.server_file import (
+    SERVER_INSTANCE,
+    ServerInfo,
+    local_url,
+    new_instance,
+    remove_server_file,
+    write_server_file,
+)
 from search_api.worker_threads import available_cores, configure_worker_threads, threads_per_worker
 
 log = logging.getLogger(__name__)
@@ -28,7 +36,7 @@ log = logging.getLogger(__name__)
 GRACEFUL_STOP_SECONDS = 10
 
 
-def build_worker_app(settings: Settings, cpu_threads: int | None = None) -> Flask:
+def build_worker_app(settings: Settings, cpu_threads: int | None = None, instance: str | None = None) -> Flask:
     """The app one worker serves, with the model warmed up before it takes requests."""
     if cpu_threads:
         configure_worker_threads(cpu_threads)  # before TensorFlow starts in this process
@@ -36,6 +44,7 @@ def build_worker_app(settings: Settings, cpu_threads: int | None = None) -> Flas
     from search_api.current import service_of
 
     app = create_app(settings)
+    app.config[SERVER_INSTANCE] = instance  # /healthz answers it: `lookalike search` knows its server by it
     service_of(app).warm_up()
     return app
 
@@ -72,6 +81,8 @@ class LookalikeServer(BaseApplication):
                  watch_command: Sequence[str] | None = None) -> None:
         self.settings = settings
         self.watch_command = watch_command
+        self.instance = new_instance()
+        self.url = local_url(host, port)
         self.cpu_threads = threads_per_worker(workers)
         self.options = {
             "bind": f"{host}:{port}",
@@ -87,7 +98,7 @@ class LookalikeServer(BaseApplication):
             "accesslog": "-",
             "loglevel": settings.logging.level.lower(),
             "child_exit": _child_exit,
-            "when_ready": _when_ready,
+            "when_ready": self._when_ready,
             # gunicorn's control socket sits at one path per user ($HOME/.gunicorn/gunicorn.ctl): a second
             # server would take it over and remove it on exit. Signals manage lookalike's server.
             "control_socket_disable": True,
@@ -99,7 +110,16 @@ class LookalikeServer(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        return build_worker_app(self.settings, self.cpu_threads)
+        return build_worker_app(self.settings, self.cpu_threads, self.instance)
+
+    def _when_ready(self, server: Any) -> None:
+        """Listening: say where, in the data dir (the arbiter removes it when it stops)."""
+        _when_ready(server)
+        if self.settings.storage.data_dir.is_dir():  # none yet: nothing indexed, nothing to search
+            write_server_file(self.settings.storage.data_dir, ServerInfo(self.url, os.getpid(), self.instance))
+
+    def forget(self) -> None:
+        remove_server_file(self.settings.storage.data_dir, self.instance)
 
     def run(self) -> None:
         """gunicorn's arbiter; with a watcher command, one that also keeps the watcher running."""
@@ -153,3 +173,4 @@ def serve(settings: Settings, host: str, port: int, workers: int, watch_command:
         # made the directory, removes it (a worker exiting would pull it from under the others).
         if os.getpid() == owner:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+            server.forget()

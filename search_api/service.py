@@ -8,10 +8,11 @@ writer is searchable within about a second.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -19,6 +20,7 @@ import numpy as np
 from indexer.images import ImageRejected
 from indexer.model import Embedder, ModelUnavailableError, model_id, stand_in_note, top_k
 from indexer.settings import Settings
+from indexer.uploads import reconcile_at_start
 from search_api import metrics
 from search_api.busy import ServerBusy
 from search_api.dedupe import collapse_near_duplicates
@@ -31,6 +33,7 @@ from storage.index_calibration import index_summary
 from storage.index_cost import IndexMeasurements
 from storage.label_queries import ids_with_labels, labels_of_images
 from storage.live_index import LiveIndex, Tail
+from storage.stored_queries import stored_queries
 from storage.sync import build_from_catalog, check_model, open_index
 from storage.vector_index import IndexDamagedError, IndexMismatchError, IndexStore, Manifest, VectorIndex, usable
 
@@ -50,8 +53,10 @@ Embedded = tuple[np.ndarray, list[tuple[int, float]]]  # a query's feature vecto
 class SearchService:
     """Shared by all request threads of one worker process; the model loads on first use."""
 
-    def __init__(self, settings: Settings, decoder: UploadDecoder | None = None) -> None:
+    def __init__(self, settings: Settings, decoder: UploadDecoder | None = None,
+                 on_model_load: Callable[[], None] | None = None) -> None:
         self.settings = settings
+        self.on_model_load = on_model_load  # called before the model loads (the command line says it takes a while)
         # Uploads are decoded in the calling thread unless the server provides its decode processes.
         self.decoder = decoder or InlineDecoder(wait_seconds=settings.api.queue_timeout)
         self._model_slots = threading.BoundedSemaphore(settings.api.model_concurrency)
@@ -98,6 +103,8 @@ class SearchService:
         with self._model_lock:
             if self._embedder is None:
                 self.check_model()
+                if self.on_model_load is not None:
+                    self.on_model_load()
                 try:
                     self._embedder = Embedder.from_settings(self.settings.model)
                 except ModelUnavailableError as exc:
@@ -122,6 +129,9 @@ class SearchService:
         self.decoder.start()
         try:
             self.embedder.warm_up(1)
+            uploads = self.settings.storage.resolved_upload_dir()
+            if uploads.is_dir():  # files of uploads a crash cut short go (indexer.uploads)
+                reconcile_at_start(self.settings.storage.data_dir, uploads, self.catalog)
             self.index()
         except (ModelUnavailableError, IndexMismatchError, CatalogError) as exc:
             log.error("not ready: %s", exc)
@@ -182,6 +192,12 @@ class SearchService:
         if self._tail.follow(catalog):
             log.debug("following the catalog: %d images after generation %s", self._tail.count, self.generation())
 
+    def follow_catalog_now(self) -> None:
+        """Read the catalog's tail at the next search instead of within RELOAD_CHECK_SECONDS: after this
+        worker committed an image itself, it is searchable in the very next request."""
+        self._checked_at = float("-inf")
+        self.index()
+
     def searchable(self) -> LiveIndex | None:
         """The served generation and the catalog's tail, searched as one (None before anything is indexed)."""
         generation = self.index()
@@ -200,23 +216,35 @@ class SearchService:
         return result
 
     def embed_uploads(self, images: Sequence[bytes]) -> list[Embedded | ImageRejected]:
-        """Per image, its vector and top-5 predictions, or why it was rejected; one model call for all."""
+        """Per image, its vector and top-5 predictions, or why it was rejected; one model call for all.
+
+        An upload whose bytes are indexed (same SHA-256) is answered from its stored vector and
+        predictions: the model would compute the same from the same bytes, at a hundred times the cost.
+        """
         started = time.perf_counter()
         size = self.settings.model.image_size
         # A small, highly compressed upload may claim hundreds of megapixels: uploads have their own cap.
         max_pixels, setting = min((self.settings.api.max_upload_pixels, "api.max_upload_pixels"),
                                   (self.settings.indexer.max_image_pixels, "indexer.max_image_pixels"))
-        request = DecodeRequest(size, max_pixels, setting)
-        decoded: list[np.ndarray | ImageRejected] = []
-        for data in images:
+        # Decoded as the indexer decodes (JPEG drafted to cover the thumbnail too), so that a query of an
+        # indexed file gets the very vector the catalog holds for it.
+        request = DecodeRequest(size, max_pixels, setting, max(size, self.settings.indexer.thumbnail_size))
+        hashes = [hashlib.sha256(data).hexdigest() for data in images]
+        stored = self._stored(hashes, max_pixels)
+        results: list[Embedded | ImageRejected | None] = []  # None: decoded, waiting for the model
+        good: list[np.ndarray] = []
+        for data, digest in zip(images, hashes, strict=True):
+            if digest in stored:
+                results.append(stored[digest])
+                continue
             try:
-                decoded.append(self.decoder.decode(data, request))
+                good.append(self.decoder.decode(data, request))
+                results.append(None)
             except ImageRejected as exc:
                 # A fresh error: the caught one's traceback and context hold every frame of this call
                 # (the uploads included) in a cycle that only the garbage collector would break.
-                decoded.append(ImageRejected(str(exc), exc.kind))
-        good = [d for d in decoded if isinstance(d, np.ndarray)]
-        embedded: list[Embedded] = []
+                results.append(ImageRejected(str(exc), exc.kind))
+        metrics.QUERY_EMBEDDINGS.labels("catalog").inc(sum(digest in stored for digest in hashes))
         if good:
             embedder = self.embedder
             wait = self.settings.api.queue_timeout
@@ -226,11 +254,25 @@ class SearchService:
                 out = embedder.embed(np.stack(good))
             finally:
                 self._model_slots.release()
-            embedded = list(zip(out.features, top_k(out.probabilities), strict=True))
-        rows = iter(embedded)
-        results = [item if isinstance(item, ImageRejected) else next(rows) for item in decoded]
+            metrics.QUERY_EMBEDDINGS.labels("model").inc(len(good))
+            rows = iter(zip(out.features, top_k(out.probabilities), strict=True))
+            results = [next(rows) if item is None else item for item in results]
         metrics.EMBED_SECONDS.observe(time.perf_counter() - started)
-        return results
+        return [item for item in results if item is not None]
+
+    def _stored(self, hashes: Sequence[str], max_pixels: int) -> dict[str, Embedded]:
+        """Uploads whose bytes are indexed: content hash -> stored vector and predictions.
+
+        One over the upload pixel limit is left to the decoder, which refuses it as it refuses any
+        other; so does everything when there is no usable catalog (the search then says why).
+        """
+        try:
+            found = stored_queries(self.catalog, hashes, self.model_id)
+        except CatalogError as exc:
+            log.debug("queries embedded by the model: %s", exc)
+            return {}
+        return {digest: (q.vector, list(q.predictions)) for digest, q in found.items()
+                if q.width * q.height <= max_pixels}
 
     def allowed_ids(self, class_ids: Collection[int] | None, rule: ClassRule | None = None,
                     labels: Collection[int] = ()) -> np.ndarray | None:

@@ -56,6 +56,7 @@ class DecodeRequest:
     size: int
     max_pixels: int
     limit_setting: str
+    min_side: int = 0  # a JPEG is decoded at the smallest scale covering this (0: size), as the indexer does
 
 
 class UploadDecoder(Protocol):
@@ -75,7 +76,8 @@ class InlineDecoder:
         if not self._slots.acquire(timeout=self.wait_seconds):
             raise ServerBusy(f"no decoder was free within {self.wait_seconds:g} s")
         try:
-            return decode_image(data, request.size, request.max_pixels, request.limit_setting).pixels
+            return decode_image(data, request.size, request.max_pixels, request.limit_setting,
+                                request.min_side).pixels
         finally:
             self._slots.release()
 
@@ -174,7 +176,7 @@ class DecodePool:
              request: DecodeRequest) -> tuple[np.ndarray | ImageRejected, _Child | None]:
         """The pixels or why the upload was refused, and the child to keep (None: it is gone)."""
         options = json.dumps({"size": request.size, "max_pixels": request.max_pixels,
-                              "setting": request.limit_setting}).encode()
+                              "setting": request.limit_setting, "min_side": request.min_side}).encode()
         deadline = time.monotonic() + self.wall_seconds
         stdin, stdout = child.proc.stdin, child.proc.stdout
         assert stdin is not None and stdout is not None
@@ -245,7 +247,8 @@ def _serve(parent: int, cpu_seconds: float, memory_mb: int, source: IO[bytes], s
         data = source.read(data_length)
         signal.setitimer(signal.ITIMER_PROF, cpu_seconds)  # the kernel ends this process when it is spent
         try:
-            pixels = decode_image(data, options["size"], options["max_pixels"], options["setting"]).pixels
+            pixels = decode_image(data, options["size"], options["max_pixels"], options["setting"],
+                                  options["min_side"]).pixels
             status, payload = 0, np.ascontiguousarray(pixels, np.uint8).tobytes()
         except ImageRejected as exc:
             status, payload = 1, json.dumps({"kind": exc.kind, "message": str(exc)}).encode()

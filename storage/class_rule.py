@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from sqlalchemy import ColumnElement, or_
-
-from storage.schema import PredictionRow
+if TYPE_CHECKING:  # imported where used: the settings read this rule's default at every start of the CLI
+    from sqlalchemy import ColumnElement
 
 RULES = ("top1", "top5")
 
@@ -34,12 +34,18 @@ class ClassRule:
 
     def prediction_matches(self) -> ColumnElement[bool]:
         """SQL condition on a predictions row, whatever its class."""
+        from sqlalchemy import or_
+
+        from storage.schema import PredictionRow
+
         if self.rule == "top1":
             return PredictionRow.rank == 0
         return or_(PredictionRow.rank == 0, PredictionRow.probability >= self.min_probability)
 
     def matches(self, class_ids: Iterable[int] | None) -> ColumnElement[bool]:
         """SQL condition: a predictions row that makes its image match one of `class_ids` (None: any class)."""
+        from storage.schema import PredictionRow
+
         if class_ids is None:
             return self.prediction_matches()
         return PredictionRow.class_id.in_(sorted(class_ids)) & self.prediction_matches()

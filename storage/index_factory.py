@@ -18,28 +18,16 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from storage.index_config import IndexConfig
 from storage.index_cost import ScanCost, modelled_scan_cost
+
+__all__ = ["IndexConfig"]  # defined apart (no FAISS import) and used here
 
 log = logging.getLogger(__name__)
 
 PQ_SUBQUANTIZERS = (8, 16, 32, 48, 56, 64, 96, 112, 128, 192, 224, 256)
 # Inverted lists visited per query by an IVF index whose generation records no measured nprobe.
 DEFAULT_NPROBE = 16
-
-
-@dataclass(frozen=True)
-class IndexConfig:
-    """What storage needs to know to choose and query an index (built from the settings by callers).
-
-    These defaults are the storage.* settings' defaults too: indexer/settings.py reads them from here."""
-
-    factory: str = "auto"
-    memory_budget_bytes: int = 2048 * 2**20
-    exact_max_vectors: int = 50_000
-    nprobe: int = 0  # 0: the nprobe measured when the generation was built
-    ef_search: int = 64
-    exact_budget_ms: float = 10.0
-    recall_target: float = 0.98
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 A path on a POSIX disk is a string of bytes, and names that are not valid UTF-8 (old FAT and
 Samba copies) are normal. Python hands them over as `str` with each undecodable byte turned
 into a lone surrogate U+DC80..U+DCFF ("surrogateescape"), which no database text column
-accepts. Inside the program paths stay in that form; the catalog column type below turns them
+accepts. Inside the program paths stay in that form; the catalog column type (storage.schema.PathText,
+kept apart so that printing a path never imports SQLAlchemy) turns them
 into text that every database stores, and back, so a path survives the round trip byte for byte:
 
 - a backslash is stored as two backslashes,
@@ -17,10 +18,6 @@ pages) and `printable` (also control characters escaped, for terminals and logs)
 from __future__ import annotations
 
 import re
-
-from sqlalchemy import Text
-from sqlalchemy.engine import Dialect
-from sqlalchemy.types import TypeDecorator
 
 _ESCAPED = re.compile(r"\\(\\|x[0-9a-fA-F]{2})")
 _NEEDS_ESCAPE = re.compile(r"[\\\udc80-\udcff]")
@@ -84,16 +81,3 @@ def _has_surrogates(text: str) -> bool:
     except UnicodeEncodeError:
         return True
     return False
-
-
-class PathText(TypeDecorator[str]):
-    """A Text column holding a file path: any path Python can name is stored and read back exactly."""
-
-    impl = Text
-    cache_ok = True
-
-    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
-        return None if value is None else to_db(value)
-
-    def process_result_value(self, value: str | None, dialect: Dialect) -> str | None:
-        return None if value is None else from_db(value)

@@ -9,9 +9,24 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from sqlalchemy import BigInteger, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, SmallInteger, String, Text
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
-from storage.paths import PathText
+from storage.paths import from_db, to_db
+
+
+class PathText(TypeDecorator[str]):
+    """A Text column holding a file path: any path Python can name is stored and read back exactly."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else to_db(value)
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else from_db(value)
 
 
 def _now() -> datetime:
@@ -114,5 +129,6 @@ class StagedPredictionRow(Base):
     probability: Mapped[float] = mapped_column(Float)
 
 
-# Custom labels' tables join the same metadata (Alembic compares the catalog against all of them).
+# Custom labels' and API keys' tables join the same metadata (Alembic compares the catalog against all of them).
+from storage import key_schema as _key_schema  # noqa: E402, F401
 from storage import label_schema as _label_schema  # noqa: E402, F401

@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -23,6 +24,7 @@ from helpers import (
     create_database,
     drop_database,
     drop_everything,
+    env_for,
     make_colour_library,
     make_settings,
     postgres_answers,
@@ -168,3 +170,23 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         pytest.skip(f"no PostgreSQL server answers at {POSTGRES_SERVER_URL}")
     with private_postgres_database() as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Chromium for the page's tests, one per test module (starting it costs seconds)."""
+    from web_fixtures import start_chromium
+
+    driver = start_chromium()
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def indexed_env(colour_library: Path, tmp_path: Path, tf1_module: Path) -> dict[str, str]:
+    """CLI environment of a data directory in which the colour library is indexed."""
+    env = env_for(tmp_path / "data", tf1_module)
+    from lookalike.cli import cli
+
+    assert CliRunner().invoke(cli, ["index", str(colour_library)], env=env).exit_code == 0
+    return env

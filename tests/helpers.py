@@ -645,3 +645,17 @@ def assert_catalog_matches_files(settings: Settings, library: Library) -> list[i
         return sorted(images)
     finally:
         catalog.close()
+
+
+def counted_model(service: Any) -> list[int]:
+    """The real model of `service`, wrapped so that every call appends the number of images it embeds."""
+    embedder = service.embedder
+    calls: list[int] = []
+    real_embed = embedder.embed
+
+    def counting_embed(pixels):  # type: ignore[no-untyped-def]
+        calls.append(len(pixels))
+        return real_embed(pixels)
+
+    embedder.embed = counting_embed  # type: ignore[method-assign]
+    return calls

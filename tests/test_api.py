@@ -128,7 +128,7 @@ def test_classes_lists_present_classes_with_counts(client: FlaskClient) -> None:
 
 
 def test_health(client: FlaskClient, app: Flask) -> None:
-    assert client.get("/healthz").get_json() == {"status": "ok"}
+    assert client.get("/healthz").get_json() == {"status": "ok", "instance": None}  # set under `lookalike serve`
     assert_problem(client.get("/readyz"), 503, "not_ready")
     service_of(app).warm_up()
     ready = client.get("/readyz").get_json()

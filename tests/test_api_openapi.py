@@ -33,7 +33,8 @@ def undocumented(spec: dict[str, Any], app: Flask) -> list[str]:
         for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}:
             op = spec["paths"].get(openapi_path(rule), {}).get(method.lower())
             success = [r for status, r in (op or {}).get("responses", {}).items() if status.startswith("2")]
-            if op is None or not op.get("operationId") or not any("content" in r for r in success):
+            described = any("content" in r for r in success) or "204" in op.get("responses", {}) if op else False
+            if op is None or not op.get("operationId") or not described:
                 missing.append(f"{method} {rule.rule}")
     return missing
 

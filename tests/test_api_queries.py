@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from helpers import BLUE, GREEN, RED, assert_problem, colour_image, jpeg, run_index, search
+from helpers import BLUE, GREEN, RED, assert_problem, colour_image, counted_model, jpeg, run_index, search
 from model_fixtures import BLUE_CLASS, RED_CLASS
 
 from indexer.settings import Settings
@@ -137,16 +137,7 @@ def test_dedupe_threshold_setting_and_exact_copies(settings_for: Callable[..., S
 # --- batch ---------------------------------------------------------------------------------------
 
 def test_batch_answers_each_image_in_order_with_one_model_call(client: FlaskClient, app: Flask) -> None:
-    service = service_of(app)
-    embedder = service.embedder
-    calls: list[int] = []
-    real_embed = embedder.embed
-
-    def counting_embed(pixels):  # type: ignore[no-untyped-def]
-        calls.append(len(pixels))
-        return real_embed(pixels)
-
-    embedder.embed = counting_embed
+    calls = counted_model(service_of(app))
     red, blue, green = (jpeg(colour_image(c, seed=3)) for c in (RED, BLUE, GREEN))
     response = batch(client, [(red, "red.jpg"), (blue, "blue.jpg"), (green, "green.jpg")], "?k=3")
     assert response.status_code == 200, response.get_data(as_text=True)

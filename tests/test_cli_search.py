@@ -16,13 +16,6 @@ from lookalike.cli import cli
 
 
 @pytest.fixture
-def indexed_env(colour_library: Path, tmp_path: Path, tf1_module: Path) -> dict[str, str]:
-    env = env_for(tmp_path / "data", tf1_module)
-    assert CliRunner().invoke(cli, ["index", str(colour_library)], env=env).exit_code == 0
-    return env
-
-
-@pytest.fixture
 def query_image(tmp_path: Path) -> Path:
     path = tmp_path / "query.jpg"
     colour_image(RED, seed=42).save(path, quality=95)

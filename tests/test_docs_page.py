@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
-from web_fixtures import serve, start_chromium
+from web_fixtures import serve
 
 from indexer.settings import Settings
 from search_api import create_app
 
 pytestmark = pytest.mark.browser
 
-
-@pytest.fixture
-def browser() -> Iterator[WebDriver]:
-    driver = start_chromium()
-    yield driver
-    driver.quit()
 
 
 def test_swagger_ui_lists_and_runs_the_operations(browser: WebDriver, indexed: Settings) -> None:

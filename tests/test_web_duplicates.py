@@ -18,7 +18,7 @@ import pytest
 from helpers import BLUE, colour_image, make_colour_library, make_settings, run_index, write_image
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from web_fixtures import PHONE, is_hidden, screenshot, script_errors, serve, start_chromium, text_of, wait_for
+from web_fixtures import PHONE, is_hidden, screenshot, script_errors, serve, text_of, wait_for
 
 from search_api import create_app
 
@@ -49,12 +49,6 @@ def site(library: Path, tf1_module: Path, tmp_path_factory: pytest.TempPathFacto
         yield url
     app.extensions["lookalike.label_jobs"].shutdown()
 
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[WebDriver]:
-    driver = start_chromium()
-    yield driver
-    driver.quit()
 
 
 def api(site: str, path: str) -> Any:

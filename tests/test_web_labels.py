@@ -13,7 +13,7 @@ import pytest
 from helpers import BLUE, RED, colour_image, make_colour_library, make_settings, run_index, write_image
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from web_fixtures import cards, is_busy, is_hidden, screenshot, script_errors, serve, start_chromium, text_of, wait_for
+from web_fixtures import cards, is_busy, is_hidden, screenshot, script_errors, serve, text_of, wait_for
 
 from indexer.settings import SearchSettings
 from search_api import create_app
@@ -37,12 +37,6 @@ def site(tmp_path_factory: pytest.TempPathFactory, tf1_module: Path) -> Iterator
         yield url
     app.extensions["lookalike.label_jobs"].shutdown()
 
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[WebDriver]:
-    driver = start_chromium()
-    yield driver
-    driver.quit()
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ from web_fixtures import (
     screenshot,
     script_errors,
     serve,
-    start_chromium,
     text_of,
     wait_for,
 )
@@ -55,12 +54,6 @@ def site(library: Path, tf1_module: Path, tmp_path_factory: pytest.TempPathFacto
     with serve(create_app(settings)) as url:
         yield url
 
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[WebDriver]:
-    driver = start_chromium()
-    yield driver
-    driver.quit()
 
 
 def open_page(driver: WebDriver, url: str) -> WebDriver:

@@ -4,6 +4,7 @@ import {api, plural} from "./api.js";
 import {QUERY_LABEL_MIN, card, fileName, labelElement, notableLabels} from "./cards.js";
 import {initDuplicates, isDuplicatesHash, leaveDuplicates, openDuplicates} from "./duplicates.js";
 import {decorate, initLabels, leaveLabel, openLabel} from "./labels.js";
+import {initSession, session} from "./session.js";
 import {attachSuggestions} from "./suggestions.js";
 
 // The page's first title, as the template wrote it: shown again when the view is cleared.
@@ -93,8 +94,64 @@ function renderResults(items, mode, append = false) {
   const grid = $("results");
   if (!append) grid.replaceChildren();
   const className = state.view && state.view.name;
-  grid.append(...items.map((item) => decorate(card(item, {mode, className,
-    onChoose: (hit) => searchSimilar(hit.id, {item: hit})}), item, mode)));
+  grid.append(...items.map((item) => removable(decorate(card(item, {mode, className,
+    onChoose: (hit) => searchSimilar(hit.id, {item: hit})}), item, mode), item)));
+}
+
+// Images added over HTTP can be removed again by a key that may write (library files cannot).
+function removable(node, item) {
+  const button = node.querySelector(".card-remove");
+  if (!session.uploadDir || !(item.path || "").startsWith(session.uploadDir)) return node;
+  button.hidden = false;
+  button.addEventListener("click", async () => {
+    if (!window.confirm(`Remove ${fileName(item.path)} (#${item.id}) from the library?`)) return;
+    try {
+      await api(`/images/${encodeURIComponent(item.id)}`, {method: "DELETE"});
+      node.remove();
+      setStatus(`Removed image #${item.id} from the library.`);
+    } catch (err) {
+      showError(err.message);
+    }
+  });
+  return node;
+}
+
+// --- adding photos to the library ------------------------------------------------------------
+
+async function addToLibrary(file) {
+  if (!file) return;
+  clearError();
+  setStatus(`Adding ${file.name || "the image"} to the library…`, true);
+  const form = new FormData();
+  form.append("image", file, file.name || "image");
+  try {
+    const added = await api("/images", {method: "POST", body: form});
+    await searchSimilar(added.id, {item: added});
+    setStatus(`Added ${fileName(added.path)} to the library as #${added.id}; its lookalikes are below.`);
+  } catch (err) {
+    setStatus("");
+    showError(err.message);
+  }
+}
+
+function initAdd() {
+  const input = $("add-input");
+  input.addEventListener("change", () => {
+    const file = firstFile(input.files);
+    input.value = "";
+    addToLibrary(file);
+  });
+  const zone = $("add-zone");
+  zone.addEventListener("dragover", (event) => { event.preventDefault(); zone.classList.add("active"); });
+  zone.addEventListener("dragleave", () => zone.classList.remove("active"));
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    event.stopPropagation();  // a drop here adds the photo; anywhere else it searches
+    zone.classList.remove("active");
+    $("drop-overlay").hidden = true;
+    const file = firstFile(event.dataTransfer && event.dataTransfer.files);
+    if (file) addToLibrary(file);
+  });
 }
 
 function showQuery(title, imageUrl, labels) {
@@ -432,9 +489,11 @@ function initUpload() {
   });
 }
 
-document.addEventListener("DOMContentLoaded", () => {
+document.addEventListener("DOMContentLoaded", async () => {
   START_TITLE = $("results-title").textContent;
+  await initSession();  // on a server that needs keys: once signed in
   initUpload();
+  initAdd();
   initFilter();
   initLabels(pageApi);
   initDuplicates({showError, clearError, leaveSearch: () => {

@@ -1,0 +1,126 @@
+"""Images added over HTTP: kept in `storage.upload_dir`, one folder per content hash, indexed like a library root.
+
+A file is written (temporary name, fsync, rename) before the catalog row that names it is committed,
+and removed only after the row that named it is gone: a crash in between leaves at most a file that
+no row names, which `reconcile` removes at the next start. So no catalog row ever names a file that
+is not there, and nothing is half-indexed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from storage.catalog import Catalog, FileRef
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif",
+              "HEIF": "heic", "AVIF": "avif", "MPO": "jpg"}
+NAME_MAX = 80
+_UNSAFE = re.compile(r"[^\w.\- ()]+")
+
+
+@dataclass(frozen=True)
+class StoredUpload:
+    path: Path
+    ref: FileRef
+
+
+def safe_name(name: str | None, image_format: str) -> str:
+    """A file name for an upload: the client's name without folders or odd characters, with the right extension."""
+    extension = EXTENSIONS.get(image_format.upper(), image_format.lower() or "img")
+    stem = Path((name or "").replace("\\", "/")).name
+    stem = _UNSAFE.sub("_", stem.rsplit(".", 1)[0] if "." in stem else stem).strip(" ._")[:NAME_MAX]
+    return f"{stem or 'upload'}.{extension}"
+
+
+class UploadStore:
+    """The upload folder: a root of the catalog whose files only this store writes and removes."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(os.path.abspath(root))
+
+    @property
+    def root_text(self) -> str:
+        return str(self.root)
+
+    def holds(self, ref: FileRef) -> bool:
+        return ref.root == self.root_text
+
+    def store(self, data: bytes, content_hash: str, name: str) -> StoredUpload:
+        """Write the upload durably under <root>/<hash[:2]>/<hash>/<name> (an existing copy is reused)."""
+        folder = self.root / content_hash[:2] / content_hash
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / name
+        if not path.is_file() or path.stat().st_size != len(data):
+            fd, temp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    out.write(data)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(temp, path)
+            except BaseException:
+                Path(temp).unlink(missing_ok=True)
+                raise
+            _fsync_dir(folder)
+        st = path.stat()
+        return StoredUpload(path, FileRef(str(path), self.root_text, st.st_size, st.st_mtime_ns, content_hash))
+
+    def remove(self, path: str) -> None:
+        """Remove an upload's file and its content folder once its catalog row is gone."""
+        file = Path(path)
+        if file.parent.parent.parent != self.root:
+            raise ValueError(f"{path} is not an upload of {self.root}")
+        shutil.rmtree(file.parent, ignore_errors=True)
+
+    def reconcile(self, catalog: Catalog) -> list[str]:
+        """Remove the files no catalog row names (left by a crash between storing and committing); what went."""
+        if not self.root.is_dir():
+            return []
+        named = set(catalog.files_under(self.root_text))
+        removed = []
+        for folder in sorted(self.root.glob("??/*")):
+            if not folder.is_dir():
+                continue
+            files = [p for p in folder.iterdir() if p.is_file()]
+            orphans = [p for p in files if str(p) not in named]
+            for orphan in orphans:
+                orphan.unlink(missing_ok=True)
+                removed.append(str(orphan))
+            if len(orphans) == len(files):
+                shutil.rmtree(folder, ignore_errors=True)
+        if removed:
+            log.warning("removed %d uploaded file(s) that no catalog row names (an upload cut short): %s",
+                        len(removed), ", ".join(removed[:5]))
+        return removed
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def reconcile_at_start(data_dir: Path, upload_dir: Path, catalog: Catalog) -> list[str]:
+    """Reconcile the upload folder with the catalog unless a writer is busy (then the next start does it)."""
+    from storage.lock import LockedError, writer_lock
+
+    if not upload_dir.is_dir():
+        return []
+    try:
+        with writer_lock(data_dir, 0.0):
+            return UploadStore(upload_dir).reconcile(catalog)
+    except LockedError:
+        log.debug("upload folder not reconciled: a writer holds the catalog")
+    except OSError as exc:
+        log.warning("cannot reconcile the upload folder %s: %s", upload_dir, exc)
+    return []
