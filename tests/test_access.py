@@ -30,7 +30,7 @@ from search_api.access import (
 from storage.api_keys import ApiKeys
 
 SCOPES = ("read", "write", "admin")
-SAMPLE_ARGS = {"image_id": 1, "name": "nothing-here", "filename": "nothing-here.js"}
+SAMPLE_ARGS = {"image_id": 1, "name": "nothing-here", "filename": "nothing-here.js", "job_id": "nothing-here"}
 
 
 @pytest.fixture
