@@ -27,6 +27,8 @@ from helpers import (
 )
 
 from lookalike.cli import cli
+from storage.catalog import Catalog
+from storage.errors import CatalogError
 from storage.faults import AFTER_ENV, POINT_ENV
 
 pytestmark = pytest.mark.subprocess
@@ -48,9 +50,16 @@ def start_watch(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[
 
 
 def catalog_count(data: Path, model: Path) -> int:
-    catalog = catalog_of(make_settings(data, model))
+    """Files in the catalog the watcher writes; 0 before it made one (this test must not create it: two
+    processes creating the same schema at once would race)."""
+    try:
+        catalog = Catalog(make_settings(data, model).storage.resolved_database_url(), create=False)
+    except CatalogError:
+        return 0
     try:
         return catalog.count_files()
+    except CatalogError:
+        return 0
     finally:
         catalog.close()
 
@@ -70,7 +79,7 @@ def test_watch_keeps_index_runs_out_and_stops_cleanly_on_sigterm(tmp_path: Path,
                     LOOKALIKE_INDEXER__DECODE_IN_PROCESSES="true")
     proc = start_watch(env, log)  # no PATH: indexer.roots
     try:
-        wait_for(lambda: data.exists() and catalog_count(data, tf1_module) == 3, 90, "the first scan")
+        wait_for(lambda: catalog_count(data, tf1_module) == 3, 180, "the first scan")
         refused = CliRunner().invoke(cli, ["index", str(root)], env=env)
         assert refused.exit_code == 1, refused.output
         assert f"pid {proc.pid}, a watcher" in refused.output and "--wait" in refused.output
@@ -103,7 +112,7 @@ def test_a_watcher_killed_mid_batch_resumes_and_verify_is_clean(tmp_path: Path, 
     fault = {POINT_ENV: "catalog-committed", AFTER_ENV: "2"}
     proc = start_watch({**env, **fault}, log, str(root))
     try:
-        wait_for(lambda: b"watching 1 root" in log.read_bytes(), 90, "the watcher started")
+        wait_for(lambda: b"watching 1 root" in log.read_bytes(), 180, "the watcher started")
         shutil.copytree(photos(tmp_path / "camera", 20), root / "import")
         assert proc.wait(60) == -signal.SIGKILL, log.read_text()  # killed by the fault point, on its 2nd commit
         assert 0 < catalog_count(data, tf1_module) < 20
