@@ -64,7 +64,7 @@ ENDPOINT_SCOPES: dict[str, str] = {
     "library.remove_image": "write",
     "jobs.get_jobs": "read",
     "jobs.get_job": "read",
-    "jobs.start_index": "write",  # an index run changes the catalog, as an upload does
+    "jobs.start_index": "admin",  # starting index runs is the admin scope (write + jobs + metrics)
     "metrics.metrics": "admin",  # open with api.metrics_public
 }
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
