@@ -63,6 +63,7 @@ ENDPOINT_SCOPES: dict[str, str] = {
     "library.add_image": "write",
     "library.remove_image": "write",
     "jobs.get_jobs": "read",
+    "activity.get_activity": "read",
     "jobs.get_job": "read",
     "jobs.start_index": "admin",  # starting index runs is the admin scope (write + jobs + metrics)
     "metrics.metrics": "admin",  # open with api.metrics_public

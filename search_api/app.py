@@ -61,7 +61,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     metrics.init_app(app)
     access.init_app(app)  # after the metrics' timer: refused requests are counted too
     for bp in (routes_search.bp, routes_images.bp, routes_browse.bp, routes_labels.bp, routes_duplicates.bp,
-               routes_health.bp, routes_page.bp, routes_session.bp, routes_uploads.bp, routes_jobs.bp):
+               routes_health.bp, routes_page.bp, routes_session.bp, routes_uploads.bp, routes_jobs.bp,
+               routes_jobs.activity_bp):
         app.register_blueprint(bp)
     routes_docs.init_app(app)
     return app

@@ -28,6 +28,7 @@ from search_api.problems import ApiProblem
 from storage.lock import WRITER_LOCK, holder, watcher_pid
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/v1/jobs")
+activity_bp = Blueprint("activity", __name__, url_prefix="/api/v1")
 
 
 @bp.post("/index")
@@ -98,3 +99,24 @@ def get_job(job_id: str) -> ResponseReturnValue:
            tags=("jobs",))
 def get_jobs() -> ResponseReturnValue:
     return jsonify({"jobs": list_jobs(current_service().settings.storage.data_dir)})
+
+
+@activity_bp.get("/activity")
+@operation(summary="What is changing the library now: the running index job and the watcher, with the current "
+                   "counts; the web page polls it to show progress", response=schemas.Activity, tags=("jobs",))
+def get_activity() -> ResponseReturnValue:
+    service = current_service()
+    data_dir = service.settings.storage.data_dir
+    stats = service.stats()
+    watcher = read_status(data_dir)
+    totals = (watcher or {}).get("totals") or {}
+    return jsonify({
+        "images": stats["images"],
+        "vectors": stats["vectors"],
+        "job": running_job(data_dir),
+        "watcher": None if watcher is None else {
+            "roots": watcher.get("roots", []), "vanished": watcher.get("vanished", []),
+            "waiting": watcher.get("waiting", 0), "lag_seconds": watcher.get("lag_seconds", 0.0),
+            "indexed": totals.get("indexed", 0), "removed": totals.get("removed", 0),
+        },
+    })

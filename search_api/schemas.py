@@ -291,6 +291,22 @@ class IndexJob(BaseModel):
     error: str | None
 
 
+class WatcherActivity(BaseModel):
+    roots: list[str] = Field(description="The library roots the watcher watches.")
+    vanished: list[str] = Field(description="Roots missing or unmounted now (nothing under them is removed).")
+    waiting: int = Field(description="Files written lately, waiting to be complete before they are indexed.")
+    lag_seconds: float = Field(description="Age of the oldest change not committed yet (0: none).")
+    indexed: int = Field(description="Images the watcher indexed since it started.")
+    removed: int = Field(description="Images the watcher removed since it started.")
+
+
+class Activity(BaseModel):
+    images: int = Field(description="Images in the catalog now.")
+    vectors: int = Field(description="Vectors searchable now.")
+    job: IndexJob | None = Field(description="The index job running now (null: none).")
+    watcher: WatcherActivity | None = Field(description="The watcher keeping the library in step (null: none runs).")
+
+
 class IndexJobList(BaseModel):
     jobs: list[IndexJob] = Field(description="The last jobs, newest first.")
 

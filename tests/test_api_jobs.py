@@ -6,12 +6,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import assert_problem, wait_for
+from helpers import assert_problem, run_index, wait_for
 
+from indexer.index_jobs import JobProgress, new_job
 from indexer.settings import Settings
 from indexer.watch_status import remove_status, write_status
 from search_api import create_app
-from search_api.schemas import IndexJob, IndexJobList
+from search_api.schemas import Activity, IndexJob, IndexJobList
 from storage.lock import index_run_lock, watch_lock
 
 
@@ -63,3 +64,33 @@ def test_a_job_is_refused_while_another_writer_or_a_watcher_runs(settings_for: C
 
 def test_a_job_needs_configured_roots(settings_for: Callable[..., Settings]) -> None:
     assert_problem(client_for(settings_for()).post("/api/v1/jobs/index"), 409, "no_roots", "indexer.roots")
+
+
+def test_activity_reports_the_running_job_the_watcher_and_the_counts(settings_for: Callable[..., Settings],
+                                                                     colour_library: Path) -> None:
+    settings = settings_for(indexer={"roots": [str(colour_library)]})
+    client = client_for(settings)
+    data = settings.storage.data_dir
+    idle = Activity.model_validate(client.get("/api/v1/activity").get_json())
+    assert (idle.images, idle.vectors, idle.job, idle.watcher) == (0, 0, None, None)
+
+    progress = JobProgress(data, new_job(data, [str(colour_library)]))  # as `lookalike index --job` writes it
+    progress.start(total=10, found=12)
+    for _ in range(10):  # progress is written at most once a second, and at the last file
+        progress.advance("indexed")
+    running = Activity.model_validate(client.get("/api/v1/activity").get_json())
+    assert running.job is not None and (running.job.state, running.job.done, running.job.total) == ("running", 10, 10)
+    progress.finish({"indexed": 10})
+    assert client.get("/api/v1/activity").get_json()["job"] is None
+
+    run_index(settings, colour_library)
+    with watch_lock(data):
+        write_status(data, {"roots": [str(colour_library)], "vanished": [], "waiting": 2, "lag_seconds": 1.5,
+                            "totals": {"indexed": 3, "removed": 1}})
+        watched = Activity.model_validate(client.get("/api/v1/activity").get_json())
+        remove_status(data)
+    assert (watched.images, watched.vectors) == (14, 14)
+    assert watched.watcher is not None
+    assert (watched.watcher.roots, watched.watcher.waiting, watched.watcher.indexed, watched.watcher.removed) == (
+        [str(colour_library)], 2, 3, 1)
+    assert client.get("/api/v1/activity").get_json()["watcher"] is None

@@ -1,5 +1,6 @@
 // lookalike web page: search by an image, by a result, filter and browse by class.
 // Talks only to this app's JSON API; every text from the server is set with textContent.
+import {initActivity} from "./activity.js";
 import {api, plural} from "./api.js";
 import {QUERY_LABEL_MIN, card, fileName, labelElement, notableLabels} from "./cards.js";
 import {initDuplicates, isDuplicatesHash, leaveDuplicates, openDuplicates} from "./duplicates.js";
@@ -9,6 +10,7 @@ import {attachSuggestions} from "./suggestions.js";
 
 // The page's first title, as the template wrote it: shown again when the view is cleared.
 let START_TITLE = "";
+const EMPTY_TITLE = "The library is empty: index a folder with 'lookalike index PATH' first.";
 
 const $ = (id) => document.getElementById(id);
 
@@ -67,8 +69,9 @@ async function loadStats() {
       $("model-note").hidden = false;
     }
     if (stats.images === 0) {
-      $("results-title").textContent = "The library is empty: index a folder with 'lookalike index PATH' first.";
+      $("results-title").textContent = EMPTY_TITLE;
     } else {
+      if ($("results-title").textContent === EMPTY_TITLE) $("results-title").textContent = START_TITLE;
       suggestClasses();
     }
   } catch (err) {
@@ -503,4 +506,5 @@ document.addEventListener("DOMContentLoaded", async () => {
   window.addEventListener("popstate", applyHash);
   loadStats();
   applyHash();
+  initActivity({onCountsChanged: loadStats});
 });
