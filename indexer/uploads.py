@@ -8,10 +8,12 @@ is not there, and nothing is half-indexed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": 
               "HEIF": "heic", "AVIF": "avif", "MPO": "jpg"}
 NAME_MAX = 80
 _UNSAFE = re.compile(r"[^\w.\- ()]+")
+_HASH_FOLDER = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -81,25 +84,49 @@ class UploadStore:
         shutil.rmtree(file.parent, ignore_errors=True)
 
     def reconcile(self, catalog: Catalog) -> list[str]:
-        """Remove the files no catalog row names (left by a crash between storing and committing); what went."""
+        """Remove the files no catalog row names (left by a crash between storing and committing); what went.
+
+        Only the store's own layout is touched: real folders `<2 hex>/<64 hex>` (never a link: one planted
+        here could lead anywhere) and the files or links directly inside them; anything else someone put
+        in the folder stays."""
         if not self.root.is_dir():
             return []
         named = set(catalog.files_under(self.root_text))
         removed = []
-        for folder in sorted(self.root.glob("??/*")):
-            if not folder.is_dir():
-                continue
-            files = [p for p in folder.iterdir() if p.is_file()]
-            orphans = [p for p in files if str(p) not in named]
+        for folder in self._content_folders():
+            entries = list(folder.iterdir())
+            orphans = [p for p in entries if not p.is_dir() or p.is_symlink()]
+            orphans = [p for p in orphans if str(p) not in named]
             for orphan in orphans:
-                orphan.unlink(missing_ok=True)
+                orphan.unlink(missing_ok=True)  # a link itself, never what it leads to
                 removed.append(str(orphan))
-            if len(orphans) == len(files):
-                shutil.rmtree(folder, ignore_errors=True)
+            if len(orphans) == len(entries):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+                with contextlib.suppress(OSError):
+                    folder.parent.rmdir()  # only when empty
         if removed:
             log.warning("removed %d uploaded file(s) that no catalog row names (an upload cut short): %s",
                         len(removed), ", ".join(removed[:5]))
         return removed
+
+    def _content_folders(self) -> list[Path]:
+        """`<root>/<hh>/<hash>` folders that are real directories (links are not followed)."""
+        found = []
+        for prefix in sorted(self.root.iterdir()):
+            if not _is_real_dir(prefix) or len(prefix.name) != 2:
+                continue
+            for folder in sorted(prefix.iterdir()):
+                if _HASH_FOLDER.match(folder.name) and folder.name.startswith(prefix.name) and _is_real_dir(folder):
+                    found.append(folder)
+        return found
+
+
+def _is_real_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -127,3 +127,24 @@ def test_safe_names() -> None:
     assert safe_name(None, "JPEG") == "upload.jpg"
     assert safe_name("a\nb\x00c.gif", "GIF") == "a_b_c.gif"
     assert safe_name("..", "WEBP") == "upload.webp"
+
+
+def test_reconcile_never_reaches_outside_the_upload_folder(writable: Settings, tmp_path: Path) -> None:
+    """Links planted in upload_dir (or folders someone else put there) are not the store's: nothing they
+    lead to is removed, and files that do not follow the store's layout are left alone."""
+    outside = tmp_path / "outside"
+    (outside / "holiday").mkdir(parents=True)
+    precious = outside / "holiday" / "precious.jpg"
+    precious.write_bytes(b"mine")
+    uploads = writable.storage.resolved_upload_dir()
+    uploads.mkdir(parents=True, exist_ok=True)
+    (uploads / "zz").symlink_to(outside)  # uploads/zz/holiday/precious.jpg looks like an orphan
+    (uploads / "ab").mkdir()
+    (uploads / "ab" / ("ab" * 32)).symlink_to(outside / "holiday")
+    (uploads / "my").mkdir()
+    notes = uploads / "my" / "notes.txt"
+    notes.write_text("someone's notes")
+    orphan = UploadStore(uploads).store(b"half an upload", "cd" * 32, "cut.jpg").path
+    service_of(create_app(writable)).warm_up()
+    assert precious.read_bytes() == b"mine" and notes.is_file()
+    assert not orphan.exists()  # the store's own leftovers still go
