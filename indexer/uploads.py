@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif",
               "HEIF": "heic", "AVIF": "avif", "MPO": "jpg"}
-NAME_MAX = 80
+NAME_MAX = 80  # characters of the client's name kept
+NAME_BYTES = 200  # and at most this many bytes of it (file systems allow 255 per name, extension included)
 _UNSAFE = re.compile(r"[^\w.\- ()]+")
 _HASH_FOLDER = re.compile(r"^[0-9a-f]{64}$")
 
@@ -40,6 +41,7 @@ def safe_name(name: str | None, image_format: str) -> str:
     extension = EXTENSIONS.get(image_format.upper(), image_format.lower() or "img")
     stem = Path((name or "").replace("\\", "/")).name
     stem = _UNSAFE.sub("_", stem.rsplit(".", 1)[0] if "." in stem else stem).strip(" ._")[:NAME_MAX]
+    stem = stem.encode("utf-8", "surrogateescape")[:NAME_BYTES].decode("utf-8", "ignore").rstrip(" ._")
     return f"{stem or 'upload'}.{extension}"
 
 
@@ -59,9 +61,14 @@ class UploadStore:
     def store(self, data: bytes, content_hash: str, name: str) -> StoredUpload:
         """Write the upload durably under <root>/<hash[:2]>/<hash>/<name> (an existing copy is reused)."""
         folder = self.root / content_hash[:2] / content_hash
-        folder.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        for part in (folder.parent, folder):  # real folders: a link planted here could lead anywhere
+            if part.is_symlink():
+                log.warning("replacing the link %s in the upload folder by a folder", part)
+                part.unlink()
+            part.mkdir(exist_ok=True)
         path = folder / name
-        if not path.is_file() or path.stat().st_size != len(data):
+        if path.is_symlink() or not path.is_file() or path.stat().st_size != len(data):
             fd, temp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
             try:
                 with os.fdopen(fd, "wb") as out:
@@ -81,7 +88,12 @@ class UploadStore:
         file = Path(path)
         if file.parent.parent.parent != self.root:
             raise ValueError(f"{path} is not an upload of {self.root}")
-        shutil.rmtree(file.parent, ignore_errors=True)
+        if not _is_real_dir(file.parent.parent):
+            log.warning("not removing %s: %s is not a folder of the upload store", path, file.parent.parent)
+        elif file.parent.is_symlink():
+            file.parent.unlink()  # the link only, never what it leads to
+        else:
+            shutil.rmtree(file.parent, ignore_errors=True)
 
     def reconcile(self, catalog: Catalog) -> list[str]:
         """Remove the files no catalog row names (left by a crash between storing and committing); what went.
