@@ -323,3 +323,28 @@ def test_failures_behind_a_local_proxy_count_per_forwarded_client(keyed_client: 
     assert keyed_client.get("/api/v1/stats", headers={**attacker, **bearer(secrets_of["read"])}).status_code == 429
     spoofed = {"X-Forwarded-For": "203.0.113.66, 192.0.2.7"}  # a client cannot pose as another one
     assert keyed_client.get("/api/v1/stats", headers={**spoofed, **bearer(secrets_of["read"])}).status_code == 200
+
+
+def test_the_access_log_never_holds_a_key_sent_the_wrong_way(settings_for: Callable[..., Settings]) -> None:
+    """gunicorn's default access log names the user of `Authorization: Basic`: `curl -u KEY:` would write the
+    key into the log in clear, although the key is refused."""
+    import base64
+    import datetime
+    from types import SimpleNamespace
+
+    from gunicorn.glogging import Logger
+
+    from search_api.serve import LookalikeServer
+
+    server = LookalikeServer(settings_for(), "127.0.0.1", 8000, 1)
+    secret = "lookalike_" + "k" * 43
+    basic = "Basic " + base64.b64encode(f"{secret}:".encode()).decode()
+    environ = {"REMOTE_ADDR": "192.0.2.1", "REQUEST_METHOD": "GET", "RAW_URI": "/api/v1/stats",
+               "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_AUTHORIZATION": basic, "HTTP_X_API_KEY": secret,
+               "HTTP_COOKIE": f"{SESSION_COOKIE}={secret}"}
+    response = SimpleNamespace(status="401 UNAUTHORIZED", headers=[], sent=10)
+    request = SimpleNamespace(headers=[("AUTHORIZATION", basic), ("X-API-KEY", secret)])
+    atoms = Logger(server.cfg).atoms(response, request, environ, datetime.timedelta(seconds=1))
+    line = server.cfg.access_log_format % atoms
+    assert "GET /api/v1/stats" in line and "401" in line
+    assert secret not in line and secret[len("lookalike_"):] not in line
