@@ -348,3 +348,37 @@ def test_the_access_log_never_holds_a_key_sent_the_wrong_way(settings_for: Calla
     line = server.cfg.access_log_format % atoms
     assert "GET /api/v1/stats" in line and "401" in line
     assert secret not in line and secret[len("lookalike_"):] not in line
+
+
+def test_ipv6_clients_are_limited_per_network_not_per_address(keyed_client: FlaskClient,
+                                                              secrets_of: dict[str, str]) -> None:
+    """One IPv6 host holds a whole /64 and may take a fresh address for every guess."""
+    for i in range(FAILURES_ALLOWED):
+        keyed_client.get("/api/v1/stats", headers=bearer(f"lookalike_guess{i}"),
+                         environ_base={"REMOTE_ADDR": f"2001:db8:1:2::{i + 1:x}"})
+    limited = keyed_client.get("/api/v1/stats", headers=bearer(secrets_of["read"]),
+                               environ_base={"REMOTE_ADDR": "2001:db8:1:2:ffff::99"})
+    assert_problem(limited, 429, "too_many_failures")
+    other_network = keyed_client.get("/api/v1/stats", headers=bearer(secrets_of["read"]),
+                                     environ_base={"REMOTE_ADDR": "2001:db8:1:3::1"})
+    assert other_network.status_code == 200
+    # IPv4 clients seen by a dual-stack socket (::ffff:a.b.c.d) still count one address each.
+    for i in range(FAILURES_ALLOWED):
+        keyed_client.get("/api/v1/stats", headers=bearer(f"lookalike_v4guess{i}"),
+                         environ_base={"REMOTE_ADDR": "::ffff:198.51.100.1"})
+    assert keyed_client.get("/api/v1/stats", headers=bearer(secrets_of["read"]),
+                            environ_base={"REMOTE_ADDR": "::ffff:198.51.100.2"}).status_code == 200
+
+
+def test_a_local_proxy_on_a_dual_stack_socket_is_still_loopback(keyed_client: FlaskClient,
+                                                                secrets_of: dict[str, str]) -> None:
+    """Behind a proxy reaching a `::` socket over 127.0.0.1 the peer reads ::ffff:127.0.0.1: still this
+    machine, so each forwarded client counts its own failures (else one stranger locks everyone out)."""
+    assert is_loopback("::ffff:127.0.0.1")
+    proxy = {"REMOTE_ADDR": "::ffff:127.0.0.1"}
+    for i in range(FAILURES_ALLOWED):
+        keyed_client.get("/api/v1/stats", headers={"X-Forwarded-For": "203.0.113.66", **bearer(f"lookalike_g{i}")},
+                         environ_base=proxy)
+    neighbour = keyed_client.get("/api/v1/stats", environ_base=proxy,
+                                 headers={"X-Forwarded-For": "192.0.2.7", **bearer(secrets_of["read"])})
+    assert neighbour.status_code == 200
