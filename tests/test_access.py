@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from collections.abc import Callable
@@ -382,3 +383,31 @@ def test_a_local_proxy_on_a_dual_stack_socket_is_still_loopback(keyed_client: Fl
     neighbour = keyed_client.get("/api/v1/stats", environ_base=proxy,
                                  headers={"X-Forwarded-For": "192.0.2.7", **bearer(secrets_of["read"])})
     assert neighbour.status_code == 200
+
+
+def test_guesses_spread_over_both_key_headers_share_one_limit(keyed_client: FlaskClient,
+                                                               secrets_of: dict[str, str]) -> None:
+    for i in range(FAILURES_ALLOWED):
+        header = bearer(f"lookalike_guess{i}") if i % 2 else {"X-API-Key": f"lookalike_guess{i}"}
+        assert keyed_client.get("/api/v1/stats", headers=header).status_code == 401
+    both = {**bearer("lookalike_another"), "X-API-Key": secrets_of["read"]}
+    assert_problem(keyed_client.get("/api/v1/stats", headers=both), 429, "too_many_failures")
+
+
+def test_cross_site_shapes_of_a_cookie_write_are_refused(keyed_client: FlaskClient,
+                                                         secrets_of: dict[str, str]) -> None:
+    """What a page on another site can send: a form (urlencoded, multipart, text/plain), no custom header,
+    an Origin of its own or `null` (sandboxed frames, file: pages)."""
+    signed_in = f'{{"key": "{secrets_of["write"]}"}}'
+    assert keyed_client.post("/api/v1/session", data=signed_in, content_type="text/plain").status_code == 400
+    assert keyed_client.post("/api/v1/session", data={"key": secrets_of["write"]}).status_code == 400
+    csrf = sign_in(keyed_client, secrets_of["write"])
+    forms: list[dict[str, Any]] = [
+        {"data": {"name": "x"}}, {"data": "name=x", "content_type": "text/plain"},
+        {"data": {"image": (io.BytesIO(b"x"), "a.jpg")}, "content_type": "multipart/form-data"}]
+    for form in forms:
+        assert_problem(keyed_client.post("/api/v1/images", **form), 403, "csrf_failed")
+    for origin in ("null", "http://localhost.evil.example", "http://localhost@evil.example", "http://evil.example"):
+        answer = keyed_client.delete("/api/v1/images/1", headers={CSRF_HEADER: csrf, "Origin": origin})
+        assert_problem(answer, 403, "csrf_failed")
+    assert_problem(keyed_client.delete("/api/v1/images/1", headers={CSRF_HEADER: csrf}), 409, "in_library")
