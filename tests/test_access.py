@@ -411,3 +411,19 @@ def test_cross_site_shapes_of_a_cookie_write_are_refused(keyed_client: FlaskClie
         answer = keyed_client.delete("/api/v1/images/1", headers={CSRF_HEADER: csrf, "Origin": origin})
         assert_problem(answer, 403, "csrf_failed")
     assert_problem(keyed_client.delete("/api/v1/images/1", headers={CSRF_HEADER: csrf}), 409, "in_library")
+
+
+def test_head_options_and_path_tricks_need_the_scope_too(keyed_app: Flask, keyed_client: FlaskClient) -> None:
+    settings = keyed_app.extensions["lookalike"].settings
+    for rule in keyed_app.url_map.iter_rules():
+        if required_scope(rule.endpoint, settings) == OPEN:
+            continue
+        for method in {"HEAD", "OPTIONS"} & set(rule.methods or ()):
+            assert keyed_client.open(sample_url(rule), method=method).status_code == 401, (method, rule.rule)
+    for path in ("/api/v1/images/%31/file", "/api/v1/images/01/thumbnail", "/api/v1//images/1/file",
+                 "//api/v1/images/1/file", "/api/v1/images/1/file/", "/API/v1/images/1/file",
+                 "/api/v1/images/2/../1/file", "/static/..%2fapi/v1/images/1/file",
+                 "/api/v1/docs/..%2f..%2fimages/1/file", "/api/v1/images/\u0661/file", "/metrics/"):
+        answer = keyed_client.get(path)
+        assert answer.status_code in (401, 404, 308), (path, answer.status_code)
+        assert not answer.data.startswith((b"\xff\xd8", b"RIFF")), path
