@@ -272,9 +272,12 @@ def is_loopback(host: str) -> bool:
     if name == "localhost" or name.endswith(".localhost"):
         return True
     try:
-        return ipaddress.ip_address(name).is_loopback
+        address = ipaddress.ip_address(name)
     except ValueError:
         return False
+    # A dual-stack socket shows an IPv4 peer as ::ffff:a.b.c.d (Python 3.11 calls ::ffff:127.0.0.1 not loopback).
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return (mapped or address).is_loopback
 
 
 class LoggingSettings(_Section):

@@ -52,6 +52,26 @@ class SearchServer:
         return {"Authorization": f"Bearer {self.key}"} if self.key else {}
 
 
+def _origin(url: str) -> tuple[str, str]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower()
+
+
+class _KeyStaysHome(urllib.request.HTTPRedirectHandler):
+    """urllib sends every header along a redirect, Authorization included: drop it when the redirect
+    leaves the origin the key was sent to."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _origin(newurl) != _origin(req.full_url):
+            new.remove_header("Authorization")
+        return new
+
+
+_OPENER = urllib.request.build_opener(_KeyStaysHome())
+
+
 def read_key(path: Path) -> str:
     """The access key in `path`, stripped (raises ValueError when there is none)."""
     key = path.read_text(encoding="utf-8").strip()
@@ -108,10 +128,11 @@ def fetch_file(server: SearchServer, image_id: int) -> bytes | None:
     path = server.file_urls.get(image_id)
     if path is None:
         return None
-    request = urllib.request.Request(urllib.parse.urljoin(server.url + "/", path.lstrip("/")),
-                                     headers=server.headers())
+    url = urllib.parse.urljoin(server.url + "/", path.lstrip("/"))
+    same_origin = _origin(url) == _origin(server.url)  # an answer may name another origin: no key for it
+    request = urllib.request.Request(url, headers=server.headers() if same_origin else {})
     try:
-        with urllib.request.urlopen(request, timeout=SEARCH_TIMEOUT) as response:
+        with _OPENER.open(request, timeout=SEARCH_TIMEOUT) as response:
             data: bytes = response.read(MAX_FILE_BYTES + 1)
     except (OSError, ValueError) as exc:
         log.warning("cannot fetch image %d from %s: %s", image_id, server.url, exc)
@@ -121,7 +142,7 @@ def fetch_file(server: SearchServer, image_id: int) -> bytes | None:
 
 def _open(request: urllib.request.Request, base: str) -> bytes:
     try:
-        with urllib.request.urlopen(request, timeout=SEARCH_TIMEOUT) as response:
+        with _OPENER.open(request, timeout=SEARCH_TIMEOUT) as response:
             return bytes(response.read())
     except urllib.error.HTTPError as exc:
         with exc:

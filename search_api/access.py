@@ -11,6 +11,7 @@ by `lookalike keys revoke` stops working in every worker within two seconds.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 import threading
 import time
@@ -77,6 +78,20 @@ CSRF_HEADER = "X-CSRF-Token"
 FAILURE_WINDOW_SECONDS = 60.0
 FAILURES_ALLOWED = 10  # distinct wrong keys from one address within the window; more answer 429
 TRACKED_ADDRESSES = 10_000
+IPV6_CLIENT_PREFIX = 64  # one IPv6 host commonly holds a whole /64 and may use a new address per request
+
+
+def address_block(address: str) -> str:
+    """What the failure limit counts as one client: an IPv4 address (also as ::ffff:a.b.c.d), an IPv6 /64."""
+    try:
+        parsed = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return address
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.IPv6Network((parsed, IPV6_CLIENT_PREFIX), strict=False))
+    return str(parsed)
 
 
 def required_scope(endpoint: str | None, settings: Settings) -> str:
@@ -107,7 +122,7 @@ class FailureLimiter:
 
     def retry_after(self, address: str) -> int:
         """Seconds until `address` may try again (0: now)."""
-        now = time.monotonic()
+        now, address = time.monotonic(), address_block(address)
         with self._lock:
             seen = self._failures.get(address)
             if not seen:
@@ -119,7 +134,7 @@ class FailureLimiter:
             return max(1, int(min(seen.values()) + self.window - now + 0.999))
 
     def failed(self, address: str, secret: str) -> None:
-        now = time.monotonic()
+        now, address = time.monotonic(), address_block(address)
         with self._lock:
             if len(self._failures) >= TRACKED_ADDRESSES and address not in self._failures:
                 self._forget_quiet(now)

@@ -34,6 +34,9 @@ from search_api.worker_threads import available_cores, configure_worker_threads,
 log = logging.getLogger(__name__)
 
 GRACEFUL_STOP_SECONDS = 10
+# gunicorn's default access log line without %(u)s: that is the user name of `Authorization: Basic`,
+# and a client sending its API key that way (`curl -u KEY:`) would write the key into the log.
+ACCESS_LOG_FORMAT = '%(h)s %(l)s - %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
 
 
 def build_worker_app(settings: Settings, cpu_threads: int | None = None, instance: str | None = None) -> Flask:
@@ -96,6 +99,7 @@ class LookalikeServer(BaseApplication):
             "graceful_timeout": GRACEFUL_STOP_SECONDS,
             "preload_app": False,
             "accesslog": "-",
+            "access_log_format": ACCESS_LOG_FORMAT,
             "loglevel": settings.logging.level.lower(),
             "child_exit": _child_exit,
             "when_ready": self._when_ready,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from collections.abc import Callable
@@ -323,3 +324,106 @@ def test_failures_behind_a_local_proxy_count_per_forwarded_client(keyed_client: 
     assert keyed_client.get("/api/v1/stats", headers={**attacker, **bearer(secrets_of["read"])}).status_code == 429
     spoofed = {"X-Forwarded-For": "203.0.113.66, 192.0.2.7"}  # a client cannot pose as another one
     assert keyed_client.get("/api/v1/stats", headers={**spoofed, **bearer(secrets_of["read"])}).status_code == 200
+
+
+def test_the_access_log_never_holds_a_key_sent_the_wrong_way(settings_for: Callable[..., Settings]) -> None:
+    """gunicorn's default access log names the user of `Authorization: Basic`: `curl -u KEY:` would write the
+    key into the log in clear, although the key is refused."""
+    import base64
+    import datetime
+    from types import SimpleNamespace
+
+    from gunicorn.glogging import Logger
+
+    from search_api.serve import LookalikeServer
+
+    server = LookalikeServer(settings_for(), "127.0.0.1", 8000, 1)
+    secret = "lookalike_" + "k" * 43
+    basic = "Basic " + base64.b64encode(f"{secret}:".encode()).decode()
+    environ = {"REMOTE_ADDR": "192.0.2.1", "REQUEST_METHOD": "GET", "RAW_URI": "/api/v1/stats",
+               "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_AUTHORIZATION": basic, "HTTP_X_API_KEY": secret,
+               "HTTP_COOKIE": f"{SESSION_COOKIE}={secret}"}
+    response = SimpleNamespace(status="401 UNAUTHORIZED", headers=[], sent=10)
+    request = SimpleNamespace(headers=[("AUTHORIZATION", basic), ("X-API-KEY", secret)])
+    atoms = Logger(server.cfg).atoms(response, request, environ, datetime.timedelta(seconds=1))
+    line = server.cfg.access_log_format % atoms
+    assert "GET /api/v1/stats" in line and "401" in line
+    assert secret not in line and secret[len("lookalike_"):] not in line
+
+
+def test_ipv6_clients_are_limited_per_network_not_per_address(keyed_client: FlaskClient,
+                                                              secrets_of: dict[str, str]) -> None:
+    """One IPv6 host holds a whole /64 and may take a fresh address for every guess."""
+    for i in range(FAILURES_ALLOWED):
+        keyed_client.get("/api/v1/stats", headers=bearer(f"lookalike_guess{i}"),
+                         environ_base={"REMOTE_ADDR": f"2001:db8:1:2::{i + 1:x}"})
+    limited = keyed_client.get("/api/v1/stats", headers=bearer(secrets_of["read"]),
+                               environ_base={"REMOTE_ADDR": "2001:db8:1:2:ffff::99"})
+    assert_problem(limited, 429, "too_many_failures")
+    other_network = keyed_client.get("/api/v1/stats", headers=bearer(secrets_of["read"]),
+                                     environ_base={"REMOTE_ADDR": "2001:db8:1:3::1"})
+    assert other_network.status_code == 200
+    # IPv4 clients seen by a dual-stack socket (::ffff:a.b.c.d) still count one address each.
+    for i in range(FAILURES_ALLOWED):
+        keyed_client.get("/api/v1/stats", headers=bearer(f"lookalike_v4guess{i}"),
+                         environ_base={"REMOTE_ADDR": "::ffff:198.51.100.1"})
+    assert keyed_client.get("/api/v1/stats", headers=bearer(secrets_of["read"]),
+                            environ_base={"REMOTE_ADDR": "::ffff:198.51.100.2"}).status_code == 200
+
+
+def test_a_local_proxy_on_a_dual_stack_socket_is_still_loopback(keyed_client: FlaskClient,
+                                                                secrets_of: dict[str, str]) -> None:
+    """Behind a proxy reaching a `::` socket over 127.0.0.1 the peer reads ::ffff:127.0.0.1: still this
+    machine, so each forwarded client counts its own failures (else one stranger locks everyone out)."""
+    assert is_loopback("::ffff:127.0.0.1")
+    proxy = {"REMOTE_ADDR": "::ffff:127.0.0.1"}
+    for i in range(FAILURES_ALLOWED):
+        keyed_client.get("/api/v1/stats", headers={"X-Forwarded-For": "203.0.113.66", **bearer(f"lookalike_g{i}")},
+                         environ_base=proxy)
+    neighbour = keyed_client.get("/api/v1/stats", environ_base=proxy,
+                                 headers={"X-Forwarded-For": "192.0.2.7", **bearer(secrets_of["read"])})
+    assert neighbour.status_code == 200
+
+
+def test_guesses_spread_over_both_key_headers_share_one_limit(keyed_client: FlaskClient,
+                                                               secrets_of: dict[str, str]) -> None:
+    for i in range(FAILURES_ALLOWED):
+        header = bearer(f"lookalike_guess{i}") if i % 2 else {"X-API-Key": f"lookalike_guess{i}"}
+        assert keyed_client.get("/api/v1/stats", headers=header).status_code == 401
+    both = {**bearer("lookalike_another"), "X-API-Key": secrets_of["read"]}
+    assert_problem(keyed_client.get("/api/v1/stats", headers=both), 429, "too_many_failures")
+
+
+def test_cross_site_shapes_of_a_cookie_write_are_refused(keyed_client: FlaskClient,
+                                                         secrets_of: dict[str, str]) -> None:
+    """What a page on another site can send: a form (urlencoded, multipart, text/plain), no custom header,
+    an Origin of its own or `null` (sandboxed frames, file: pages)."""
+    signed_in = f'{{"key": "{secrets_of["write"]}"}}'
+    assert keyed_client.post("/api/v1/session", data=signed_in, content_type="text/plain").status_code == 400
+    assert keyed_client.post("/api/v1/session", data={"key": secrets_of["write"]}).status_code == 400
+    csrf = sign_in(keyed_client, secrets_of["write"])
+    forms: list[dict[str, Any]] = [
+        {"data": {"name": "x"}}, {"data": "name=x", "content_type": "text/plain"},
+        {"data": {"image": (io.BytesIO(b"x"), "a.jpg")}, "content_type": "multipart/form-data"}]
+    for form in forms:
+        assert_problem(keyed_client.post("/api/v1/images", **form), 403, "csrf_failed")
+    for origin in ("null", "http://localhost.evil.example", "http://localhost@evil.example", "http://evil.example"):
+        answer = keyed_client.delete("/api/v1/images/1", headers={CSRF_HEADER: csrf, "Origin": origin})
+        assert_problem(answer, 403, "csrf_failed")
+    assert_problem(keyed_client.delete("/api/v1/images/1", headers={CSRF_HEADER: csrf}), 409, "in_library")
+
+
+def test_head_options_and_path_tricks_need_the_scope_too(keyed_app: Flask, keyed_client: FlaskClient) -> None:
+    settings = keyed_app.extensions["lookalike"].settings
+    for rule in keyed_app.url_map.iter_rules():
+        if required_scope(rule.endpoint, settings) == OPEN:
+            continue
+        for method in {"HEAD", "OPTIONS"} & set(rule.methods or ()):
+            assert keyed_client.open(sample_url(rule), method=method).status_code == 401, (method, rule.rule)
+    for path in ("/api/v1/images/%31/file", "/api/v1/images/01/thumbnail", "/api/v1//images/1/file",
+                 "//api/v1/images/1/file", "/api/v1/images/1/file/", "/API/v1/images/1/file",
+                 "/api/v1/images/2/../1/file", "/static/..%2fapi/v1/images/1/file",
+                 "/api/v1/docs/..%2f..%2fimages/1/file", "/api/v1/images/\u0661/file", "/metrics/"):
+        answer = keyed_client.get(path)
+        assert answer.status_code in (401, 404, 308), (path, answer.status_code)
+        assert not answer.data.startswith((b"\xff\xd8", b"RIFF")), path

@@ -3,6 +3,7 @@ images refused, a busy writer answered 503, and a crash between file and commit 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import threading
 from collections.abc import Callable
@@ -127,3 +128,56 @@ def test_safe_names() -> None:
     assert safe_name(None, "JPEG") == "upload.jpg"
     assert safe_name("a\nb\x00c.gif", "GIF") == "a_b_c.gif"
     assert safe_name("..", "WEBP") == "upload.webp"
+
+
+def test_reconcile_never_reaches_outside_the_upload_folder(writable: Settings, tmp_path: Path) -> None:
+    """Links planted in upload_dir (or folders someone else put there) are not the store's: nothing they
+    lead to is removed, and files that do not follow the store's layout are left alone."""
+    outside = tmp_path / "outside"
+    (outside / "holiday").mkdir(parents=True)
+    precious = outside / "holiday" / "precious.jpg"
+    precious.write_bytes(b"mine")
+    uploads = writable.storage.resolved_upload_dir()
+    uploads.mkdir(parents=True, exist_ok=True)
+    (uploads / "zz").symlink_to(outside)  # uploads/zz/holiday/precious.jpg looks like an orphan
+    (uploads / "ab").mkdir()
+    (uploads / "ab" / ("ab" * 32)).symlink_to(outside / "holiday")
+    (uploads / "my").mkdir()
+    notes = uploads / "my" / "notes.txt"
+    notes.write_text("someone's notes")
+    orphan = UploadStore(uploads).store(b"half an upload", "cd" * 32, "cut.jpg").path
+    service_of(create_app(writable)).warm_up()
+    assert precious.read_bytes() == b"mine" and notes.is_file()
+    assert not orphan.exists()  # the store's own leftovers still go
+
+
+def test_store_and_remove_never_write_through_a_planted_link(wclient: FlaskClient, writable: Settings,
+                                                             tmp_path: Path) -> None:
+    data = jpeg(colour_image(PURPLE, seed=21))
+    digest = hashlib.sha256(data).hexdigest()
+    outside = tmp_path / "elsewhere"
+    (outside / digest).mkdir(parents=True)
+    kept = outside / digest / "kept.txt"
+    kept.write_text("not the store's")
+    uploads = writable.storage.resolved_upload_dir()
+    uploads.mkdir(parents=True, exist_ok=True)
+    (uploads / digest[:2]).symlink_to(outside)
+    added = add(wclient, data)
+    assert added.status_code == 201, added.get_json()
+    stored = Path(added.get_json()["path"])
+    assert not (uploads / digest[:2]).is_symlink() and stored.is_file()  # the link gave way to a real folder
+    assert sorted(p.name for p in (outside / digest).iterdir()) == ["kept.txt"]
+    assert wclient.get(f"/api/v1/images/{added.get_json()['id']}/file").data == data
+
+    stored.parent.rename(tmp_path / "moved")  # now the content folder itself is a link out of upload_dir
+    stored.parent.symlink_to(outside / digest)
+    assert wclient.delete(f"/api/v1/images/{added.get_json()['id']}").status_code == 204
+    assert kept.read_text() == "not the store's"
+
+
+def test_long_names_fit_the_file_system(wclient: FlaskClient) -> None:
+    for i, name in enumerate(["\U00020000" * 100 + ".jpg", "\u00e9" * 300 + ".jpg", "a" * 5000]):
+        answer = add(wclient, jpeg(colour_image(PURPLE, seed=40 + i)), name=name)
+        assert answer.status_code == 201, answer.get_json()
+        assert len(Path(answer.get_json()["path"]).name.encode()) <= 255
+    assert len(safe_name("\U00020000" * 100, "JPEG").encode()) <= 255

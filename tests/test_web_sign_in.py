@@ -137,3 +137,46 @@ def test_a_read_key_sees_no_add_to_library(browser: WebDriver, site_and_keys: tu
     sign_in(browser, secrets["read"])
     wait_for(browser, lambda d: "indexed" in text_of(d, "stats"), "the library statistics")
     assert not displayed(browser, "#add-zone") and displayed(browser, "#drop-zone")
+
+
+DROP_ON_ADD_ZONE = """
+const canvas = document.createElement("canvas");
+canvas.width = canvas.height = 64;
+const paint = canvas.getContext("2d");
+paint.fillStyle = "rgb(40, 200, 170)";
+paint.fillRect(0, 0, 64, 64);
+paint.fillStyle = "rgb(250, 250, 20)";
+paint.fillRect(10, 10, 20, 30);
+canvas.toBlob((blob) => {
+  const moved = new DataTransfer();
+  moved.items.add(new File([blob], "dropped.png", {type: "image/png"}));
+  document.getElementById("add-zone").dispatchEvent(
+    new DragEvent("drop", {dataTransfer: moved, bubbles: true, cancelable: true}));
+}, "image/png");
+"""
+
+
+def test_a_photo_dropped_on_add_to_library_is_added_and_can_be_removed(
+        browser: WebDriver, site_and_keys: tuple[str, dict[str, str]]) -> None:
+    site, secrets = site_and_keys
+    browser.delete_all_cookies()
+    browser.get("about:blank")
+    browser.get(site + "/")
+    wait_for(browser, lambda d: not is_hidden(d, "sign-in"), "the sign-in box")
+    sign_in(browser, secrets["write"])
+    wait_for(browser, lambda d: "indexed" in text_of(d, "stats") and displayed(d, "#add-zone"), "the add zone")
+    browser.execute_script(DROP_ON_ADD_ZONE)
+    wait_for(browser, lambda d: "Added dropped.png" in text_of(d, "status"), "the dropped photo added")
+    added = int(text_of(browser, "status").split("#")[1].split(";")[0])
+    api_url = f"{site}/api/v1/images/{added}"
+    assert browser.execute_script("return fetch(arguments[0]).then((r) => r.status)", api_url) == 200
+    # With the cookie alone (no CSRF token) a removal is refused; with the session's token it goes.
+    refused = browser.execute_script(
+        "return fetch(arguments[0], {method: 'DELETE'}).then((r) => r.status)", api_url)
+    assert refused == 403
+    status = browser.execute_script(
+        "return fetch('/api/v1/session').then((r) => r.json()).then((s) => fetch(arguments[0], "
+        "{method: 'DELETE', headers: {'X-CSRF-Token': s.csrf_token}})).then((r) => r.status)", api_url)
+    assert status == 204
+    assert browser.execute_script("return fetch(arguments[0]).then((r) => r.status)", api_url) == 404
+    assert script_errors(browser) == []
