@@ -115,16 +115,22 @@ def test_the_model_id_changes_with_the_crop(tf1_module: Path) -> None:
 # --- indexing and queries -------------------------------------------------------------------------
 
 
-def test_a_crop_change_needs_a_reindex(settings_for: Callable[..., Settings], colour_library: Path) -> None:
+def test_a_crop_change_needs_a_reindex(settings_for: Callable[..., Settings], colour_library: Path,
+                                       tf2_module: Path) -> None:
     full = settings_for(model={"crop_fraction": 1.0})
     run_index(full, colour_library)
     cropped = settings_for(model={"crop_fraction": 0.75})
     with pytest.raises(IndexMismatchError, match="--reindex") as err:
         run_index(cropped, colour_library)
     assert configured_model_id(cropped.model) in str(err.value)
+    assert "Only the crop differs: the catalog was indexed with model.crop_fraction 1.0;" in str(err.value)
     # The server says the same, and serves nothing from vectors of the other crop.
     client = create_app(cropped).test_client()
     assert_problem(search(client, jpeg(colour_image(RED))), 503, "model_mismatch", "lookalike index --reindex")
+    other_model = settings_for(tf2_module, model={"crop_fraction": 0.75})
+    with pytest.raises(IndexMismatchError) as err:
+        run_index(other_model, colour_library)
+    assert "Only the crop differs" not in str(err.value)  # another module: a crop would not help
     report, counter = run_index(cropped, colour_library, reindex=True)
     assert report.indexed == 14 and counter.embedded == 14
     assert catalog_of(cropped).model_ids() == {configured_model_id(cropped.model)}
@@ -147,7 +153,7 @@ def test_indexing_and_queries_prepare_the_same_pixels(tmp_path: Path, settings_f
     catalog_of(settings).close()
     indexed = FilePreparer(PrepareConfig.from_settings(settings))(FoundFile(str(path), str(path.parent), 0, 0))
     assert indexed.decoded is not None
-    query = InlineDecoder().decode(data, DecodeRequest(m.image_size, 10**8, "x", m.effective_crop_fraction()))
+    query = InlineDecoder(wait_seconds=30.0).decode(data, DecodeRequest(m.image_size, 10**8, "x", m.effective_crop_fraction()))
     assert np.array_equal(indexed.decoded.pixels, query)
     assert not np.array_equal(query, decode_image(data, m.image_size, 10**8).pixels)  # the crop matters here
 
