@@ -153,7 +153,8 @@ def test_indexing_and_queries_prepare_the_same_pixels(tmp_path: Path, settings_f
     catalog_of(settings).close()
     indexed = FilePreparer(PrepareConfig.from_settings(settings))(FoundFile(str(path), str(path.parent), 0, 0))
     assert indexed.decoded is not None
-    query = InlineDecoder(wait_seconds=30.0).decode(data, DecodeRequest(m.image_size, 10**8, "x", m.effective_crop_fraction()))
+    request = DecodeRequest(m.image_size, 10**8, "x", m.effective_crop_fraction())
+    query = InlineDecoder(wait_seconds=30.0).decode(data, request)
     assert np.array_equal(indexed.decoded.pixels, query)
     assert not np.array_equal(query, decode_image(data, m.image_size, 10**8).pixels)  # the crop matters here
 
