@@ -153,7 +153,9 @@ def test_indexing_and_queries_prepare_the_same_pixels(tmp_path: Path, settings_f
     catalog_of(settings).close()
     indexed = FilePreparer(PrepareConfig.from_settings(settings))(FoundFile(str(path), str(path.parent), 0, 0))
     assert indexed.decoded is not None
-    request = DecodeRequest(m.image_size, 10**8, "x", m.effective_crop_fraction())
+    # As the server asks for it (search_api.service): drafted to cover the thumbnail too, as the indexer does.
+    request = DecodeRequest(m.image_size, 10**8, "x", max(m.image_size, settings.indexer.thumbnail_size),
+                            crop_fraction=m.effective_crop_fraction())
     query = InlineDecoder(wait_seconds=30.0).decode(data, request)
     assert np.array_equal(indexed.decoded.pixels, query)
     assert not np.array_equal(query, decode_image(data, m.image_size, 10**8).pixels)  # the crop matters here
@@ -165,7 +167,7 @@ def test_decode_processes_apply_the_crop_too() -> None:
     pool = DecodePool(1, cpu_seconds=5.0, memory_mb=512, wait_seconds=60.0)
     try:
         for fraction in (1.0, 0.6):
-            got = pool.decode(data, DecodeRequest(64, 10**8, "x", fraction))
+            got = pool.decode(data, DecodeRequest(64, 10**8, "x", crop_fraction=fraction))
             assert np.array_equal(got, decode_image(data, 64, 10**8, crop_fraction=fraction).pixels)
     finally:
         pool.close()
