@@ -61,13 +61,15 @@ from serving import (  # noqa: E402
 )
 
 from indexer.images import decode_image  # noqa: E402
-from indexer.model import Embedder, model_id, top_k  # noqa: E402
+from indexer.model import Embedder, configured_model_id, top_k  # noqa: E402
+from indexer.settings import ModelSettings, eval_crop_fraction  # noqa: E402
 from storage.catalog import Catalog  # noqa: E402
 from storage.index_calibration import RecallProbe  # noqa: E402
 from storage.index_factory import IndexConfig  # noqa: E402
 from storage.vector_index import IndexStore  # noqa: E402
 
 DEFAULT_SIZES = [1_000, 10_000, 50_000, 200_000]
+CROP = eval_crop_fraction(IMAGE_SIZE)  # the server's default model.crop_fraction, as the indexer applies it
 ROUNDS = 4
 
 
@@ -124,7 +126,7 @@ def repeat_answers_match(port: int, photos: list[bytes]) -> tuple[int, float]:
 def embed_photo(embedder: Embedder) -> Callable[[bytes], tuple[np.ndarray, list[tuple[int, float]]]]:
     """What the indexer stores for a photo: its vector and top-5 predictions."""
     def embed(photo: bytes) -> tuple[np.ndarray, list[tuple[int, float]]]:
-        out = embedder.embed(decode_image(photo, IMAGE_SIZE, 50_000_000).pixels[None])
+        out = embedder.embed(decode_image(photo, IMAGE_SIZE, 50_000_000, crop_fraction=CROP).pixels[None])
         return out.features[0], top_k(out.probabilities)[0]
     return embed
 
@@ -203,7 +205,8 @@ def run_size(size: int, args: argparse.Namespace, embedder: Embedder, photos: li
     data_dir = catalog_dir(size)
     print(f"\n== {size:,} vectors ({data_dir})", flush=True)
     ensure_catalog(args.module.resolve(), data_dir, size, rebuild=args.rebuild)
-    library = ensure_library_photos(data_dir, model_id(str(args.module.resolve()), IMAGE_SIZE), embed_photo(embedder))
+    mid = configured_model_id(ModelSettings(handle=str(args.module.resolve()), image_size=IMAGE_SIZE))  # the server's
+    library = ensure_library_photos(data_dir, mid, embed_photo(embedder))
     load_before = os.getloadavg()[0]
     port = free_port()
     server = start_server(args.module.resolve(), data_dir, port, threads=1)
@@ -274,7 +277,7 @@ def main() -> None:
     photos = query_photos(20)
     embedder = Embedder(str(args.module.resolve()), IMAGE_SIZE)
     embedder.warm_up(1)
-    pixels = [decode_image(p, IMAGE_SIZE, 50_000_000).pixels[None] for p in photos]
+    pixels = [decode_image(p, IMAGE_SIZE, 50_000_000, crop_fraction=CROP).pixels[None] for p in photos]
     rows = [run_size(size, args, embedder, photos, pixels) for size in sizes]
     print_table(rows, args)
 

@@ -30,7 +30,7 @@ if __name__ == "__main__":  # decode worker processes re-import this file: keep 
     sys.path.insert(0, str(REPO / "tests"))
     from model_fixtures import build_tf1_hub_module
 
-    from indexer.model import Embedder, model_id
+    from indexer.model import Embedder, configured_model_id
     from indexer.pipeline import LibraryIndexer
     from indexer.settings import load_settings
     from storage.catalog import Catalog
@@ -99,13 +99,13 @@ def main() -> None:
             "model": {"handle": str(module), "image_size": SIZE, "batch_size": args.batch_size},
             "storage": {"data_dir": str(tmp_path / "data")},
         })
-        embedder = Embedder(str(module), SIZE)
+        embedder = Embedder.from_settings(settings.model)
         embedder.warm_up(args.batch_size)
         baseline = rss_mb()
         sampler = Sampler(every=max(1, args.images // 50))
         catalog = Catalog(settings.storage.resolved_database_url())
         indexer = LibraryIndexer(settings, catalog, IndexStore(settings.storage.data_dir / "index"),
-                                 model_id(str(module), SIZE), lambda: embedder, progress=sampler)
+                                 configured_model_id(settings.model), lambda: embedder, progress=sampler)
         report = indexer.run([str(tmp_path / "library")])
         catalog.close()
     assert report.indexed == args.images, report.to_json()

@@ -32,11 +32,11 @@ from PIL import Image  # noqa: E402
 if __name__ == "__main__":  # decode worker processes re-import this file: keep TensorFlow out of them
     from bench.b4_stand_in import bench_model
     from indexer.images import decode_image
-    from indexer.model import Embedder, model_id
+    from indexer.model import Embedder, configured_model_id
     from indexer.pipeline import LibraryIndexer
     from indexer.prepare import FilePreparer, PrepareConfig
     from indexer.scan import FoundFile
-    from indexer.settings import load_settings
+    from indexer.settings import eval_crop_fraction, load_settings
     from indexer.tf_runtime import effective_batch_size
     from storage.catalog import Catalog
     from storage.vector_index import IndexStore
@@ -104,7 +104,7 @@ def main() -> None:
     args.batch_size = effective_batch_size(args.batch_size)
     logging.basicConfig(level=logging.WARNING)
 
-    embedder = Embedder(args.model, args.image_size)
+    embedder = Embedder(args.model, args.image_size, crop_fraction=eval_crop_fraction(args.image_size))
     print(f"model {args.model} ({embedder.format}, {embedder.route}), {args.image_size}x{args.image_size}, "
           f"{embedder.feature_dim}-d, batch {args.batch_size}, {os.cpu_count()} CPU cores")
 
@@ -174,7 +174,8 @@ def scenario(photos: list[Path], embedder: Embedder, args: argparse.Namespace, d
 
     # What a decode worker does per file, on one core: read, hash, decode, resize, write a thumbnail.
     preparer = FilePreparer(PrepareConfig(settings.storage.resolved_database_url(), args.image_size, 10**9,
-                                          data_dir / "decode-only", settings.indexer.thumbnail_size))
+                                          data_dir / "decode-only", settings.indexer.thumbnail_size,
+                                          settings.model.effective_crop_fraction()))
     Catalog(settings.storage.resolved_database_url()).close()  # creates the schema the lookup reads
     found = [FoundFile(str(p), str(p.parent), p.stat().st_size, p.stat().st_mtime_ns) for p in photos]
     cpu = time.process_time()
@@ -198,7 +199,7 @@ def scenario(photos: list[Path], embedder: Embedder, args: argparse.Namespace, d
             return out
 
     indexer = LibraryIndexer(settings, catalog, IndexStore(settings.storage.data_dir / "index"),
-                             model_id(args.model, args.image_size), lambda: Timed())
+                             configured_model_id(settings.model), lambda: Timed())
     run_started = time.perf_counter()
     report = indexer.run([str(photos[0].parent)])
     catalog.close()

@@ -30,7 +30,7 @@ if __name__ == "__main__":  # Ray workers never import this file; keep the heavy
 
     from bench.b4_stand_in import bench_model
     from indexer.distributed import RayIndexer
-    from indexer.model import Embedder, model_id
+    from indexer.model import Embedder, configured_model_id
     from indexer.pipeline import IndexReport, LibraryIndexer
     from indexer.ray_cluster import ray_cluster
     from indexer.settings import Settings, load_settings
@@ -57,7 +57,7 @@ def index_once(args: argparse.Namespace, library: Path, data_dir: Path, on_ray: 
     if args.database_url:
         catalog.clear()
     store = IndexStore(data_dir / "index")
-    mid = model_id(args.model, args.image_size)
+    mid = configured_model_id(settings.model)
     try:
         if on_ray:
             with ray_cluster("local") as cluster:

@@ -27,7 +27,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from indexer.model import model_id  # noqa: E402
+from indexer.model import configured_model_id  # noqa: E402
+from indexer.settings import ModelSettings  # noqa: E402
 from storage.catalog import Catalog, FileRef, NewImage  # noqa: E402
 
 DIM = 1792
@@ -69,7 +70,7 @@ def ensure_catalog(module: Path, data_dir: Path, count: int, seed: int = 0, rebu
     index rebuilt when asked or when it was built before its recall was measured. Returns what
     `lookalike rebuild` printed (empty when the index was reused). Real photos added by
     `ensure_library_photos` do not count."""
-    mid = model_id(str(module), IMAGE_SIZE)
+    mid = configured_model_id(ModelSettings(handle=str(module), image_size=IMAGE_SIZE))  # the server's id
     catalog = Catalog(f"sqlite:///{(data_dir / 'catalog.db').resolve()}")
     try:
         have = catalog.count_images() - len(catalog.ids_for_hashes(_hashes(library_photos())))

@@ -166,7 +166,7 @@ def main() -> None:
 
 def index_seconds(handle: str, image_size: int, data_dir: Path, folder: Path) -> float:
     """Wall time of an index run of `folder` (the pipeline `lookalike index` runs) with the model loaded first."""
-    from indexer.model import Embedder, model_id
+    from indexer.model import Embedder, configured_model_id
     from indexer.pipeline import LibraryIndexer
     from indexer.settings import load_settings
     from storage.vector_index import IndexStore
@@ -178,7 +178,7 @@ def index_seconds(handle: str, image_size: int, data_dir: Path, folder: Path) ->
     catalog = Catalog(settings.storage.resolved_database_url())
     try:
         indexer = LibraryIndexer(settings, catalog, IndexStore(data_dir / "index"),
-                                 model_id(handle, image_size), lambda: embedder)
+                                 configured_model_id(settings.model), lambda: embedder)
         started = time.monotonic()
         report = indexer.run([str(folder)])
         return time.monotonic() - started if report.indexed else float("nan")

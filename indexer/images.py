@@ -7,6 +7,7 @@ exactly like the indexed ones.
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,8 +83,9 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im
 
 
-def _center_square(width: int, height: int) -> tuple[float, float, float, float]:
-    side = min(width, height)
+def _center_square(width: int, height: int, fraction: float = 1.0) -> tuple[float, float, float, float]:
+    """The centre square whose side is `fraction` of the shorter side (sub-pixel edges allowed)."""
+    side = min(width, height) * fraction
     left = (width - side) / 2
     top = (height - side) / 2
     return (left, top, left + side, top + side)
@@ -147,22 +149,34 @@ def _open_upright(data: bytes, min_side: int, max_pixels: int, limit_setting: st
     return UprightImage(im, width, height, fmt)
 
 
-def model_input(im: Image.Image, size: int) -> np.ndarray:
-    """The model's input: shorter side resized to `size`, centre crop, uint8 [size, size, 3]."""
-    square = im.resize((size, size), Image.Resampling.BICUBIC, box=_center_square(*im.size), reducing_gap=3.0)
+def decode_side(size: int, crop_fraction: float) -> int:
+    """Shorter side an image needs so that its centre crop still covers `size` pixels (for JPEG draft)."""
+    return math.ceil(size / crop_fraction - 1e-9)
+
+
+def model_input(im: Image.Image, size: int, crop_fraction: float = 1.0) -> np.ndarray:
+    """The model's input: the centre square of side `crop_fraction` x the shorter side, resized to
+    `size` x `size`, uint8 [size, size, 3]. model.crop_fraction decides the fraction; indexing and
+    queries both come here, so they always see the same region."""
+    if not 0.0 < crop_fraction <= 1.0:
+        raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
+    box = _center_square(*im.size, crop_fraction)
+    square = im.resize((size, size), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
     return np.asarray(square, dtype=np.uint8)
 
 
 def decode_image(data: bytes, size: int, max_pixels: int,
-                 limit_setting: str = "indexer.max_image_pixels", min_side: int = 0) -> DecodedImage:
-    """Decode `data` to a `size` x `size` RGB array (shorter side resized to `size`, centre crop).
+                 limit_setting: str = "indexer.max_image_pixels", min_side: int = 0,
+                 crop_fraction: float = 1.0) -> DecodedImage:
+    """Decode `data` to a `size` x `size` RGB array (see model_input for the crop).
 
-    A JPEG is decoded at the smallest scale whose shorter side covers `min_side` (default: `size`);
-    the indexer's is max(size, thumbnail size), and a query decoded the same way gets the same pixels.
+    A JPEG is decoded at the smallest scale whose shorter side covers both `min_side` and what the crop
+    needs; the indexer's min_side is its thumbnail size, and a query decoded the same way gets the same
+    pixels.
     Raises ImageRejected for anything that is not a complete, allowed image within `max_pixels`.
     """
-    upright = open_upright(data, max(size, min_side), max_pixels, limit_setting)
-    return DecodedImage(model_input(upright.image, size), upright.width, upright.height, upright.format)
+    upright = open_upright(data, max(decode_side(size, crop_fraction), min_side), max_pixels, limit_setting)
+    return DecodedImage(model_input(upright.image, size, crop_fraction), upright.width, upright.height, upright.format)
 
 
 def _original_size(data: bytes, drafted_w: int, drafted_h: int) -> tuple[int, int]:

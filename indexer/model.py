@@ -151,19 +151,29 @@ def declared_image_size(module_dir: Path) -> tuple[int, int] | None:
     return None
 
 
-def model_id(handle: str, image_size: int) -> str:
-    """What identifies the vectors a model makes: handle (or local module fingerprint) plus input size."""
+def model_id(handle: str, image_size: int, crop_fraction: float = 1.0) -> str:
+    """What identifies the vectors a model makes: handle (or local module fingerprint), input size and crop.
+
+    The whole centre square (crop_fraction 1.0) keeps the id it had before the crop was a setting, so
+    libraries indexed that way stay valid; any other crop adds `/crop=<fraction>`.
+    """
+    size = f"{image_size}" if crop_fraction == 1.0 else f"{image_size}/crop={crop_fraction:.6g}"
     if is_remote(handle):
-        return f"{handle}@{image_size}"
+        return f"{handle}@{size}"
     if handle == PACKAGE_HANDLE:
         try:
-            return f"{handle}:{package_version()}@{image_size}"
+            return f"{handle}:{package_version()}@{size}"
         except PackagedModelError as exc:
             raise ModelUnavailableError(str(exc)) from None
     path = Path(handle).expanduser()
     pb = path / "saved_model.pb" if path.is_dir() else path
     digest = hashlib.sha1(pb.read_bytes()).hexdigest()[:16] if pb.is_file() else "missing"
-    return f"local:{path.name}:{digest}@{image_size}"
+    return f"local:{path.name}:{digest}@{size}"
+
+
+def configured_model_id(model: ModelSettings) -> str:
+    """The model id of these settings: the one place settings become an id, for every command and server."""
+    return model_id(model.handle, model.image_size, model.effective_crop_fraction())
 
 
 Tensor = Any  # a tf.Tensor: TensorFlow ships no type hints, and is imported only when a model loads
@@ -208,11 +218,14 @@ class Embedder:
     """A loaded image module: batches of uint8 RGB images in, unit feature vectors and class probabilities out."""
 
     def __init__(self, handle: str, image_size: int, download_timeout: float = _DEFAULTS.download_timeout,
-                 precision: str = _DEFAULTS.precision) -> None:
+                 precision: str = _DEFAULTS.precision, crop_fraction: float = 1.0) -> None:
         self.precision = configure_tensorflow(precision)
         self.handle = handle
         self.image_size = image_size
-        self.model_id = model_id(handle, image_size)
+        # The embedder never crops (callers prepare pixels with indexer.images), but the crop is part of
+        # what its vectors mean, so it is part of the id.
+        self.crop_fraction = crop_fraction
+        self.model_id = model_id(handle, image_size, crop_fraction)
         path = resolve_handle(handle, download_timeout)
         self.path = path
         self._module, self.format = self._load(path)
@@ -263,7 +276,8 @@ class Embedder:
 
     @classmethod
     def from_settings(cls, model: ModelSettings) -> Embedder:
-        return cls(model.handle, model.image_size, model.download_timeout, model.precision)
+        return cls(model.handle, model.image_size, model.download_timeout, model.precision,
+                   model.effective_crop_fraction())
 
     def warm_up(self, batch_size: int) -> None:
         """Run one batch of the size real work will use, so the first real batch is not the slow one."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from indexer.images import DecodedImage, ImageRejected, model_input, open_upright
+from indexer.images import DecodedImage, ImageRejected, decode_side, model_input, open_upright
 from indexer.library_files import NOT_A_FILE, OUTSIDE, UNREADABLE, LibraryFileError, read_library_file
 from indexer.lifeline import die_with_parent
 from indexer.scan import FoundFile
@@ -69,6 +69,7 @@ class PrepareConfig:
     max_pixels: int
     data_dir: Path
     thumbnail_size: int  # 0: no thumbnails
+    crop_fraction: float = 1.0  # model.crop_fraction, resolved (never "auto")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PrepareConfig:
@@ -78,6 +79,7 @@ class PrepareConfig:
             max_pixels=settings.indexer.max_image_pixels,
             data_dir=settings.storage.data_dir,
             thumbnail_size=settings.indexer.thumbnail_size,
+            crop_fraction=settings.model.effective_crop_fraction(),
         )
 
 
@@ -105,8 +107,9 @@ class FilePreparer:
             return Prepared(found, digest)
         cfg = self.config
         try:
-            upright = open_upright(data, max(cfg.image_size, cfg.thumbnail_size), cfg.max_pixels)
-            pixels = model_input(upright.image, cfg.image_size)
+            upright = open_upright(data, max(decode_side(cfg.image_size, cfg.crop_fraction), cfg.thumbnail_size),
+                                   cfg.max_pixels)
+            pixels = model_input(upright.image, cfg.image_size, cfg.crop_fraction)
         except ImageRejected as exc:
             return Prepared(found, digest, error_kind=exc.kind, error=str(exc))
         if cfg.thumbnail_size:

@@ -27,6 +27,15 @@ ENV_PREFIX = "LOOKALIKE_"
 CONFIG_ENV = "LOOKALIKE_CONFIG"
 
 
+# EfficientNet's evaluation preprocessing: resize the shorter side to size + 32, take the centre size x size.
+CROP_PADDING = 32
+
+
+def eval_crop_fraction(image_size: int) -> float:
+    """Fraction of the shorter side that the EfficientNet evaluation crop keeps at this input size."""
+    return image_size / (image_size + CROP_PADDING)
+
+
 class SettingsError(ValueError):
     """A setting is invalid; the message names the key."""
 
@@ -54,6 +63,30 @@ class ModelSettings(_Section):
     precision: Precision = Field(default="auto", description=(
         "auto (float32 on a CPU, mixed_float16 on a GPU), float32, mixed_float16 (GPU) or mixed_bfloat16 "
         "(CPUs with bf16 support: faster, but changes some labels); outputs stay float32."))
+    crop_fraction: float | Literal["auto"] = Field(default="auto", description=(
+        "Side of the centre square the model sees, as a fraction of the shorter side (0 < f <= 1). "
+        "auto: image_size / (image_size + 32), the crop EfficientNets were evaluated with (224/256 for "
+        "Lite0, 380/412 for B4; better labels). 1.0: the whole centre square, as before. Part of the model "
+        "id: changing it means re-indexing (lookalike index --reindex)."))
+
+    @field_validator("crop_fraction", mode="before")
+    @classmethod
+    def _fraction_or_auto(cls, value: object) -> float | str:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        try:
+            if isinstance(value, bool):
+                raise TypeError
+            fraction = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ValueError("must be auto or a number in (0, 1]") from None
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError("must be auto or a number in (0, 1]: greater than 0, at most 1")
+        return fraction
+
+    def effective_crop_fraction(self) -> float:
+        """The crop actually applied: auto is the EfficientNet evaluation crop for this input size."""
+        return eval_crop_fraction(self.image_size) if self.crop_fraction == "auto" else float(self.crop_fraction)
 
 
 class StorageSettings(_Section):

@@ -223,6 +223,7 @@ def demo(obj: CliContext, folder: Path, host: str | None, port: int | None, no_s
     env = {**os.environ,
            "LOOKALIKE_MODEL__HANDLE": settings.model.handle,
            "LOOKALIKE_MODEL__IMAGE_SIZE": str(settings.model.image_size),
+           "LOOKALIKE_MODEL__CROP_FRACTION": str(settings.model.crop_fraction),
            "LOOKALIKE_STORAGE__DATA_DIR": str(settings.storage.data_dir)}
     sys.stdout.flush()
     sys.stderr.flush()

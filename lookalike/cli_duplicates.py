@@ -30,7 +30,7 @@ def duplicates(obj: CliContext, threshold: float | None, as_json: bool) -> None:
       lookalike duplicates
       lookalike duplicates --threshold 0.9 --json | jq '.near | length'
     """
-    from indexer.model import model_id
+    from indexer.model import configured_model_id
     from storage.catalog import Catalog
     from storage.duplicates import exact_groups, near_groups
     from storage.sync import open_index
@@ -42,7 +42,7 @@ def duplicates(obj: CliContext, threshold: float | None, as_json: bool) -> None:
     config = settings.storage.index_config()
     catalog = Catalog(settings.storage.resolved_database_url(), create=False)
     try:
-        mid = model_id(settings.model.handle, settings.model.image_size)
+        mid = configured_model_id(settings.model)
         try:
             index, _ = open_index(catalog, IndexStore(settings.storage.data_dir / "index"), mid,
                                   publish_repairs=False, config=config)

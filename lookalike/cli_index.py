@@ -170,7 +170,7 @@ def run_index(settings: Settings, paths: Sequence[str], reindex: bool = False, a
     With `ray_address`, files are read and embedded on that Ray cluster (see indexer.distributed). With
     `wait`, a run that finds another writer (or a watcher) waits for it instead of stopping.
     """
-    from indexer.model import Embedder, ModelUnavailableError, model_id
+    from indexer.model import Embedder, ModelUnavailableError, configured_model_id
     from indexer.pipeline import LibraryIndexer
     from indexer.scan import RootError
     from storage.catalog import Catalog
@@ -193,7 +193,7 @@ def run_index(settings: Settings, paths: Sequence[str], reindex: bool = False, a
             stack.enter_context(index_run_lock(data_dir, wait))
             catalog = Catalog(settings.storage.resolved_database_url())
             stack.callback(catalog.close)
-            store, mid = IndexStore(data_dir / "index"), model_id(m.handle, m.image_size)
+            store, mid = IndexStore(data_dir / "index"), configured_model_id(m)
             if ray_address is None:
                 indexer = LibraryIndexer(settings, catalog, store, mid, lambda: Embedder.from_settings(m),
                                          progress=bar)

@@ -23,12 +23,12 @@ def _book(obj: CliContext) -> Iterator[LabelBook]:
     """The label book of the configured catalog and model; label errors become one-line messages."""
     from indexer.custom_labels import LabelBook
     from indexer.label_names import LabelError
-    from indexer.model import ModelUnavailableError, model_id
+    from indexer.model import ModelUnavailableError, configured_model_id
     from storage.catalog import Catalog
 
     settings = obj.settings
     try:
-        mid = model_id(settings.model.handle, settings.model.image_size)
+        mid = configured_model_id(settings.model)
     except ModelUnavailableError as exc:
         raise click.ClickException(str(exc)) from None
     catalog = Catalog(settings.storage.resolved_database_url())

@@ -60,6 +60,7 @@ def info(obj: CliContext, as_json: bool) -> None:
         "signatures": embedder.signatures,
         "image_size": m.image_size,
         "declared_image_size": declared,
+        "crop_fraction": m.effective_crop_fraction(),
         "feature_dim": embedder.feature_dim,
         "classes": 1000,
         "background_class": embedder.num_logits == 1001,

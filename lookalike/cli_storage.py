@@ -24,7 +24,7 @@ def rebuild(obj: CliContext) -> None:
     Example:
       LOOKALIKE_STORAGE__INDEX="IVF1024,SQ8" lookalike rebuild
     """
-    from indexer.model import model_id
+    from indexer.model import configured_model_id
     from storage.catalog import Catalog
     from storage.lock import LockedError, writer_lock
     from storage.sync import build_from_catalog, check_model
@@ -32,7 +32,7 @@ def rebuild(obj: CliContext) -> None:
 
     settings = obj.settings
     m = settings.model
-    mid = model_id(m.handle, m.image_size)
+    mid = configured_model_id(m)
     catalog = Catalog(settings.storage.resolved_database_url(), create=False)  # before the lock makes data_dir
     try:
         with writer_lock(settings.storage.data_dir):
@@ -69,13 +69,13 @@ def verify(obj: CliContext, as_json: bool) -> None:
     Example:
       lookalike verify --json || lookalike rebuild
     """
-    from indexer.model import model_id
+    from indexer.model import configured_model_id
     from storage.vector_index import IndexStore
     from storage.verify import verify_data
 
     settings = obj.settings
     report = verify_data(settings.storage.resolved_database_url(), IndexStore(settings.storage.data_dir / "index"),
-                         model_id(settings.model.handle, settings.model.image_size), settings.storage.index_config())
+                         configured_model_id(settings.model), settings.storage.index_config())
     if as_json:
         click.echo(json.dumps(report.to_json()))
     else:

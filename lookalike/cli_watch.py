@@ -58,7 +58,7 @@ def watch(obj: CliContext, paths: tuple[str, ...], parent_pid: int | None) -> No
       lookalike watch                                   # the folders listed in indexer.roots
     """
     from indexer.lifeline import die_with_parent
-    from indexer.model import Embedder, ModelUnavailableError, model_id
+    from indexer.model import Embedder, ModelUnavailableError, configured_model_id
     from indexer.watcher import Watcher
     from storage.lock import LockedError
     from storage.vector_index import IndexMismatchError, IndexWriteError
@@ -72,7 +72,7 @@ def watch(obj: CliContext, paths: tuple[str, ...], parent_pid: int | None) -> No
             click.echo(f"warning: {root} is not a folder now: it is watched for and indexed when it appears",
                        err=True)
     m = settings.model
-    watcher = Watcher(settings, roots, model_id(m.handle, m.image_size), lambda: Embedder.from_settings(m))
+    watcher = Watcher(settings, roots, configured_model_id(m), lambda: Embedder.from_settings(m))
     try:
         with _stop_on_signals(watcher):
             watcher.run()

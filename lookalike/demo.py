@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 import yaml
 
-from indexer.model import ModelUnavailableError, is_remote, model_id, resolve_handle, stand_in_note
+from indexer.model import ModelUnavailableError, configured_model_id, is_remote, resolve_handle, stand_in_note
 from indexer.packaged_model import IMAGE_SIZE as PACKAGE_IMAGE_SIZE
 from indexer.packaged_model import PACKAGE_HANDLE
 from indexer.settings import Settings
@@ -44,7 +44,7 @@ def choose_demo_model(settings: Settings) -> Settings:
 def demo_settings(settings: Settings, folder: Path) -> Settings:
     """Settings for the demo: the chosen model, with a data dir of its own per model."""
     chosen = choose_demo_model(settings)
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", model_id(chosen.model.handle, chosen.model.image_size)).strip("-")
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", configured_model_id(chosen.model)).strip("-")
     # Validated, not copied: the data dir is made absolute like every configured one.
     storage = type(chosen.storage).model_validate({**chosen.storage.model_dump(),
                                                    "data_dir": folder / "data" / slug[-80:]})

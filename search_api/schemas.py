@@ -233,6 +233,8 @@ class BrowseResponse(BaseModel):
 class ModelInfo(BaseModel):
     handle: str
     image_size: int
+    crop_fraction: float = Field(description="model.crop_fraction as applied: the centre square's side as a "
+                                             "fraction of the shorter side")
     id: str
     stand_in: bool
     note: str | None

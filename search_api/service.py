@@ -18,7 +18,7 @@ from dataclasses import replace
 import numpy as np
 
 from indexer.images import ImageRejected
-from indexer.model import Embedder, ModelUnavailableError, model_id, stand_in_note, top_k
+from indexer.model import Embedder, ModelUnavailableError, configured_model_id, stand_in_note, top_k
 from indexer.settings import Settings
 from indexer.uploads import reconcile_at_start
 from search_api import metrics
@@ -60,7 +60,7 @@ class SearchService:
         # Uploads are decoded in the calling thread unless the server provides its decode processes.
         self.decoder = decoder or InlineDecoder(wait_seconds=settings.api.queue_timeout)
         self._model_slots = threading.BoundedSemaphore(settings.api.model_concurrency)
-        self.model_id = model_id(settings.model.handle, settings.model.image_size)
+        self.model_id = configured_model_id(settings.model)
         self.data_dir = settings.storage.data_dir
         self.store = IndexStore(self.data_dir / "index")
         self.index_config = settings.storage.index_config()
@@ -228,7 +228,8 @@ class SearchService:
                                   (self.settings.indexer.max_image_pixels, "indexer.max_image_pixels"))
         # Decoded as the indexer decodes (JPEG drafted to cover the thumbnail too), so that a query of an
         # indexed file gets the very vector the catalog holds for it.
-        request = DecodeRequest(size, max_pixels, setting, max(size, self.settings.indexer.thumbnail_size))
+        request = DecodeRequest(size, max_pixels, setting, max(size, self.settings.indexer.thumbnail_size),
+                                self.settings.model.effective_crop_fraction())
         hashes = [hashlib.sha256(data).hexdigest() for data in images]
         stored = self._stored(hashes, max_pixels)
         results: list[Embedded | ImageRejected | None] = []  # None: decoded, waiting for the model
@@ -387,5 +388,6 @@ class SearchService:
     def model_info(self) -> dict[str, object]:
         m = self.settings.model
         note = stand_in_note(m.handle)
-        return {"handle": m.handle, "image_size": m.image_size, "id": self.model_id,
+        return {"handle": m.handle, "image_size": m.image_size, "crop_fraction": m.effective_crop_fraction(),
+                "id": self.model_id,
                 "stand_in": note is not None, "note": note}

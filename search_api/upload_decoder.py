@@ -57,6 +57,7 @@ class DecodeRequest:
     max_pixels: int
     limit_setting: str
     min_side: int = 0  # a JPEG is decoded at the smallest scale covering this (0: size), as the indexer does
+    crop_fraction: float = 1.0  # model.crop_fraction, resolved: the same crop as indexing
 
 
 class UploadDecoder(Protocol):
@@ -77,7 +78,7 @@ class InlineDecoder:
             raise ServerBusy(f"no decoder was free within {self.wait_seconds:g} s")
         try:
             return decode_image(data, request.size, request.max_pixels, request.limit_setting,
-                                request.min_side).pixels
+                                request.min_side, request.crop_fraction).pixels
         finally:
             self._slots.release()
 
@@ -176,7 +177,8 @@ class DecodePool:
              request: DecodeRequest) -> tuple[np.ndarray | ImageRejected, _Child | None]:
         """The pixels or why the upload was refused, and the child to keep (None: it is gone)."""
         options = json.dumps({"size": request.size, "max_pixels": request.max_pixels,
-                              "setting": request.limit_setting, "min_side": request.min_side}).encode()
+                              "setting": request.limit_setting, "min_side": request.min_side,
+                              "crop": request.crop_fraction}).encode()
         deadline = time.monotonic() + self.wall_seconds
         stdin, stdout = child.proc.stdin, child.proc.stdout
         assert stdin is not None and stdout is not None
@@ -248,7 +250,7 @@ def _serve(parent: int, cpu_seconds: float, memory_mb: int, source: IO[bytes], s
         signal.setitimer(signal.ITIMER_PROF, cpu_seconds)  # the kernel ends this process when it is spent
         try:
             pixels = decode_image(data, options["size"], options["max_pixels"], options["setting"],
-                                  options["min_side"]).pixels
+                                  options["min_side"], options["crop"]).pixels
             status, payload = 0, np.ascontiguousarray(pixels, np.uint8).tobytes()
         except ImageRejected as exc:
             status, payload = 1, json.dumps({"kind": exc.kind, "message": str(exc)}).encode()

@@ -48,8 +48,21 @@ def check_model(catalog: Catalog, model_id: str) -> None:
         f"{model_id}. Vectors of different models cannot be compared: re-index with "
         "`lookalike index --reindex PATH...` (the current vectors keep serving until it completes), or point "
         "storage.data_dir at a new folder. If the catalog was just re-indexed with another model, restart this "
-        "program with that model configured."
+        f"program with that model configured.{_crop_hint(model_id, others)}"
     )
+
+
+_CROP = re.compile(r"/crop=[0-9.e+-]+$")
+
+
+def _crop_hint(model_id: str, others: set[str]) -> str:
+    """When only the crop differs (model ids end in /crop=<fraction>, none for the whole square): say so."""
+    if len(others) != 1 or _CROP.sub("", model_id) != _CROP.sub("", next(iter(others))):
+        return ""
+    found = _CROP.search(next(iter(others)))
+    previous = found.group(0).removeprefix("/crop=") if found else "1.0"
+    return (f" Only the crop differs: the catalog was indexed with model.crop_fraction {previous}; set it back "
+            "to keep serving these vectors without re-indexing.")
 
 
 Batches = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]  # (ids, vectors) batches, from the start each call

@@ -27,7 +27,7 @@ import numpy as np
 import psutil
 from PIL import Image
 
-from indexer.model import Embedder, model_id
+from indexer.model import Embedder, configured_model_id
 from indexer.pipeline import IndexReport, LibraryIndexer
 from indexer.settings import Settings, load_settings
 from storage.catalog import Catalog, FileRef, NewImage
@@ -301,7 +301,7 @@ class Counting:
     def __call__(self) -> Embedder:
         self.loads += 1
         m = self.settings.model
-        embedder = Embedder(m.handle, m.image_size)
+        embedder = Embedder(m.handle, m.image_size, crop_fraction=m.effective_crop_fraction())
         original = embedder.embed
 
         def counted(pixels: np.ndarray):  # type: ignore[no-untyped-def]
@@ -318,7 +318,7 @@ def run_index(settings: Settings, *roots: Path, reindex: bool = False) -> tuple[
     catalog = Catalog(settings.storage.resolved_database_url())
     try:
         indexer = LibraryIndexer(settings, catalog, IndexStore(settings.storage.data_dir / "index"),
-                                 model_id(settings.model.handle, settings.model.image_size), counter)
+                                 configured_model_id(settings.model), counter)
         report = indexer.run([str(r) for r in roots], reindex=reindex)
     finally:
         catalog.close()

@@ -78,7 +78,8 @@ def held_index(monkeypatch: pytest.MonkeyPatch) -> Iterator[HeldLoad]:
 def test_a_loading_model_does_not_hold_up_stats(app: Flask, held_model: HeldLoad) -> None:
     stats, searched = answers_while_held(
         held_model,
-        lambda: search(app.test_client(), jpeg(colour_image(RED))),
+        # Not the bytes of an indexed photo (colour_image(RED) is red0.jpg's): those answer from the catalog.
+        lambda: search(app.test_client(), jpeg(colour_image(RED, seed=99))),
         lambda: app.test_client().get("/api/v1/stats"))
     assert stats is not None, f"/api/v1/stats waited over {PROBE_SECONDS} s for the model to load"
     assert stats.status_code == 200 and stats.get_json()["images"] == 14

@@ -32,7 +32,7 @@ from helpers import (
 )
 from werkzeug.serving import make_server
 
-from indexer.model import model_id
+from indexer.model import configured_model_id
 from indexer.settings import Settings
 from search_api import create_app
 from search_api.current import service_of
@@ -179,7 +179,7 @@ def test_queries_during_indexer_runs_never_fail(tmp_path: Path, tf1_module: Path
     catalog = Catalog(settings.storage.resolved_database_url())
     try:
         assert verify(catalog, IndexStore(settings.storage.data_dir / "index"),
-                      model_id(settings.model.handle, settings.model.image_size)).ok
+                      configured_model_id(settings.model)).ok
     finally:
         catalog.close()
 
@@ -205,6 +205,6 @@ def test_second_indexer_at_once_is_refused(tmp_path: Path, tf1_module: Path) -> 
     assert_catalog_matches_files(settings, Library(root, 0))
     catalog = Catalog(settings.storage.resolved_database_url())
     try:
-        assert verify(catalog, IndexStore(data / "index"), model_id(str(tf1_module), settings.model.image_size)).ok
+        assert verify(catalog, IndexStore(data / "index"), configured_model_id(settings.model)).ok
     finally:
         catalog.close()

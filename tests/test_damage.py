@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 from helpers import RED, assert_problem, catalog_of, colour_image, env_for, free_port, jpeg, make_settings, search
 
-from indexer.model import model_id
+from indexer.model import configured_model_id
 from indexer.settings import Settings
 from lookalike.cli import cli
 from search_api import create_app
@@ -51,7 +51,7 @@ def garble_pages(db: Path, pages: list[int]) -> None:
 def synthetic(tmp_path: Path, tf1_module: Path) -> Iterator[tuple[Settings, np.ndarray]]:
     """A catalog of 300 unit vectors of 512 dimensions (files that need not exist) and its published Flat index."""
     settings = make_settings(tmp_path / "data", tf1_module)
-    mid = model_id(str(tf1_module), 64)
+    mid = configured_model_id(settings.model)
     rng = np.random.default_rng(1)
     vectors = rng.normal(size=(COUNT, DIM)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)

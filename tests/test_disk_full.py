@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from helpers import Library, catalog_of, env_for, run_index
 from sqlalchemy import Engine, event
 
-from indexer.model import model_id
+from indexer.model import configured_model_id
 from indexer.settings import Settings
 from lookalike.cli import cli
 from search_api import create_app
@@ -69,7 +69,7 @@ def assert_usable_then_completes(settings: Settings, library: Library, colour_li
     try:
         assert catalog.count_images() == 134
         assert verify(catalog, IndexStore(settings.storage.data_dir / "index"),
-                      model_id(settings.model.handle, settings.model.image_size)).ok
+                      configured_model_id(settings.model)).ok
     finally:
         catalog.close()
 

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from indexer.batch import Batch
 from indexer.distributed import RayIndexer, prepare_batch
-from indexer.model import Embedder, model_id
+from indexer.model import Embedder, configured_model_id
 from indexer.pipeline import IndexReport, LibraryIndexer
 from indexer.prepare import PrepareConfig
 from indexer.ray_cluster import ClusterError, ClusterInfo, check_address, check_catalog_for_cluster, ray_cluster
@@ -69,7 +69,7 @@ def single_machine_run(settings: Settings, root: Path, reindex: bool = False) ->
     catalog = Catalog(settings.storage.resolved_database_url())
     try:
         indexer = LibraryIndexer(settings, catalog, IndexStore(settings.storage.data_dir / "index"),
-                                 model_id(settings.model.handle, settings.model.image_size),
+                                 configured_model_id(settings.model),
                                  lambda: Embedder.from_settings(settings.model))
         return indexer.run([str(root)], reindex=reindex)
     finally:
@@ -81,7 +81,7 @@ def ray_run(settings: Settings, root: Path, reindex: bool = False) -> IndexRepor
     try:
         with ray_cluster("local") as cluster:
             indexer = RayIndexer(settings, catalog, IndexStore(settings.storage.data_dir / "index"),
-                                 model_id(settings.model.handle, settings.model.image_size), cluster)
+                                 configured_model_id(settings.model), cluster)
             return indexer.run([str(root)], reindex=reindex)
     finally:
         catalog.close()
@@ -99,7 +99,7 @@ def catalog_contents(settings: Settings) -> dict[str, object]:
                              "vector": vectors[r.id]}
             for r in records.values()
         }
-        mid = model_id(settings.model.handle, settings.model.image_size)
+        mid = configured_model_id(settings.model)
         report = verify(catalog, IndexStore(settings.storage.data_dir / "index"), mid)
         assert report.ok, report.problems  # the published index holds exactly the catalog's vectors
         rejected = [(r.path, r.kind) for r in catalog.rejections()]

@@ -25,7 +25,7 @@ from helpers import (
     write_image,
 )
 
-from indexer.model import model_id
+from indexer.model import configured_model_id
 from indexer.settings import Settings
 from lookalike.cli import cli
 from search_api.app import create_app
@@ -182,7 +182,7 @@ def test_the_indexer_switches_at_the_next_publish_and_stats_show_the_choice(
 
     # The catalog grows (photos under another root) and the library gains a photo: the next run publishes.
     catalog = Catalog(settings.storage.resolved_database_url())
-    fill_catalog(catalog, clustered(150, 16), model=model_id(str(tf1_module), settings.model.image_size),
+    fill_catalog(catalog, clustered(150, 16), model=configured_model_id(settings.model),
                  first=1000, root="/elsewhere")
     catalog.close()
     write_image(colour_library / "red" / "new.jpg", colour_image(RED, seed=99), quality=95)
@@ -216,7 +216,7 @@ def test_stats_of_an_exact_index_and_of_no_index(tmp_path: Path) -> None:
     client = create_app(settings).test_client()
     empty = client.get("/api/v1/stats").get_json()
     assert empty["index_type"] is None and empty["nprobe"] is None and empty["recall_at_10"] is None
-    mid = model_id(settings.model.handle, settings.model.image_size)
+    mid = configured_model_id(settings.model)
     fill_catalog(catalog, clustered(300, DIM), model=mid)
     index = build_from_catalog(catalog, mid, settings.storage.index_config())
     assert index is not None

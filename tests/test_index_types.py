@@ -174,9 +174,9 @@ def test_pipeline_keeps_every_index_type_consistent(settings_for: Callable[..., 
 
 
 def model_id_of(settings: Settings) -> str:
-    from indexer.model import model_id
+    from indexer.model import configured_model_id
 
-    return model_id(settings.model.handle, settings.model.image_size)
+    return configured_model_id(settings.model)
 
 
 def test_verify_finds_each_disagreement_and_rebuild_repairs(colour_library: Path, tmp_path: Path,

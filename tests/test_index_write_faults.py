@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from helpers import RED, catalog_of, colour_image, env_for, run_index, write_image
 
 import storage.vector_index as vector_index
-from indexer.model import model_id
+from indexer.model import configured_model_id
 from indexer.settings import Settings
 from lookalike.cli import cli
 from storage.catalog import Catalog, FileRef, NewImage
@@ -246,7 +246,7 @@ def test_indexer_on_a_full_disk_reports_it_and_the_next_run_completes(
     catalog = catalog_of(settings)
     try:
         assert catalog.count_images() == 19  # the five new images were committed before the index write
-        mid = model_id(settings.model.handle, settings.model.image_size)
+        mid = configured_model_id(settings.model)
         assert not verify(catalog, store, mid).ok  # the index is behind until the next run
         rerun = CliRunner().invoke(cli, ["index", "--json", str(colour_library)], env=env)
         assert rerun.exit_code == 0, rerun.output

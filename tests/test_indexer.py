@@ -9,7 +9,7 @@ import pytest
 from helpers import BLUE, RED, catalog_of, colour_image, run_index, write_image
 from model_fixtures import BLUE_CLASS, GREEN_CLASS, RED_CLASS
 
-from indexer.model import model_id
+from indexer.model import configured_model_id
 from indexer.scan import RootError, resolve_root, scan
 from indexer.settings import Settings
 from storage.lock import LockedError, writer_lock
@@ -125,7 +125,7 @@ def test_model_change_requires_reindex(settings_for: Callable[..., Settings], co
         run_index(other, colour_library)
     report, counter = run_index(other, colour_library, reindex=True)
     assert report.indexed == 14 and counter.embedded == 14
-    assert catalog_of(other).model_ids() == {model_id(str(tf2_module), 64)}
+    assert catalog_of(other).model_ids() == {configured_model_id(other.model)}
 
 
 def test_second_writer_is_refused(tmp_path: Path) -> None:

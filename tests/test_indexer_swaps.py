@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from helpers import GREEN, RED, catalog_of, colour_image, jpeg, run_index, write_image
 
-from indexer.model import Embedder, model_id
+from indexer.model import Embedder, configured_model_id
 from indexer.pipeline import IndexReport, LibraryIndexer
 from indexer.settings import Settings
 from indexer.thumbnails import thumbnail_path
@@ -40,7 +40,7 @@ def _run_with(settings: Settings, root: Path, progress: _SwapAfterScan) -> Index
     catalog = catalog_of(settings)
     try:
         indexer = LibraryIndexer(settings, catalog, IndexStore(settings.storage.data_dir / "index"),
-                                 model_id(settings.model.handle, settings.model.image_size),
+                                 configured_model_id(settings.model),
                                  lambda: Embedder.from_settings(settings.model), progress=progress)
         return indexer.run([str(root)])
     finally:

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from helpers import BLUE, GREEN, RED, Counting, catalog_of, colour_image, env_for, run_index, write_image
 from PIL import Image
 
-from indexer.model import model_id
+from indexer.model import configured_model_id
 from indexer.pipeline import LibraryIndexer
 from indexer.scan import RootError
 from indexer.settings import Settings
@@ -87,7 +87,7 @@ def test_an_emptied_root_is_refused_and_nothing_is_removed(
 
     catalog = catalog_of(settings)
     indexer = LibraryIndexer(settings, catalog, IndexStore(settings.storage.data_dir / "index"),
-                             model_id(settings.model.handle, settings.model.image_size), Counting(settings))
+                             configured_model_id(settings.model), Counting(settings))
     report = indexer.run([str(colour_library)], allow_empty_roots=True)
     assert report.removed == 14 and catalog.count_images() == 0
 
@@ -117,7 +117,7 @@ def test_ctrl_c_stops_after_the_batch_and_the_next_run_resumes(
     settings = settings_for(model={"batch_size": 4}, indexer={"commit_every": 4})
     catalog = catalog_of(settings)
     store = IndexStore(settings.storage.data_dir / "index")
-    indexer = LibraryIndexer(settings, catalog, store, model_id(settings.model.handle, settings.model.image_size),
+    indexer = LibraryIndexer(settings, catalog, store, configured_model_id(settings.model),
                              Counting(settings), progress=_StopAfter(6))
     with _stop_on_interrupt(indexer):
         report = indexer.run([str(root)])
@@ -157,6 +157,6 @@ def test_thumbnails_are_upright_webp_without_exif(
     root.joinpath("sideways.jpg").unlink()
     catalog = catalog_of(settings)
     indexer = LibraryIndexer(settings, catalog, IndexStore(settings.storage.data_dir / "index"),
-                             model_id(settings.model.handle, settings.model.image_size), Counting(settings))
+                             configured_model_id(settings.model), Counting(settings))
     indexer.run([str(root)], allow_empty_roots=True)
     assert not path.exists() and not list(thumbnail_dir(settings.storage.data_dir).glob("*/*.webp"))

@@ -25,8 +25,9 @@ def commit_without_publishing(settings: Settings, images: dict[str, bytes]) -> l
     from indexer.images import decode_image
 
     m = settings.model
-    embedder = Embedder(m.handle, m.image_size)
-    pixels = np.stack([decode_image(data, m.image_size, 10**8).pixels for data in images.values()])
+    embedder = Embedder.from_settings(m)
+    pixels = np.stack([decode_image(data, m.image_size, 10**8, crop_fraction=m.effective_crop_fraction()).pixels
+                       for data in images.values()])
     out = embedder.embed(pixels)
     catalog = catalog_of(settings)
     try:

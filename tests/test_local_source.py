@@ -11,7 +11,7 @@ from helpers import BLUE, RED, Counting, colour_image, sha256_of, unit, write_im
 from model_fixtures import BLUE_CLASS, RED_CLASS
 
 from indexer.local_source import LocalSource
-from indexer.model import model_id
+from indexer.model import configured_model_id
 from indexer.scan import FoundFile
 from indexer.settings import Settings
 from storage.catalog import Catalog, FileRef, NewImage
@@ -30,7 +30,7 @@ def test_rows_are_hashed_decoded_only_when_new_and_embedded_in_one_pass(
     known = write_image(tmp_path / "lib" / "known.png", colour_image(RED, seed=5))
     broken = tmp_path / "lib" / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    mid = model_id(settings.model.handle, settings.model.image_size)
+    mid = configured_model_id(settings.model)
     catalog = Catalog(settings.storage.resolved_database_url())
     try:  # known.png's content is in the catalog already (under another name)
         catalog.apply([NewImage(sha256_of(known), 64, 64, "PNG", mid, unit(1), [])],
@@ -65,7 +65,7 @@ def test_a_reindex_reads_known_content_again_and_refuses_changed_bytes(
     Catalog(settings.storage.resolved_database_url()).close()
     old_hash = sha256_of(changed)
     write_image(changed, colour_image(BLUE, seed=3))  # rewritten after it was indexed
-    source = LocalSource(settings, model_id(settings.model.handle, settings.model.image_size), Counting(settings))
+    source = LocalSource(settings, configured_model_id(settings.model), Counting(settings))
     source.open()
     try:
         items = [(ToReread(1, sha256_of(red), (file_of(red),)), file_of(red)),

@@ -37,7 +37,7 @@ from helpers import (
     write_image,
 )
 
-from indexer.model import model_id
+from indexer.model import configured_model_id
 from indexer.pipeline import IndexReport, LibraryIndexer
 from indexer.scan import RootError
 from indexer.settings import Settings
@@ -53,7 +53,7 @@ TUNING = {"model": {"batch_size": 4}, "indexer": {"commit_every": 4, "decode_wor
 
 
 def mid(settings: Settings) -> str:
-    return model_id(settings.model.handle, settings.model.image_size)
+    return configured_model_id(settings.model)
 
 
 def manifest_model(settings: Settings) -> str | None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from helpers import BLUE, GREEN, RED, Counting, catalog_of, colour_image, encode, make_settings, sha256_of, wait_for
 
-from indexer.model import model_id
+from indexer.model import configured_model_id
 from indexer.settings import Settings
 from indexer.watcher import Watcher
 
@@ -35,7 +35,7 @@ def watch_settings(tmp_path: Path, tf1_module: Path, **indexer: object) -> Setti
 def watching(settings: Settings, *roots: Path) -> Iterator[tuple[Watcher, Counting]]:
     """A watcher running in a thread until the block ends; its embedder counts the images it embeds."""
     counter = Counting(settings)
-    watcher = Watcher(settings, [str(r) for r in roots], model_id(settings.model.handle, settings.model.image_size),
+    watcher = Watcher(settings, [str(r) for r in roots], configured_model_id(settings.model),
                       counter)
     failure: list[BaseException] = []
 
