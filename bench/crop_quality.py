@@ -36,7 +36,6 @@ from indexer.images import decode_image, decode_side, model_input, open_upright 
 from indexer.settings import eval_crop_fraction  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_MODEL = REPO.parent / "shared" / "models" / "efficientnet_lite0_tf1"
 MAX_PIXELS = 10**9
 
 # Hand-assigned ImageNet classes of the shipped photos that show an ImageNet object (0-based ids).
@@ -229,8 +228,8 @@ def folder_photos(root: Path, limit: int) -> tuple[list[bytes], list[set[int]]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(SHARED_MODEL) if SHARED_MODEL.is_dir() else None,
-                        help=f"an ImageNet-trained module (default {SHARED_MODEL}, when it exists)")
+    parser.add_argument("--model", required=True,
+                        help="an ImageNet-trained module (random weights would make the labels meaningless)")
     parser.add_argument("--image-size", type=int, default=None, help="input size (default: what the module declares)")
     parser.add_argument("--crops", default="1.0,auto", help="crop fractions to compare, comma-separated")
     parser.add_argument("--photos", type=Path, default=None, help="labelled photos in class folders (see above)")
