@@ -1,4 +1,4 @@
-"""An experiment for issue 21 item 5: find white (or black) bars laid over a photo and cut them out.
+"""An experiment: find white (or black) bars laid over a photo and cut them out.
 
 Caption bars and meme text cover large full-width strips of a photo; the model's pooled features
 then describe the bars as much as the photo, and the original is often not the nearest neighbour.

@@ -1,4 +1,4 @@
-"""How soon a running `serve --watch` shows what happens in the library (issue 18).
+"""How soon a running `serve --watch` shows what happens in the library.
 
     .venv/bin/python bench/watch_latency.py [--singles 50] [--bulk 1000] [--deletes 50] [--model HANDLE]
 
