@@ -53,14 +53,16 @@ class CliContext:
 
     @property
     def settings(self) -> Settings:
+        from indexer.catalog_crop import keep_catalog_crop
         from indexer.settings import SettingsError, load_settings
 
         if self._settings is None:
             try:
-                self._settings = load_settings(self.config)
+                loaded = load_settings(self.config)
             except SettingsError as exc:
                 raise click.ClickException(str(exc)) from None
-            configure_logging(self._settings.logging.level, self.verbose)
+            configure_logging(loaded.logging.level, self.verbose)
+            self._settings = keep_catalog_crop(loaded)
         return self._settings
 
 

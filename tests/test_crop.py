@@ -8,18 +8,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from flask.testing import FlaskClient
-from helpers import RED, assert_problem, catalog_of, colour_image, jpeg, run_index, search, write_image
+from helpers import RED, assert_problem, catalog_of, colour_image, env_for, jpeg, run_index, search, write_image
 from PIL import Image
 
+from indexer.catalog_crop import MANIFEST_PATH, indexed_model_id, keep_catalog_crop
 from indexer.images import decode_image, model_input
 from indexer.model import configured_model_id, model_id
 from indexer.prepare import FilePreparer, PrepareConfig
 from indexer.scan import FoundFile
 from indexer.settings import Settings, SettingsError, eval_crop_fraction, load_settings
+from lookalike.cli import cli
 from search_api.app import create_app
 from search_api.upload_decoder import DecodePool, DecodeRequest, InlineDecoder
-from storage.vector_index import IndexMismatchError
+from storage.vector_index import MANIFEST, IndexMismatchError
 
 INSIDE = (200, 30, 30)
 BORDER = (20, 40, 220)
@@ -195,3 +198,29 @@ def test_a_png_upload_decodes_to_the_crop_of_its_image() -> None:
     image.save(buf, "PNG")
     assert np.array_equal(decode_image(buf.getvalue(), 64, 10**8, crop_fraction=0.6).pixels,
                           model_input(image, 64, 0.6))
+
+
+def test_auto_keeps_the_whole_square_of_a_library_indexed_before_the_crop(colour_library: Path, tmp_path: Path,
+                                                                           tf1_module: Path) -> None:
+    """An upgrade never makes a working library refuse its own vectors; an explicit crop still asks to reindex."""
+    env = env_for(tmp_path / "data", tf1_module)
+    full = {**env, "LOOKALIKE_MODEL__CROP_FRACTION": "1.0"}
+    assert CliRunner().invoke(cli, ["index", str(colour_library)], env=full).exit_code == 0
+    query = tmp_path / "red.jpg"
+    write_image(query, colour_image(RED))
+    found = CliRunner().invoke(cli, ["search", str(query), "--json"], env=env)  # auto, the default
+    assert found.exit_code == 0, found.output
+    assert CliRunner().invoke(cli, ["index", str(colour_library)], env=env).exit_code == 0  # nothing to redo
+    explicit = {**env, "LOOKALIKE_MODEL__CROP_FRACTION": "0.75"}
+    refused = CliRunner().invoke(cli, ["index", str(colour_library)], env=explicit)
+    assert refused.exit_code != 0 and "--reindex" in refused.output
+
+
+def test_auto_stays_the_evaluation_crop_for_new_libraries(settings_for: Callable[..., Settings],
+                                                         colour_library: Path) -> None:
+    settings = settings_for()
+    assert keep_catalog_crop(settings) is settings  # nothing indexed yet
+    run_index(settings, colour_library)
+    assert "/crop=" in str(indexed_model_id(settings.storage.data_dir))
+    assert keep_catalog_crop(settings).model.effective_crop_fraction() == eval_crop_fraction(settings.model.image_size)
+    assert MANIFEST_PATH.name == MANIFEST
