@@ -144,7 +144,7 @@ def test_demo_falls_back_loudly_only_when_the_hub_is_unreachable(runner: CliRunn
     assert "cannot download model" in result.stderr and "NOT EfficientNet-B4" in result.stderr
     assert "indexed 42," in result.stdout and "model: package:efficientnet-lite0 (224x224)" in result.stdout
     data_dirs = list((tmp_path / "demo" / "data").iterdir())
-    assert [d.name for d in data_dirs] == ["package-efficientnet-lite0-0-1-0-224"]
+    assert [d.name for d in data_dirs] == ["package-efficientnet-lite0-0-1-0-224-crop-0-875"]  # the model id, crop too
 
     missing = runner.invoke(cli, ["demo", "--dir", str(tmp_path / "demo"), "--no-serve"],
                             env=env_for(tmp_path / "unused", tmp_path / "no-such-model"))
