@@ -62,18 +62,20 @@ class _Stoppable(Protocol):
 
 
 @contextmanager
-def _stop_on_interrupt(indexer: _Stoppable) -> Iterator[None]:
-    """First Ctrl-C or SIGTERM: commit what is done (waiting a moment for files being decoded, then
-    stopping the decode workers), then stop. A second one aborts at once."""
+def stop_on_interrupt(target: _Stoppable, announce: bool = True) -> Iterator[None]:
+    """First Ctrl-C or SIGTERM: ask `target` to stop after the work in hand (an index run commits what
+    is done, a watcher finishes its batch and publishes), saying so when `announce`. A second one
+    aborts at once."""
     previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
 
     def abort(_signum: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
     def handler(signum: int, _frame: FrameType | None) -> None:
-        what = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
-        click.echo(f"\nstopping after the current batch ({what} again aborts now)...", err=True)
-        indexer.request_stop()
+        if announce:
+            what = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+            click.echo(f"\nstopping after the current batch ({what} again aborts now)...", err=True)
+        target.request_stop()
         for other in STOP_SIGNALS:
             signal.signal(other, abort)
 
@@ -200,7 +202,7 @@ def run_index(settings: Settings, paths: Sequence[str], reindex: bool = False, a
             else:
                 cluster = stack.enter_context(distributed.ray_cluster(ray_address))
                 indexer = distributed.RayIndexer(settings, catalog, store, mid, cluster, progress=bar)
-            with _stop_on_interrupt(indexer):
+            with stop_on_interrupt(indexer):
                 return indexer.run(paths, reindex=reindex, allow_empty_roots=allow_empty_root)
     except errors as exc:
         raise click.ClickException(str(exc)) from None

@@ -3,39 +3,11 @@
 from __future__ import annotations
 
 import os
-import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
-from types import FrameType
 
 import click
 
-from lookalike.cli_index import configured_roots
+from lookalike.cli_index import configured_roots, stop_on_interrupt
 from lookalike.context import CliContext
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-@contextmanager
-def _stop_on_signals(watcher) -> Iterator[None]:  # type: ignore[no-untyped-def]
-    """First Ctrl-C or SIGTERM: finish the batch in hand, publish, stop. A second one aborts at once."""
-    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
-
-    def abort(_signum: int, _frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        watcher.request_stop()
-        for other in STOP_SIGNALS:
-            signal.signal(other, abort)
-
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, handler)
-    try:
-        yield
-    finally:
-        for signum, before in previous.items():
-            signal.signal(signum, before)
 
 
 @click.command()
@@ -74,7 +46,7 @@ def watch(obj: CliContext, paths: tuple[str, ...], parent_pid: int | None) -> No
     m = settings.model
     watcher = Watcher(settings, roots, configured_model_id(m), lambda: Embedder.from_settings(m))
     try:
-        with _stop_on_signals(watcher):
+        with stop_on_interrupt(watcher, announce=False):
             watcher.run()
     except (LockedError, ModelUnavailableError, IndexMismatchError, IndexWriteError) as exc:
         raise click.ClickException(str(exc)) from None

@@ -20,7 +20,7 @@ from indexer.scan import RootError
 from indexer.settings import Settings
 from indexer.thumbnails import thumbnail_dir, thumbnail_path
 from lookalike.cli import cli
-from lookalike.cli_index import _stop_on_interrupt
+from lookalike.cli_index import stop_on_interrupt
 from storage.catalog import Catalog
 from storage.vector_index import IndexStore
 
@@ -119,7 +119,7 @@ def test_ctrl_c_stops_after_the_batch_and_the_next_run_resumes(
     store = IndexStore(settings.storage.data_dir / "index")
     indexer = LibraryIndexer(settings, catalog, store, configured_model_id(settings.model),
                              Counting(settings), progress=_StopAfter(6))
-    with _stop_on_interrupt(indexer):
+    with stop_on_interrupt(indexer):
         report = indexer.run([str(root)])
     assert report.interrupted and 6 <= report.indexed < 40
     assert catalog.count_images() == report.indexed
