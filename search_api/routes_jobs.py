@@ -107,12 +107,12 @@ def get_jobs() -> ResponseReturnValue:
 def get_activity() -> ResponseReturnValue:
     service = current_service()
     data_dir = service.settings.storage.data_dir
-    stats = service.stats()
+    images, vectors = service.counts()
     watcher = read_status(data_dir)
     totals = (watcher or {}).get("totals") or {}
     return jsonify({
-        "images": stats["images"],
-        "vectors": stats["vectors"],
+        "images": images,
+        "vectors": vectors,
         "job": running_job(data_dir),
         "watcher": None if watcher is None else {
             "roots": watcher.get("roots", []), "vanished": watcher.get("vanished", []),

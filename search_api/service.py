@@ -376,14 +376,26 @@ class SearchService:
         return {
             "images": images,
             "files": files,
-            # Searchable: the generation's vectors and the catalog's tail that is followed beside it.
-            "vectors": (index.count + (self._tail.count if self._tail is not None else 0)) if index is not None else 0,
+            "vectors": self._searchable(index) if index is not None else 0,
             "generation": self._manifest.generation if self._manifest else None,
             "model_id": self.model_id,
             "model": self.model_info(),
             **index_summary(index.factory if index is not None else None,
                             index.measured if index is not None else IndexMeasurements(), self.index_config),
         }
+
+    def counts(self) -> tuple[int, int]:
+        """Images in the catalog and vectors searchable now (zeros before anything is indexed): what the
+        page polls while the library changes, without the rest of `stats`."""
+        try:
+            index, images = self.index(), self.catalog.count_images()
+        except CatalogMissingError:
+            return 0, 0
+        return images, self._searchable(index) if index is not None else 0
+
+    def _searchable(self, index: VectorIndex) -> int:
+        """The generation's vectors and the catalog's tail that is followed beside it."""
+        return index.count + (self._tail.count if self._tail is not None else 0)
 
     def model_info(self) -> dict[str, object]:
         m = self.settings.model
