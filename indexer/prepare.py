@@ -183,7 +183,8 @@ def ordered_prefetch(pool: Executor, fn: Callable[[T], R], items: Iterable[T], w
     """Like pool.map, but at most `window` items are in flight, so memory stays bounded.
 
     Once `stop` is set nothing more is submitted, and a result that does not come within `grace`
-    seconds ends the iteration: a worker stuck on a file never holds up a stop request.
+    seconds ends the iteration: a worker stuck on a file never holds up a stop request. Work still
+    pending is left to close_decode_pool, which knows whether the workers are being stopped.
     """
     pending: deque[Future[R]] = deque()
     try:
@@ -197,9 +198,6 @@ def ordered_prefetch(pool: Executor, fn: Callable[[T], R], items: Iterable[T], w
             yield _result(pending.popleft(), stop, grace)
     except _GaveUp:
         log.warning("a decode worker did not finish within %.0f s of the stop request: leaving it", grace)
-    finally:
-        for future in pending:
-            future.cancel()
 
 
 def close_decode_pool(pool: Executor, stop_workers: bool) -> None:
@@ -210,4 +208,8 @@ def close_decode_pool(pool: Executor, stop_workers: bool) -> None:
         for process in list((getattr(pool, "_processes", None) or {}).values()):
             if process.is_alive():
                 process.terminate()
-    pool.shutdown(wait=not stop_workers or isinstance(pool, ProcessPoolExecutor), cancel_futures=True)
+        # Nothing is cancelled here: the pool fails every pending future once it sees its workers gone,
+        # and before Python 3.12 it raised InvalidStateError (printed, not caught) on a cancelled one.
+        pool.shutdown(wait=True, cancel_futures=False)
+        return
+    pool.shutdown(wait=not stop_workers, cancel_futures=True)
