@@ -5,6 +5,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+# Bytecode caches (with pytest's rewritten test modules) are what make a second run start quickly: an
+# environment that turns them off would have every test process compile every module again.
+unexport PYTHONDONTWRITEBYTECODE
 
 # The web page tests drive Debian's chromium through its matching chromium-driver; a test checks the
 # shipped class hierarchy against WordNet 3.0 from wordnet-base.
@@ -33,8 +36,8 @@ demo: install
 	$(BIN)/lookalike demo --dir $(DEMO_DIR) $(if $(PORT),--port $(PORT))
 
 LINTED := indexer search_api storage lookalike tests bench tools fuzz
-# Tests that start processes, servers, browsers, Ray or fuzzers, or train for tens of seconds:
-# `make check` leaves them to `make test`.
+# Tests that start processes, servers, browsers, Ray or fuzzers, or take seconds in-process (waiting on
+# file events, running races, training): `make check` leaves them to `make test`.
 SLOW_MARKERS := subprocess or gunicorn or browser or ray or fuzz or slow
 
 test: install system-packages
@@ -43,11 +46,11 @@ test: install system-packages
 	$(BIN)/python -m pytest --cov --cov-report=term:skip-covered --durations=15
 
 # The fast inner loop while changing the code: lint, type check (the packages in pyproject's [tool.mypy]),
-# then every in-process test.
+# then every in-process test, on every core (pytest-xdist).
 check: install
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q -m "not ($(SLOW_MARKERS))"
+	$(BIN)/python -m pytest -q -n auto -m "not ($(SLOW_MARKERS))"
 
 # Open-ended fuzzing of image decoding, until Ctrl-C (or FUZZ_SECONDS). It starts from the fixed corpus the
 # tests replay and keeps what it finds in build/fuzz/corpus; a failing input is written to build/fuzz/.

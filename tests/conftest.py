@@ -6,7 +6,10 @@ Plain helpers (images, settings, index runs, HTTP) are in helpers.py.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +26,7 @@ from helpers import (
     RUN_MARK,
     create_database,
     drop_database,
-    drop_everything,
+    empty_catalog,
     env_for,
     make_colour_library,
     make_settings,
@@ -33,6 +36,7 @@ from helpers import (
     survivors,
 )
 
+from indexer.model import Embedder
 from indexer.settings import Settings
 from search_api import create_app
 from storage.catalog import Catalog
@@ -74,32 +78,92 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             terminalreporter.line(line)
 
 
+class _LoadedModules:
+    """The tests load the same few small modules hundreds of times; each is loaded (and pruned or frozen)
+    once per process. An entry is keyed by the module's files, so a module changed on disk is loaded
+    again, and a module that fails to load is never remembered."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loaded: dict[tuple[object, ...], tuple[Any, str]] = {}
+        self._forward: dict[int, tuple[Any, tuple[Callable[[Any], dict[str, Any]], str]]] = {}
+
+    @staticmethod
+    def _key(path: Path) -> tuple[object, ...]:
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else []
+        return (str(path.resolve()), *((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        load, forward = Embedder._load, Embedder._forward_function
+
+        def cached_load(path: Path) -> tuple[Any, str]:
+            key = self._key(path)
+            with self._lock:
+                if key not in self._loaded:
+                    self._loaded[key] = load(path)
+                return self._loaded[key]
+
+        def cached_forward(module: Any) -> tuple[Callable[[Any], dict[str, Any]], str]:
+            with self._lock:
+                known = self._forward.get(id(module))
+                if known is None or known[0] is not module:
+                    known = self._forward[id(module)] = (module, forward(module))
+                return known[1]
+
+        monkeypatch.setattr(Embedder, "_load", staticmethod(cached_load))
+        monkeypatch.setattr(Embedder, "_forward_function", staticmethod(cached_forward))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def loaded_modules_once() -> Iterator[None]:
+    """Test speed only: see _LoadedModules (model loading itself is tested on fresh paths)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _LoadedModules().install(monkeypatch)
+        yield
+
+
+def _built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], Path]) -> Path:
+    """A model the tests build, built once per run: parallel workers (pytest-xdist) share the first one's."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # this run's directory, above each worker's own
+    target = root / "shared-models" / name
+    target.parent.mkdir(exist_ok=True)
+    with open(root / "shared-models" / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (root / "shared-models" / f"{name}.built").exists():
+            shutil.rmtree(target, ignore_errors=True)  # what a worker killed mid-build left
+            build(target)
+            (root / "shared-models" / f"{name}.built").touch()
+    return target
+
+
 @pytest.fixture(scope="session")
 def tf1_module(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from model_fixtures import build_tf1_hub_module
 
-    return build_tf1_hub_module(tmp_path_factory.mktemp("models") / "tf1", train_graph=True)
+    return _built_once(tmp_path_factory, "tf1", lambda out: build_tf1_hub_module(out, train_graph=True))
 
 
 @pytest.fixture(scope="session")
 def tf2_module(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from model_fixtures import build_tf2_saved_model
 
-    return build_tf2_saved_model(tmp_path_factory.mktemp("models") / "tf2")
+    return _built_once(tmp_path_factory, "tf2", build_tf2_saved_model)
 
 
 @pytest.fixture(scope="session")
 def tf1_module_1001(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from model_fixtures import build_tf1_hub_module
 
-    return build_tf1_hub_module(tmp_path_factory.mktemp("models") / "tf1_1001", num_classes=1001)
+    return _built_once(tmp_path_factory, "tf1_1001", lambda out: build_tf1_hub_module(out, num_classes=1001))
 
 
 @pytest.fixture(scope="session")
 def tf2_module_1001(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from model_fixtures import build_tf2_saved_model
 
-    return build_tf2_saved_model(tmp_path_factory.mktemp("models") / "tf2_1001", num_classes=1001)
+    return _built_once(tmp_path_factory, "tf2_1001", lambda out: build_tf2_saved_model(out, num_classes=1001))
 
 
 @pytest.fixture
@@ -151,12 +215,10 @@ def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Catalog]
         if not postgres_answers():
             pytest.skip(f"no PostgreSQL server answers at {POSTGRES_SERVER_URL}")
         url = POSTGRES_URL
-        drop_everything(url)
+        empty_catalog(url)  # the next test using this run's database empties it again
     cat = Catalog(url)
     yield cat
     cat.close()
-    if request.param == "postgresql":
-        drop_everything(url)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -269,6 +269,7 @@ def test_members_best_first_with_borderline_and_examples(client: FlaskClient) ->
     assert_problem(client.get("/api/v1/labels/reds/members?limit=0"), 400, "invalid_parameter")
 
 
+@pytest.mark.slow
 def test_a_change_is_scored_in_the_background(client: FlaskClient, monkeypatch: pytest.MonkeyPatch) -> None:
     ids = ids_by_colour(client)
     monkeypatch.setattr(label_jobs, "ANSWER_WAIT_SECONDS", 0.0)

@@ -14,7 +14,10 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from search_api import create_app
 from search_api.current import service_of
 
-# A few examples per operation keeps this in the fast suite; raise it for a longer local run.
+# Generated requests take seconds even at a few examples per operation: `make test` runs them, not `make check`.
+pytestmark = pytest.mark.slow
+
+# A few examples per operation keeps the whole suite quick; raise it for a longer local run.
 EXAMPLES = 25
 
 

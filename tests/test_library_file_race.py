@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from flask.testing import FlaskClient
 from helpers import GREEN, catalog_of, colour_image, jpeg
 from PIL import Image
@@ -61,6 +62,7 @@ def _is_green(webp: bytes) -> bool:
     return green > red
 
 
+@pytest.mark.slow
 def test_symlink_swaps_never_serve_or_cache_a_file_outside_the_library(
     client: FlaskClient, indexed: Settings, colour_library: Path, tmp_path: Path
 ) -> None:

@@ -131,7 +131,7 @@ def test_ctrl_c_stops_after_the_batch_and_the_next_run_resumes(
     assert counter.embedded == 40 - report.indexed and catalog.count_images() == 40
 
 
-@pytest.mark.parametrize("processes", [True, False])
+@pytest.mark.parametrize("processes", [pytest.param(True, marks=pytest.mark.subprocess), False])
 def test_thumbnails_are_upright_webp_without_exif(
     settings_for: Callable[..., Settings], tmp_path: Path, processes: bool
 ) -> None:

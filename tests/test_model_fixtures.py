@@ -21,6 +21,9 @@ from model_fixtures import (
 )
 from tensorflow.core.protobuf import saved_model_pb2
 
+# These check the tests' own model builders (a dozen modules built and loaded), not the product.
+pytestmark = pytest.mark.slow
+
 SIGNATURES = ("default", "image_classification", "image_feature_vector")
 TOL = 1e-5
 Predict = Callable[[np.ndarray], dict[str, np.ndarray]]

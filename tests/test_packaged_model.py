@@ -75,6 +75,7 @@ def _photo(name: str) -> np.ndarray:
     return np.asarray(crop.resize((pm.IMAGE_SIZE, pm.IMAGE_SIZE), Image.BICUBIC), np.float32) / 255.0
 
 
+@pytest.mark.slow  # builds and runs the real EfficientNet-Lite0 network
 def test_module_is_tf1_hub_format_with_one_network(module_dir: Path, hub_module: tuple[Any, Any]) -> None:
     from tensorflow.core.protobuf import saved_model_pb2
 
@@ -87,6 +88,7 @@ def test_module_is_tf1_hub_format_with_one_network(module_dir: Path, hub_module:
     assert (ops["Conv2D"], ops["DepthwiseConv2dNative"], ops["MatMul"], ops["VarHandleOp"]) == (33, 16, 1, 100)
 
 
+@pytest.mark.slow  # builds and runs the real EfficientNet-Lite0 network
 def test_shapes_and_pruned_equals_signatures(hub_module: tuple[Any, Any]) -> None:
     import tensorflow as tf
 
@@ -103,6 +105,7 @@ def test_shapes_and_pruned_equals_signatures(hub_module: tuple[Any, Any]) -> Non
         assert np.abs(logits).max() > 1.0  # real weights were restored, not the zero initialisers
 
 
+@pytest.mark.slow  # builds and runs the real EfficientNet-Lite0 network
 def test_real_photos_get_right_labels_and_match_reference(hub_module: tuple[Any, Any]) -> None:
     import tensorflow as tf
 
@@ -121,6 +124,7 @@ def test_real_photos_get_right_labels_and_match_reference(hub_module: tuple[Any,
         assert list(np.argsort(-logits[i])[:5]) == ref["top5"]
 
 
+@pytest.mark.slow  # builds and runs the real EfficientNet-Lite0 network
 def test_ensure_reuses_the_built_module(cache_dir: Path, module_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert module_dir.parent == cache_dir and importlib.metadata.version(pm.PACKAGE_NAME) in module_dir.name
     assert [p.name for p in cache_dir.iterdir()] == [module_dir.name]  # no temp dirs left behind

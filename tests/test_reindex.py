@@ -115,6 +115,7 @@ def library(tmp_path: Path) -> Library:
     return library
 
 
+@pytest.mark.slow
 def test_no_empty_answer_during_a_reindex(tmp_path: Path, tf1_module: Path, tf2_module: Path,
                                           library: Library) -> None:
     data = tmp_path / "data"

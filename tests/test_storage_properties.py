@@ -213,4 +213,4 @@ CatalogAndIndex.TestCase.settings = settings(
     max_examples=20, stateful_step_count=20, deadline=None, derandomize=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
-TestCatalogAndIndex = CatalogAndIndex.TestCase
+TestCatalogAndIndex = pytest.mark.slow(CatalogAndIndex.TestCase)

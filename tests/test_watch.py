@@ -22,6 +22,8 @@ from indexer.model import configured_model_id
 from indexer.settings import Settings
 from indexer.watcher import Watcher
 
+pytestmark = pytest.mark.slow  # each test waits on real file events and settle times
+
 SETTLE = 0.6
 
 
