@@ -127,14 +127,15 @@ def _built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Call
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         root = root.parent  # this run's directory, above each worker's own
-    target = root / "shared-models" / name
-    target.parent.mkdir(exist_ok=True)
-    with open(root / "shared-models" / f"{name}.lock", "w") as lock:
+    shared = root / "shared-models"
+    shared.mkdir(exist_ok=True)
+    target, built = shared / name, shared / f"{name}.built"
+    with open(shared / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        if not (root / "shared-models" / f"{name}.built").exists():
+        if not built.exists():
             shutil.rmtree(target, ignore_errors=True)  # what a worker killed mid-build left
             build(target)
-            (root / "shared-models" / f"{name}.built").touch()
+            built.touch()
     return target
 
 
