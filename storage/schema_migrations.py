@@ -57,6 +57,7 @@ def _migrate(engine: Engine, run: Callable[[Config], None]) -> None:
             _foreign_keys(connection, on=False)
         try:
             with connection.begin():
+                _lock_schema(connection)
                 cfg.attributes["connection"] = connection
                 run(cfg)
                 if sqlite:
@@ -67,6 +68,24 @@ def _migrate(engine: Engine, run: Callable[[Config], None]) -> None:
         finally:
             if sqlite:
                 _foreign_keys(connection, on=True)
+
+
+# Any fixed number: PostgreSQL's advisory locks are keyed by one bigint per database.
+_POSTGRES_SCHEMA_LOCK = 0x6C6F6F6B  # "look"
+
+
+def _lock_schema(connection: Connection) -> None:
+    """Hold the database's write lock for the whole migration, taken before Alembic reads the revision.
+
+    Two processes opening a catalog that does not exist yet (a watcher and an index run started
+    together) would otherwise both find no revision and both create the tables; the second now waits,
+    then finds the schema at head and does nothing. SQLite's driver does not begin a transaction for
+    DDL by itself, so the BEGIN IMMEDIATE also makes the migration one transaction there.
+    """
+    if connection.dialect.name == "sqlite":
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    elif connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_POSTGRES_SCHEMA_LOCK})")
 
 
 def _foreign_keys(connection: Connection, on: bool) -> None:
