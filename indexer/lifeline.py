@@ -15,6 +15,8 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
 
@@ -46,3 +48,27 @@ def die_with_parent(parent_pid: int) -> None:
     if os.getppid() != parent_pid:  # the parent died before the signal was armed
         os._exit(1)
     threading.Thread(target=_watch, args=(parent_pid,), name="parent-watchdog", daemon=True).start()
+
+
+@contextmanager
+def ctrl_c_held_back() -> Iterator[None]:
+    """Start child processes in this block: they are born with Ctrl-C (SIGINT) blocked.
+
+    A terminal's Ctrl-C goes to every process of the job. A Python child still starting up has
+    no handler yet and dies of it with a "Fatal Python error"; the process that started it is the
+    one that decides when it ends. The mask is per thread and inherited through fork and exec, so
+    blocking it in this thread only is enough (another thread of this process takes the signal
+    meanwhile; one that arrives for this thread waits until the block ends, not lost). The child
+    then ignores SIGINT (`ignore_ctrl_c`), which drops one that came while it was starting.
+    """
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+def ignore_ctrl_c() -> None:
+    """In a child started under `ctrl_c_held_back`: Ctrl-C is for the parent, which ends this process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # discards one that came while starting
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})

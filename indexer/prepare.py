@@ -11,7 +11,6 @@ import hashlib
 import logging
 import multiprocessing
 import os
-import signal
 import threading
 import time
 from collections import deque
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from indexer.images import DecodedImage, ImageRejected, decode_side, model_input, open_upright
 from indexer.library_files import NOT_A_FILE, OUTSIDE, UNREADABLE, LibraryFileError, read_library_file
-from indexer.lifeline import die_with_parent
+from indexer.lifeline import ctrl_c_held_back, die_with_parent, ignore_ctrl_c
 from indexer.scan import FoundFile
 from indexer.thumbnails import thumbnail_path, write_thumbnail
 from storage.catalog import ContentLookup
@@ -128,7 +127,7 @@ def _init_worker(config: PrepareConfig, parent_pid: int) -> None:
     global _worker_preparer
     die_with_parent(parent_pid)
     # Ctrl-C is for the indexer process, which stops cleanly after its current batch.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ignore_ctrl_c()
     # The model is what limits the rate on a CPU: decoding takes the cycles the model leaves idle
     # instead of slowing it down, and still gets every core the model does not use.
     os.nice(WORKER_NICENESS)
@@ -153,8 +152,9 @@ def decode_pool(
         # when the thread that created a process ends, and the main thread lives as long as the run.
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_init_worker, initargs=(config, os.getpid()))
-        for _ in range(workers):  # start every worker now, while the caller scans the library
-            pool.submit(_ready)
+        with ctrl_c_held_back():  # each submit starts a worker while none is idle: all of them, here
+            for _ in range(workers):  # start every worker now, while the caller scans the library
+                pool.submit(_ready)
         return pool, _prepare_in_worker
     return ThreadPoolExecutor(workers, thread_name_prefix="decode"), FilePreparer(config)
 

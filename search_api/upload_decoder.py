@@ -37,6 +37,7 @@ from typing import IO, Any, Protocol
 import numpy as np
 
 from indexer.images import ImageRejected, decode_image
+from indexer.lifeline import ctrl_c_held_back, ignore_ctrl_c
 from search_api.busy import ServerBusy
 
 log = logging.getLogger(__name__)
@@ -95,10 +96,11 @@ class _Child:
     def __init__(self, cpu_seconds: float, memory_mb: int) -> None:
         # The same import path as this process, wherever it was started from.
         path = os.pathsep.join([PACKAGE_ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "search_api.upload_decoder", str(os.getpid()), str(cpu_seconds), str(memory_mb)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ, **CHILD_ENV, "PYTHONPATH": path},
-            bufsize=0)
+        with ctrl_c_held_back():
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "search_api.upload_decoder", str(os.getpid()), str(cpu_seconds), str(memory_mb)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ, **CHILD_ENV, "PYTHONPATH": path},
+                bufsize=0)
 
     @property
     def alive(self) -> bool:
@@ -238,7 +240,7 @@ def _limit_address_space(extra_mb: int) -> None:
 
 def _serve(parent: int, cpu_seconds: float, memory_mb: int, source: IO[bytes], sink: IO[bytes]) -> None:
     os.nice(NICENESS)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal is for the server, which ends us
+    ignore_ctrl_c()  # Ctrl-C in a terminal is for the server, which ends us
     _limit_address_space(memory_mb)
     while os.getppid() == parent:
         head = source.read(REQUEST.size)

@@ -8,6 +8,7 @@ process stops before reading a file and never goes on, as a read from a share th
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from helpers import (
     write_image,
 )
 
+from indexer.prepare import PrepareConfig, _ready, close_decode_pool, decode_pool
 from storage.faults import ACTION_ENV, AFTER_ENV, POINT_ENV
 from storage.vector_index import IndexStore
 
@@ -120,3 +122,23 @@ def test_kill_9_of_the_indexer_leaves_no_process_behind(tmp_path: Path, tf1_modu
     print(f"\nprocesses of the run before kill -9: {len(before)}, left after it: {len(left)}")
     assert len(before) >= 3  # the indexer, its decode workers (and multiprocessing's resource tracker)
     assert left == []
+
+
+def test_ctrl_c_while_decode_workers_start_is_left_to_the_indexer(tmp_path: Path) -> None:
+    """Ctrl-C reaches the indexer's whole process group: decode workers still starting Python must not
+    die of it (the indexer stops them itself after its current batch), or the pool breaks."""
+    config = PrepareConfig(database_url=f"sqlite:///{tmp_path / 'catalog.db'}", image_size=32,
+                           max_pixels=10_000_000, data_dir=tmp_path, thumbnail_size=0)
+    pool, _ = decode_pool(config, 2, processes=True)
+    try:
+        workers = list(pool._processes.values())  # type: ignore[attr-defined]
+        assert len(workers) == 2
+        for _ in range(10):  # over the first half second: the interpreters are starting, then importing
+            for worker in workers:
+                if worker.pid is not None:
+                    os.kill(worker.pid, signal.SIGINT)
+            time.sleep(0.05)
+        assert all(pool.submit(_ready).result(timeout=120) for _ in range(4))
+        assert all(worker.is_alive() for worker in workers)
+    finally:
+        close_decode_pool(pool, stop_workers=True)

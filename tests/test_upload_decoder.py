@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -134,3 +135,20 @@ def test_decode_processes_end_with_the_process_that_started_them(tmp_path: pytes
         if owner.poll() is None:
             owner.kill()
             owner.wait(10)
+
+
+def test_ctrl_c_while_decode_processes_start_is_left_to_the_server(pool_factory: callable) -> None:
+    """A terminal's Ctrl-C reaches every process of the server, decode processes still starting Python
+    included: they neither die of it nor print a fatal error; the server decides when they end."""
+    pool = pool_factory()
+    pool.start()
+    started = children()
+    assert len(started) == 2
+    for _ in range(10):  # over the first half second: the interpreters are starting, then importing
+        for child in started:
+            os.kill(child.pid, signal.SIGINT)
+        time.sleep(0.05)
+    data = jpeg(colour_image(RED, seed=4))
+    for _ in range(4):
+        assert np.array_equal(pool.decode(data, REQUEST), decode_image(data, 64, 50_000_000).pixels)
+    assert {c.pid for c in children()} == {c.pid for c in started}  # none was replaced
