@@ -8,9 +8,9 @@ import sys
 
 import pytest
 import sqlalchemy as sa
+from helpers import drop_everything
 
 from storage.catalog import Catalog
-from storage.schema import Base
 from storage.schema_migrations import head_revision
 
 pytestmark = pytest.mark.subprocess
@@ -31,12 +31,7 @@ print("opened")
 def test_processes_creating_one_new_catalog_at_once_all_open_it(database_url: str) -> None:
     for attempt in range(2):  # the overlap is what is tested: a second round makes a miss unlikely
         if attempt:
-            engine = sa.create_engine(database_url)
-            with engine.begin() as conn:
-                for table in reversed([*Base.metadata.sorted_tables]):
-                    conn.execute(sa.text(f"DROP TABLE IF EXISTS {table.name}"))
-                conn.execute(sa.text("DROP TABLE IF EXISTS alembic_version"))
-            engine.dispose()
+            drop_everything(database_url)
         procs = [subprocess.Popen([sys.executable, "-c", OPEN_AT_ONCE, database_url], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for _ in range(OPENERS)]
