@@ -230,6 +230,25 @@ class LookalikeWorker(gthread.ThreadWorker):
     """gthread with DeadlineSocket connections and problem+json errors."""
 
     app: LookalikeServer
+    _quitting = False
+
+    def handle_quit(self, sig: int, frame: Any) -> None:
+        """Ctrl-C or the arbiter's SIGQUIT: leave now, once, whatever the worker is doing.
+
+        gunicorn's handler raises SystemExit wherever the signal lands. While the worker boots, that
+        can be inside native code (pydantic's schema builder, TensorFlow), which turns it into an
+        unrelated error and a boot failure that takes the server down with a traceback; a booting
+        worker has nothing to finish, so it ends at once. A second signal while the first is handled
+        (Ctrl-C pressed again, with the arbiter's own SIGQUIT) restarted the handler and its pause,
+        so a worker hammered with signals never got to leave.
+        """
+        if not self.booted:
+            self.log.info("Worker stopped while booting (pid: %s)", self.pid)
+            os._exit(0)
+        if self._quitting:
+            return
+        self._quitting = True
+        super().handle_quit(sig, frame)
 
     def _budgets(self) -> tuple[float, float]:
         api = self.app.settings.api

@@ -11,6 +11,7 @@ import ctypes.util
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -176,5 +177,8 @@ def serve(settings: Settings, host: str, port: int, workers: int, watch_command:
         # Workers are forked inside run() and leave through this frame too: only the arbiter, which
         # made the directory, removes it (a worker exiting would pull it from under the others).
         if os.getpid() == owner:
+            # Stopping: Ctrl-C pressed again must not cut the clean-up short (nor, once Python has put
+            # its default handler back while ending, kill the process).
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             shutil.rmtree(metrics_dir, ignore_errors=True)
             server.forget()

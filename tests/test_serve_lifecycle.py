@@ -6,16 +6,19 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
 import pytest
-from helpers import ServerProcess, http_search, subprocess_env, wait_for
+from helpers import ServerProcess, free_port, http_search, subprocess_env, wait_for
 
 from indexer.settings import Settings
 
@@ -130,6 +133,46 @@ def test_ctrl_c_stops_the_server_and_its_workers(env: dict[str, str], tmp_path: 
         status = server.stop(signal.SIGINT, group=True)  # a terminal sends Ctrl-C to every process of the job
     assert_stopped_cleanly(server, status, metrics)
 
+
+
+# Moments after the workers start booting (importing the app and TensorFlow, loading the model). A
+# signal handler that raises lands wherever the worker is, native code included (pydantic's schema
+# builder, TensorFlow), which cannot unwind from there; an impatient user presses Ctrl-C again and
+# again, so each round sends it every few milliseconds until the server is gone.
+BOOT_MOMENTS = (0.3, 1.5, 3.0, 5.0, 7.0)
+CTRL_C_EVERY = 0.02
+
+
+def _boot_log_says(log: Path, text: str, count: int) -> Callable[[], bool]:
+    return lambda: log.read_text(errors="replace").count(text) == count
+
+
+def test_ctrl_c_while_the_workers_boot_stops_the_server_cleanly(env: dict[str, str], tmp_path: Path) -> None:
+    for moment in BOOT_MOMENTS:
+        log = tmp_path / f"serve-{moment}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "lookalike", "serve", "--host", "127.0.0.1",
+                                     "--port", str(free_port()), "--workers", "2"], env=env, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_for(_boot_log_says(log, "Booting worker", 2), 60, "two booting workers")
+            time.sleep(moment)
+            deadline = time.monotonic() + 30
+            while proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    os.killpg(proc.pid, signal.SIGINT)
+                except ProcessLookupError:
+                    break
+                time.sleep(CTRL_C_EVERY)
+            status = proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        output = log.read_text(errors="replace")
+        assert status == 0, (moment, output)
+        for sign in ("Traceback", "Exception ignored", "Fatal Python error", "failed to boot"):
+            assert sign not in output, (moment, output)
 
 # Leaves an exited child behind, then becomes the server: as `lookalike demo` does when the indexer's
 # multiprocessing helper process ends at the exec.
